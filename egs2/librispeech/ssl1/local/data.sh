@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# LibriSpeech data preparation for BiRQ SSL pre-training and fine-tuning.
+#
+# Stage 1: download + extract the official openslr SLR12 tarballs (md5
+#          verified, resumable; skipped when already there).
+# Stage 2: write Kaldi data dirs under ${data_dir}/:
+#          pretrain_960 train_clean_100 dev_clean dev_other test_clean test_other
+# Stage 3: validate them.
+#
+# Options (Kaldi style, e.g. --stage 2 --download false):
+#   --stage N --stop_stage N    sub-stages to run (default 1..3)
+#   --download true|false       download missing subsets (default true)
+#   --subsets "a b ..."         subsets to download (default: all 7 needed)
+#   --speaker_level chapter|speaker
+#                               utt2spk speaker = <spk>-<chapter> (Kaldi
+#                               librispeech convention, default) or <spk>
+#   --skip_bad true|false       skip+count bad entries instead of failing
+#   --keep_archives true|false  keep the .tar.gz after extraction (default true)
+#   --data_dir DIR              output root (default data)
+#   --python CMD                python interpreter (default python3)
+set -euo pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+
+stage=1
+stop_stage=3
+download=true
+subsets="train-clean-100 train-clean-360 train-other-500 dev-clean dev-other test-clean test-other"
+speaker_level=chapter
+skip_bad=false
+keep_archives=true
+data_dir=data
+python=python3
+
+log "$0 $*"
+. ./db.sh
+. utils/parse_options.sh
+
+if [ $# -ne 0 ]; then
+    log "Error: unexpected arguments: $*"
+    exit 2
+fi
+
+repo_root=$(cd ../../.. && pwd)
+export PYTHONPATH="${repo_root}${PYTHONPATH:+:${PYTHONPATH}}"
+dirs="pretrain_960 train_clean_100 dev_clean dev_other test_clean test_other"
+
+if [ -z "${LIBRISPEECH}" ]; then
+    log "Error: LIBRISPEECH is empty; set it in db.sh"
+    exit 1
+fi
+
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+    if [ "${download}" = true ]; then
+        log "Stage 1: download LibriSpeech (${subsets}) into ${LIBRISPEECH}"
+        "${python}" -m espnet2_birq.dataprep.librispeech download \
+            --root "${LIBRISPEECH}" --subsets ${subsets} --keep_archives "${keep_archives}"
+    else
+        log "Stage 1: --download false; using the existing copy in ${LIBRISPEECH}"
+    fi
+fi
+
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
+    log "Stage 2: prepare Kaldi data dirs in ${data_dir}"
+    if [ ! -d "${LIBRISPEECH}/LibriSpeech" ]; then
+        log "Error: ${LIBRISPEECH}/LibriSpeech not found. Run with --download true or set LIBRISPEECH in db.sh"
+        exit 1
+    fi
+    extra=""
+    [ "${skip_bad}" = true ] && extra="--skip_bad"
+    "${python}" -m espnet2_birq.dataprep.librispeech prepare \
+        --corpus_dir "${LIBRISPEECH}/LibriSpeech" --data_dir "${data_dir}" \
+        --speaker_level "${speaker_level}" ${extra}
+fi
+
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
+    log "Stage 3: validate data dirs"
+    for d in ${dirs}; do
+        "${repo_root}/local/validate_dirs.sh" "${python}" "${repo_root}" "${data_dir}/${d}"
+    done
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

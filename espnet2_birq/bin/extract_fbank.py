@@ -1,0 +1,548 @@
+"""Extract Kaldi-compatible fbank features for a Kaldi data directory.
+
+Two sub-commands share this module:
+
+``extract`` (default, the sub-command name may be omitted)::
+
+    python -m espnet2_birq.bin.extract_fbank \\
+        --data_dir data/train/split4/2 --out_dir dump/fbank/train --name feats.2 \\
+        [--fs 16000] [--skip_bad_audio false] [--log_interval 500]
+
+reads ``data_dir/wav.scp`` (and ``data_dir/segments`` if present), computes
+:func:`espnet2_birq.features.kaldi_fbank` for every utterance and writes
+
+* ``out_dir/<name>.ark`` / ``out_dir/<name>.scp``: the features (kaldiio),
+* ``out_dir/utt2num_frames.<job>``: ``utt num_frames`` per line,
+* ``out_dir/bad_utts.<job>``: utterances skipped with ``--skip_bad_audio
+  true`` (``utt<TAB>reason``; empty file when none were skipped),
+
+where ``<job>`` is the part of ``name`` after the last ``.`` (``feats.2`` ->
+``2``; the whole name when it has no ``.``).  All four files are written to
+temporary names and renamed at the end, so re-running a job replaces its
+outputs and an interrupted job leaves no partial ones.
+
+``wav.scp`` entries may be plain audio paths (anything libsndfile reads),
+Kaldi pipe commands (``sox a.flac -t wav - |``) or Kaldi ark offsets
+(``foo.ark:1234``).
+
+``merge``::
+
+    python -m espnet2_birq.bin.extract_fbank merge \\
+        --out_dir dump/fbank/train --nj 4 --data_dir data/train
+
+concatenates ``<prefix>.{1..nj}.scp`` and ``utt2num_frames.{1..nj}`` into
+``out_dir/feats.scp``, ``out_dir/utt2num_frames`` and ``out_dir/feats_shape``
+(ESPnet shape file: ``utt num_frames,80``), all sorted by utterance id, and
+checks that every utterance of ``data_dir`` was either extracted or listed in a
+``bad_utts.<job>`` file.  It fails naming the missing utterances otherwise.
+
+Errors: a wrong sample rate always aborts, naming the utterance and the audio
+source.  Missing, unreadable, multi-channel or too-short (< 1 frame) audio
+aborts too unless ``--skip_bad_audio true`` is given; then the utterance is
+skipped, logged with a warning and counted.
+"""
+
+import argparse
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import kaldiio
+import numpy as np
+import soundfile
+import torch
+
+from espnet2.utils.types import str2bool
+from espnet2_birq.features import kaldi_fbank, num_frames
+
+logger = logging.getLogger("espnet2_birq.extract_fbank")
+
+# Kaldi extract-segments tolerates segment ends up to 0.5 s after the end of
+# the recording (the segment is then truncated); we do the same.
+MAX_SEGMENT_OVERSHOOT_S = 0.5
+
+
+class BadAudioError(Exception):
+    """Audio of an utterance is missing, unreadable or unusable."""
+
+
+class DataDirError(Exception):
+    """A Kaldi data-dir file is malformed or inconsistent."""
+
+
+def read_kaldi_map(path: str, min_fields: int = 2) -> List[Tuple[str, str]]:
+    """Read a Kaldi ``key value...`` file into an ordered list of pairs.
+
+    Args:
+        path: File to read (``wav.scp``, ``segments``, ``text``, ...).
+        min_fields: Minimum number of whitespace-separated fields per line
+            (``1`` allows an empty value, e.g. an empty transcript).
+
+    Returns:
+        List of ``(key, rest_of_line)`` with the value stripped.
+
+    Raises:
+        DataDirError: on missing file, malformed lines or duplicate keys,
+            naming the file and line number.
+    """
+    if not os.path.isfile(path):
+        raise DataDirError(f"{path}: file not found")
+    out: List[Tuple[str, str]] = []
+    seen: Dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip() == "":
+                raise DataDirError(f"{path}:{lineno}: empty line")
+            parts = line.strip().split(maxsplit=1)
+            key = parts[0]
+            value = parts[1].strip() if len(parts) > 1 else ""
+            if len(parts) < min_fields or (min_fields >= 2 and value == ""):
+                raise DataDirError(
+                    f"{path}:{lineno}: expected '<key> <value>', got {line!r}"
+                )
+            if key in seen:
+                raise DataDirError(
+                    f"{path}:{lineno}: duplicate key '{key}' (first on line "
+                    f"{seen[key]})"
+                )
+            seen[key] = lineno
+            out.append((key, value))
+    return out
+
+
+def job_suffix(name: str) -> str:
+    """Job id of an output name: ``feats.2`` -> ``2``; ``feats`` -> ``feats``."""
+    return name.rsplit(".", 1)[-1]
+
+
+_ARK_OFFSET_RE = re.compile(r"^(.+):(\d+)$")
+
+
+def load_audio(spec: str) -> Tuple[np.ndarray, int]:
+    """Load a ``wav.scp`` value as a float32 waveform in ``[-1, 1]``.
+
+    Args:
+        spec: A path, a Kaldi pipe command ending in ``|`` or ``ark:offset``.
+
+    Returns:
+        (ndarray, int): Waveform with shape `(T, C)` and its sampling rate.
+
+    Raises:
+        BadAudioError: if the audio cannot be obtained or decoded.
+    """
+    spec = spec.strip()
+    if spec.endswith("|"):
+        cmd = spec[:-1].strip()
+        proc = subprocess.run(
+            cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        if proc.returncode != 0:
+            err = proc.stderr.decode("utf-8", "replace").strip()[-500:]
+            raise BadAudioError(
+                f"command '{cmd}' failed with exit code {proc.returncode}: {err}"
+            )
+        if len(proc.stdout) == 0:
+            raise BadAudioError(f"command '{cmd}' produced no output")
+        try:
+            data, rate = soundfile.read(
+                io.BytesIO(proc.stdout), dtype="float32", always_2d=True
+            )
+        except Exception as e:  # libsndfile raises several types
+            raise BadAudioError(f"cannot decode output of '{cmd}': {e}") from e
+        return data, rate
+    if not os.path.exists(spec):
+        m = _ARK_OFFSET_RE.match(spec)
+        if m is not None and os.path.isfile(m.group(1)):
+            try:
+                loaded = kaldiio.load_mat(spec)
+            except Exception as e:
+                raise BadAudioError(f"cannot read '{spec}': {e}") from e
+            if not isinstance(loaded, tuple):
+                raise BadAudioError(f"'{spec}' is a matrix, not audio")
+            rate, arr = loaded
+            arr = np.asarray(arr)
+            if arr.dtype == np.int16:
+                arr = arr.astype(np.float32) / 32768.0
+            elif arr.dtype.kind == "i":
+                raise BadAudioError(
+                    f"'{spec}': unsupported integer sample type {arr.dtype}"
+                )
+            if arr.ndim == 1:
+                arr = arr[:, None]
+            return arr.astype(np.float32), int(rate)
+        raise BadAudioError(f"audio file '{spec}' does not exist")
+    try:
+        data, rate = soundfile.read(spec, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise BadAudioError(f"cannot read audio file '{spec}': {e}") from e
+    return data, rate
+
+
+class Utterance:
+    """One utterance to process: id, recording spec and optional sample range."""
+
+    __slots__ = ("utt_id", "reco_id", "spec", "start", "end")
+
+    def __init__(self, utt_id, reco_id, spec, start=None, end=None):
+        self.utt_id = utt_id
+        self.reco_id = reco_id
+        self.spec = spec
+        self.start = start  # seconds or None
+        self.end = end  # seconds, -1 for "to the end", or None
+
+    def describe(self) -> str:
+        where = f"utterance '{self.utt_id}'"
+        if self.start is not None:
+            where += (
+                f" (segment {self.start}-{self.end} s of recording "
+                f"'{self.reco_id}')"
+            )
+        return f"{where}, audio '{self.spec}'"
+
+
+def list_utterances(data_dir: str) -> List[Utterance]:
+    """List the utterances of a data dir from ``wav.scp`` and ``segments``.
+
+    Raises:
+        DataDirError: on malformed files or a segment whose recording is not
+            in ``wav.scp``.
+    """
+    wav_scp = read_kaldi_map(os.path.join(data_dir, "wav.scp"))
+    seg_path = os.path.join(data_dir, "segments")
+    if not os.path.exists(seg_path):
+        return [Utterance(k, k, v) for k, v in wav_scp]
+    wavs = dict(wav_scp)
+    utts = []
+    for lineno, (utt_id, rest) in enumerate(read_kaldi_map(seg_path), 1):
+        fields = rest.split()
+        try:
+            if len(fields) != 3:
+                raise ValueError
+            reco, start, end = fields[0], float(fields[1]), float(fields[2])
+        except ValueError:
+            raise DataDirError(
+                f"{seg_path}:{lineno}: expected '<utt> <reco> <start> <end>', "
+                f"got '{utt_id} {rest}'"
+            ) from None
+        if reco not in wavs:
+            raise DataDirError(
+                f"{seg_path}:{lineno}: recording '{reco}' of utterance "
+                f"'{utt_id}' is not in {os.path.join(data_dir, 'wav.scp')}"
+            )
+        if start < 0 or (end != -1 and end <= start):
+            raise DataDirError(
+                f"{seg_path}:{lineno}: invalid times {start} {end} for "
+                f"utterance '{utt_id}'"
+            )
+        utts.append(Utterance(utt_id, reco, wavs[reco], start, end))
+    return utts
+
+
+def iter_waveforms(
+    utts: Sequence[Utterance],
+) -> Iterator[Tuple[Utterance, Optional[np.ndarray], Optional[int], Optional[str]]]:
+    """Yield ``(utt, waveform (T,), rate, error)`` for each utterance.
+
+    ``error`` is a message (and waveform/rate are ``None``) when the audio is
+    bad.  The last recording is cached so that consecutive segments of the
+    same recording read it once.
+    """
+    cache_spec = None
+    cache = None  # (data, rate) or BadAudioError
+    for utt in utts:
+        if utt.spec != cache_spec:
+            cache_spec = utt.spec
+            try:
+                cache = load_audio(utt.spec)
+            except BadAudioError as e:
+                cache = e
+        if isinstance(cache, BadAudioError):
+            yield utt, None, None, str(cache)
+            continue
+        data, rate = cache
+        if data.shape[1] != 1:
+            yield utt, None, rate, f"audio has {data.shape[1]} channels, expected 1"
+            continue
+        wav = data[:, 0]
+        if utt.start is not None:
+            begin = int(utt.start * rate)
+            if utt.end == -1:
+                stop = wav.shape[0]
+            else:
+                stop = int(utt.end * rate)
+                if stop > wav.shape[0] + int(MAX_SEGMENT_OVERSHOOT_S * rate):
+                    yield utt, None, rate, (
+                        f"segment ends at {utt.end} s but the recording is only "
+                        f"{wav.shape[0] / rate:.3f} s long"
+                    )
+                    continue
+            if begin >= wav.shape[0]:
+                yield utt, None, rate, (
+                    f"segment starts at {utt.start} s but the recording is only "
+                    f"{wav.shape[0] / rate:.3f} s long"
+                )
+                continue
+            wav = wav[begin:stop]
+        yield utt, wav, rate, None
+
+
+def extract(
+    data_dir: str,
+    out_dir: str,
+    name: str,
+    fs: int = 16000,
+    num_mel_bins: int = 80,
+    skip_bad_audio: bool = False,
+    log_interval: int = 500,
+) -> Dict[str, int]:
+    """Extract features for one (split) data dir; see the module docstring.
+
+    Args:
+        data_dir: Kaldi data dir with ``wav.scp`` (+ optional ``segments``).
+        out_dir: Output directory (created if needed).
+        name: Output base name, e.g. ``feats.2``.
+        fs: Required sampling rate of the audio in Hz.
+        num_mel_bins: Feature dimension.
+        skip_bad_audio: Skip (and count) utterances with bad audio instead of
+            failing.
+        log_interval: Log progress every this many utterances.
+
+    Returns:
+        dict with ``done``, ``skipped`` and ``total`` utterance counts.
+
+    Raises:
+        DataDirError: malformed data dir.
+        BadAudioError: bad audio (wrong sample rate always; other problems
+            unless ``skip_bad_audio``), naming the utterance and file.
+    """
+    utts = list_utterances(data_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    job = job_suffix(name)
+    final = {
+        "ark": os.path.join(out_dir, f"{name}.ark"),
+        "scp": os.path.join(out_dir, f"{name}.scp"),
+        "u2nf": os.path.join(out_dir, f"utt2num_frames.{job}"),
+        "bad": os.path.join(out_dir, f"bad_utts.{job}"),
+    }
+    tmp = {k: v + f".tmp{os.getpid()}" for k, v in final.items()}
+    done = 0
+    skipped = 0
+    try:
+        with open(tmp["ark"], "wb") as ark, open(
+            tmp["scp"], "w", encoding="utf-8"
+        ) as scp, open(tmp["u2nf"], "w", encoding="utf-8") as u2nf, open(
+            tmp["bad"], "w", encoding="utf-8"
+        ) as bad:
+            for i, (utt, wav, rate, err) in enumerate(iter_waveforms(utts), 1):
+                if rate is not None and rate != fs:
+                    raise BadAudioError(
+                        f"{utt.describe()}: sample rate is {rate} Hz but "
+                        f"--fs {fs} was requested; resample the data first"
+                    )
+                if err is None and num_frames(len(wav), rate) == 0:
+                    err = (
+                        f"audio is {len(wav)} samples long, shorter than one "
+                        f"25 ms analysis window (no frames)"
+                    )
+                if err is not None:
+                    msg = f"{utt.describe()}: {err}"
+                    if not skip_bad_audio:
+                        raise BadAudioError(
+                            msg + " (pass --skip_bad_audio true to skip it)"
+                        )
+                    logger.warning("skipping %s", msg)
+                    bad.write(f"{utt.utt_id}\t{err}\n")
+                    skipped += 1
+                    continue
+                feats = kaldi_fbank(
+                    torch.from_numpy(np.ascontiguousarray(wav)),
+                    rate,
+                    num_mel_bins=num_mel_bins,
+                    expected_sample_rate=fs,
+                )
+                key_bytes = (utt.utt_id + " ").encode("utf-8")
+                offset = ark.tell() + len(key_bytes)
+                kaldiio.save_ark(ark, {utt.utt_id: feats.numpy()})
+                scp.write(f"{utt.utt_id} {final['ark']}:{offset}\n")
+                u2nf.write(f"{utt.utt_id} {feats.shape[0]}\n")
+                done += 1
+                if log_interval > 0 and i % log_interval == 0:
+                    logger.info(
+                        "%s: processed %d/%d utterances (%d skipped)",
+                        name,
+                        i,
+                        len(utts),
+                        skipped,
+                    )
+        for k in ("ark", "scp", "u2nf", "bad"):
+            os.replace(tmp[k], final[k])
+    finally:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+    if skipped:
+        logger.warning(
+            "%s: skipped %d of %d utterances with bad audio (listed in %s)",
+            name,
+            skipped,
+            len(utts),
+            final["bad"],
+        )
+    logger.info(
+        "%s: wrote %d utterances to %s (%d skipped)", name, done, final["scp"], skipped
+    )
+    return {"done": done, "skipped": skipped, "total": len(utts)}
+
+
+def merge(
+    out_dir: str,
+    nj: int,
+    data_dir: Optional[str] = None,
+    prefix: str = "feats",
+    feat_dim: int = 80,
+) -> Dict[str, int]:
+    """Merge per-job outputs into ``feats.scp``, ``utt2num_frames``, ``feats_shape``.
+
+    Args:
+        out_dir: Directory holding ``<prefix>.<j>.scp``, ``utt2num_frames.<j>``
+            and ``bad_utts.<j>`` for ``j = 1..nj``.
+        nj: Number of jobs.
+        data_dir: Full (unsplit) data dir; if given, every utterance of it
+            must be present or listed as skipped, and no others.
+        prefix: Base name used for the jobs (``feats`` for ``feats.<j>``).
+        feat_dim: Feature dimension written to ``feats_shape``.
+
+    Returns:
+        dict with ``utts`` (merged) and ``skipped`` counts.
+
+    Raises:
+        DataDirError: on missing job files, duplicate utterances, scp and
+            utt2num_frames disagreeing, or utterances missing from the output.
+    """
+    scp: Dict[str, str] = {}
+    u2nf: Dict[str, str] = {}
+    bad: Dict[str, str] = {}
+    for j in range(1, nj + 1):
+        for path, target, min_fields in (
+            (os.path.join(out_dir, f"{prefix}.{j}.scp"), scp, 2),
+            (os.path.join(out_dir, f"utt2num_frames.{j}"), u2nf, 2),
+            (os.path.join(out_dir, f"bad_utts.{j}"), bad, 2),
+        ):
+            for key, value in read_kaldi_map(path, min_fields=min_fields):
+                if key in target:
+                    raise DataDirError(f"{path}: utterance '{key}' appears in two jobs")
+                target[key] = value
+    if set(scp) != set(u2nf):
+        diff = sorted(set(scp) ^ set(u2nf))
+        raise DataDirError(
+            f"{out_dir}: {prefix}.*.scp and utt2num_frames.* disagree on "
+            f"{len(diff)} utterances, e.g. {diff[:5]}"
+        )
+    both = sorted(set(scp) & set(bad))
+    if both:
+        raise DataDirError(
+            f"{out_dir}: utterances both extracted and skipped: {both[:5]}"
+        )
+    if data_dir is not None:
+        expected = {u.utt_id for u in list_utterances(data_dir)}
+        got = set(scp) | set(bad)
+        missing = sorted(expected - got)
+        extra = sorted(got - expected)
+        if missing:
+            raise DataDirError(
+                f"{len(missing)} utterances of {data_dir} are missing from "
+                f"{out_dir} (neither extracted nor skipped), e.g. {missing[:10]}"
+            )
+        if extra:
+            raise DataDirError(
+                f"{len(extra)} utterances in {out_dir} are not in {data_dir}, "
+                f"e.g. {extra[:10]}"
+            )
+    keys = sorted(scp)
+    outputs = {
+        "feats.scp": [f"{k} {scp[k]}\n" for k in keys],
+        "utt2num_frames": [f"{k} {u2nf[k]}\n" for k in keys],
+        "feats_shape": [f"{k} {u2nf[k]},{feat_dim}\n" for k in keys],
+    }
+    for fname, lines in outputs.items():
+        final = os.path.join(out_dir, fname)
+        tmp = final + f".tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.replace(tmp, final)
+    if bad:
+        logger.warning(
+            "%d utterances were skipped because of bad audio (see %s/bad_utts.*)",
+            len(bad),
+            out_dir,
+        )
+    logger.info("merged %d utterances from %d jobs into %s", len(keys), nj, out_dir)
+    return {"utts": len(keys), "skipped": len(bad)}
+
+
+def get_parser(sub: str) -> argparse.ArgumentParser:
+    if sub == "merge":
+        p = argparse.ArgumentParser(
+            prog="python -m espnet2_birq.bin.extract_fbank merge",
+            description="Merge per-job fbank outputs.",
+        )
+        p.add_argument("--out_dir", required=True)
+        p.add_argument("--nj", type=int, required=True)
+        p.add_argument(
+            "--data_dir",
+            default=None,
+            help="full data dir; checks all its utterances are accounted for",
+        )
+        p.add_argument("--prefix", default="feats")
+        p.add_argument("--n_mels", type=int, default=80)
+        return p
+    p = argparse.ArgumentParser(
+        prog="python -m espnet2_birq.bin.extract_fbank",
+        description="Extract 80-dim Kaldi fbank for a data dir (see 'merge' too).",
+    )
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("--name", required=True, help="e.g. feats.2 for job 2")
+    p.add_argument("--fs", type=int, default=16000)
+    p.add_argument("--n_mels", type=int, default=80)
+    p.add_argument("--skip_bad_audio", type=str2bool, default=False)
+    p.add_argument("--log_interval", type=int, default=500)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub = "extract"
+    if argv and argv[0] in ("extract", "merge"):
+        sub = argv.pop(0)
+    args = get_parser(sub).parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s",
+    )
+    try:
+        if sub == "merge":
+            merge(args.out_dir, args.nj, args.data_dir, args.prefix, args.n_mels)
+        else:
+            extract(
+                args.data_dir,
+                args.out_dir,
+                args.name,
+                fs=args.fs,
+                num_mel_bins=args.n_mels,
+                skip_bad_audio=args.skip_bad_audio,
+                log_interval=args.log_interval,
+            )
+    except (BadAudioError, DataDirError) as e:
+        logger.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Self-supervised losses in ESPnet's ``AbsSSLLoss`` style."""

@@ -1,0 +1,594 @@
+"""Kaldi-style data directory tools: validate, fix, utt2dur, spk2utt, split.
+
+A data directory holds text files of ``key value`` lines sorted by key in C
+(byte) order:
+
+* ``wav.scp``   recording id -> audio path, or a shell command ending in ``|``
+* ``segments``  (optional) utterance id -> recording id, start, end (seconds);
+                without it, recording ids are the utterance ids
+* ``utt2spk``   utterance id -> speaker id;  ``spk2utt`` speaker -> utterances
+* ``text``      utterance id -> transcript (not needed for SSL pre-training: --no-text)
+* optional per-utterance files kept in step: utt2dur, utt2num_frames, feats.scp
+
+Command line (the utils/*.sh wrappers call these)::
+
+    python -m espnet2_birq.utils.datadir validate [--no-text] [--no-feats] DIR
+    python -m espnet2_birq.utils.datadir fix DIR
+    python -m espnet2_birq.utils.datadir utt2dur [--nj N] DIR
+    python -m espnet2_birq.utils.datadir spk2utt [UTT2SPK]        (stdin -> stdout)
+    python -m espnet2_birq.utils.datadir split DIR N
+
+Relative audio paths are resolved from the current directory (the recipe
+directory), as Kaldi does.
+"""
+
+import argparse
+import io
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+PER_UTTERANCE_OPTIONAL_FILES = ("utt2dur", "utt2num_frames", "feats.scp")
+# Files that split/fix know how to subset; anything else is reported, not dropped silently.
+KNOWN_FILES = {"wav.scp", "segments", "utt2spk", "spk2utt", "text", *PER_UTTERANCE_OPTIONAL_FILES}
+SHOWN_IDS = 5
+_KALDI_ARK_RE = re.compile(r"^(.*\.ark):\d+$")
+
+
+class DataDirError(Exception):
+    """A problem with a data directory; the message names the file and ids."""
+
+
+def c_sort_key(key: str) -> bytes:
+    """Sort key matching ``LC_ALL=C sort``: byte order of the UTF-8 encoding."""
+    return key.encode("utf-8")
+
+
+def first_ids(ids, count: int = SHOWN_IDS) -> str:
+    ids = list(ids)
+    shown = " ".join(ids[:count])
+    return shown + (" ..." if len(ids) > count else "")
+
+
+class KaldiMap:
+    """Lines of one ``key value`` file, in file order, keeping duplicates.
+
+    ``entries`` preserves everything that was read so that checks can report
+    exact problems; ``as_dict`` is only valid after uniqueness was checked.
+    """
+
+    def __init__(self, path: Path, entries: List[Tuple[str, str]]):
+        self.path = path
+        self.entries = entries
+
+    @classmethod
+    def read(cls, path: Path) -> "KaldiMap":
+        entries = []
+        try:
+            raw = path.read_bytes()
+        except OSError as error:
+            raise DataDirError(f"{path}: cannot read: {error}") from None
+        for line_number, raw_line in enumerate(raw.split(b"\n"), start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataDirError(f"{path}: line {line_number} is not valid UTF-8: {error}") from None
+            line = line.rstrip("\r")
+            if not line.strip():
+                continue
+            parts = line.strip().split(maxsplit=1)
+            entries.append((parts[0], parts[1] if len(parts) > 1 else ""))
+        return cls(path, entries)
+
+    @property
+    def keys(self) -> List[str]:
+        return [key for key, _ in self.entries]
+
+    def as_dict(self) -> "OrderedDict[str, str]":
+        return OrderedDict(self.entries)
+
+    def unsorted_keys(self) -> List[str]:
+        """Keys that are not strictly greater (C order) than the key before them."""
+        keys = self.keys
+        return [b for a, b in zip(keys, keys[1:]) if c_sort_key(b) < c_sort_key(a)]
+
+    def duplicate_keys(self) -> List[str]:
+        counts = Counter(self.keys)
+        return [key for key, count in counts.items() if count > 1]
+
+
+def write_map(path: Path, mapping: Dict[str, str]) -> None:
+    """Write ``key value`` lines sorted in C order (``key`` alone for empty values)."""
+    lines = [f"{key} {value}" if value else key for key, value in sorted(mapping.items(), key=lambda kv: c_sort_key(kv[0]))]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def make_spk2utt(utt2spk: Dict[str, str]) -> "OrderedDict[str, str]":
+    """Speakers in C order, each with its utterances in C order."""
+    speakers: Dict[str, List[str]] = {}
+    for utt in sorted(utt2spk, key=c_sort_key):
+        speakers.setdefault(utt2spk[utt], []).append(utt)
+    return OrderedDict((spk, " ".join(speakers[spk])) for spk in sorted(speakers, key=c_sort_key))
+
+
+def classify_wav_entry(value: str) -> Tuple[str, List[str]]:
+    """('pipe', []) for commands ending in '|', else ('paths', files that must exist)."""
+    if value.rstrip().endswith("|"):
+        return "pipe", []
+    paths = []
+    for word in value.split():
+        ark = _KALDI_ARK_RE.match(word)  # ESPnet/Kaldi "file.ark:offset" entries
+        paths.append(ark.group(1) if ark else word)
+    return "paths", paths
+
+
+def parse_segment(value: str) -> Tuple[str, float, float]:
+    """Split a segments value 'recording start end'; raises ValueError when malformed."""
+    fields = value.split()
+    if len(fields) != 3:
+        raise ValueError(f"expected 'utt-id recording-id start end', got {len(fields) + 1} fields")
+    return fields[0], float(fields[1]), float(fields[2])
+
+
+# --------------------------------------------------------------------------
+# validate
+# --------------------------------------------------------------------------
+
+
+def validate(data_dir: Path, require_text: bool = True, check_audio: bool = True) -> List[str]:
+    """Return a list of problems (empty if the directory is valid).
+
+    Each message names the file, the number of offending ids and the first ones.
+    """
+    problems: List[str] = []
+    if not data_dir.is_dir():
+        return [f"{data_dir}: not a directory"]
+    required = ["wav.scp", "utt2spk", "spk2utt"] + (["text"] if require_text else [])
+    missing_files = [name for name in required if not (data_dir / name).is_file()]
+    for name in missing_files:
+        hint = " (create it with utils/utt2spk_to_spk2utt.pl or utils/fix_data_dir.sh)" if name == "spk2utt" else ""
+        hint = hint or (" (use --no-text if the data has no transcripts)" if name == "text" else "")
+        problems.append(f"{data_dir / name}: required file is missing{hint}")
+
+    maps: Dict[str, KaldiMap] = {}
+    for name in sorted(KNOWN_FILES):
+        path = data_dir / name
+        if path.is_file():
+            try:
+                maps[name] = KaldiMap.read(path)
+            except DataDirError as error:
+                problems.append(str(error))
+    for name, kmap in maps.items():
+        if not kmap.entries:
+            problems.append(f"{kmap.path}: file is empty")
+        unsorted = kmap.unsorted_keys()
+        duplicates = kmap.duplicate_keys()
+        if unsorted:
+            problems.append(
+                f"{kmap.path}: not sorted in C locale order (LC_ALL=C sort), {len(unsorted)} key(s) out of order, "
+                f"first: {first_ids(unsorted)}"
+            )
+        if duplicates:
+            problems.append(f"{kmap.path}: {len(duplicates)} duplicate key(s), first: {first_ids(duplicates)}")
+        if name != "text":
+            no_value = [key for key, value in kmap.entries if not value]
+            if no_value:
+                problems.append(f"{kmap.path}: {len(no_value)} line(s) with a key but no value, first: {first_ids(no_value)}")
+
+    if "wav.scp" not in maps or "utt2spk" not in maps:
+        return problems
+
+    wav_scp = maps["wav.scp"].as_dict()
+    if "segments" in maps:
+        segments = maps["segments"]
+        utt_ids = set(segments.keys)
+        id_source = segments.path
+        bad_format, bad_times, unknown_recordings = [], [], []
+        for utt, value in segments.entries:
+            try:
+                recording, start, end = parse_segment(value)
+            except ValueError:
+                bad_format.append(utt)
+                continue
+            if start < 0 or end <= start:
+                bad_times.append(utt)
+            if recording not in wav_scp:
+                unknown_recordings.append(utt)
+        if bad_format:
+            problems.append(f"{segments.path}: {len(bad_format)} malformed line(s) (need 'utt rec start end'), first: {first_ids(bad_format)}")
+        if bad_times:
+            problems.append(f"{segments.path}: {len(bad_times)} segment(s) with negative start or end <= start, first: {first_ids(bad_times)}")
+        if unknown_recordings:
+            problems.append(
+                f"{segments.path}: {len(unknown_recordings)} segment(s) whose recording id is not in "
+                f"{maps['wav.scp'].path}, first: {first_ids(unknown_recordings)}"
+            )
+    else:
+        utt_ids = set(wav_scp)
+        id_source = maps["wav.scp"].path
+
+    for name in ("utt2spk", "text", *PER_UTTERANCE_OPTIONAL_FILES):
+        if name not in maps:
+            continue
+        keys = set(maps[name].keys)
+        only_here = sorted(keys - utt_ids, key=c_sort_key)
+        missing_here = sorted(utt_ids - keys, key=c_sort_key)
+        if missing_here:
+            problems.append(f"{maps[name].path}: {len(missing_here)} utterance(s) of {id_source} are missing, first: {first_ids(missing_here)}")
+        if only_here:
+            problems.append(f"{maps[name].path}: {len(only_here)} utterance(s) not in {id_source}, first: {first_ids(only_here)}")
+
+    if "text" in maps:
+        empty = [key for key, value in maps["text"].entries if not value.strip()]
+        if empty:
+            problems.append(f"{maps['text'].path}: {len(empty)} empty transcript(s), first: {first_ids(empty)}")
+
+    if "spk2utt" in maps:
+        expected = make_spk2utt(maps["utt2spk"].as_dict())
+        actual = {spk: sorted(value.split(), key=c_sort_key) for spk, value in maps["spk2utt"].entries}
+        differing = [spk for spk in expected if sorted(expected[spk].split(), key=c_sort_key) != actual.get(spk)]
+        differing += [spk for spk in actual if spk not in expected]
+        if differing:
+            problems.append(
+                f"{maps['spk2utt'].path}: {len(differing)} speaker(s) disagree with {maps['utt2spk'].path}, "
+                f"first: {first_ids(differing)} (regenerate with utils/utt2spk_to_spk2utt.pl)"
+            )
+
+    if check_audio:
+        missing_audio = missing_audio_recordings(wav_scp)
+        if missing_audio:
+            problems.append(
+                f"{maps['wav.scp'].path}: {len(missing_audio)} recording(s) whose audio file does not exist, "
+                f"first: {first_ids(missing_audio)} ({wav_scp[missing_audio[0]]})"
+            )
+    return problems
+
+
+def missing_audio_recordings(wav_scp: Dict[str, str]) -> List[str]:
+    """Recording ids whose plain-path entries point to files that do not exist."""
+    missing = []
+    for recording, value in wav_scp.items():
+        kind, paths = classify_wav_entry(value)
+        if kind == "paths" and any(not Path(path).is_file() for path in paths):
+            missing.append(recording)
+    return missing
+
+
+def summary(data_dir: Path) -> str:
+    wav_scp = KaldiMap.read(data_dir / "wav.scp").as_dict()
+    pipes = sum(1 for value in wav_scp.values() if classify_wav_entry(value)[0] == "pipe")
+    utt2spk = KaldiMap.read(data_dir / "utt2spk").as_dict()
+    return (
+        f"{data_dir}: {len(utt2spk)} utterances, {len(set(utt2spk.values()))} speakers, "
+        f"{len(wav_scp)} recordings ({pipes} piped wav.scp entries not opened)"
+    )
+
+
+# --------------------------------------------------------------------------
+# fix
+# --------------------------------------------------------------------------
+
+
+def fix(data_dir: Path) -> Tuple[int, Counter, List[str]]:
+    """Sort, drop inconsistent utterances, regenerate spk2utt; back up originals.
+
+    Returns (kept utterance count, Counter of drop reasons, rewritten files).  Nothing is
+    written when the directory is already valid and sorted.
+    """
+    for name in ("wav.scp", "utt2spk"):
+        if not (data_dir / name).is_file():
+            raise DataDirError(f"{data_dir / name}: required file is missing; fix_data_dir cannot create it")
+    present = [name for name in sorted(KNOWN_FILES) if (data_dir / name).is_file()]
+    maps = {name: KaldiMap.read(data_dir / name) for name in present}
+    reasons: Dict[str, str] = {}  # utterance -> first reason it is dropped
+
+    def drop(utt: str, reason: str) -> None:
+        reasons.setdefault(utt, reason)
+
+    def unique_dict(name: str) -> Tuple[Dict[str, str], set]:
+        """Entries of a file; identical repeated lines are merged, conflicting ones reported."""
+        values: Dict[str, str] = {}
+        conflicting = set()
+        for key, value in maps[name].entries:
+            if key in values and values[key] != value:
+                conflicting.add(key)
+            values.setdefault(key, value)
+        for key in conflicting:
+            del values[key]
+        return values, conflicting
+
+    wav_scp, conflicting_recordings = unique_dict("wav.scp")
+    missing_audio = set(missing_audio_recordings(wav_scp))
+    empty_recordings = {rec for rec, value in wav_scp.items() if not value}
+
+    if "segments" in maps:
+        segments, conflicting = unique_dict("segments")
+        for utt in conflicting:
+            drop(utt, "conflicting duplicate lines in segments")
+        for utt, value in segments.items():
+            try:
+                recording, start, end = parse_segment(value)
+            except ValueError:
+                drop(utt, "malformed line in segments")
+                continue
+            if start < 0 or end <= start:
+                drop(utt, "segment with negative start or end <= start")
+            elif recording in conflicting_recordings:
+                drop(utt, "conflicting duplicate lines in wav.scp")
+            elif recording not in wav_scp or recording in empty_recordings:
+                drop(utt, "recording not in wav.scp")
+            elif recording in missing_audio:
+                drop(utt, "audio file missing")
+        utt_ids = set(segments) | set(conflicting)
+    else:
+        segments = None
+        for rec in conflicting_recordings:
+            drop(rec, "conflicting duplicate lines in wav.scp")
+        for rec in empty_recordings:
+            drop(rec, "malformed line in wav.scp")
+        for rec in missing_audio:
+            drop(rec, "audio file missing")
+        utt_ids = set(wav_scp) | conflicting_recordings
+
+    per_utt = {}
+    for name in ("utt2spk", "text", *PER_UTTERANCE_OPTIONAL_FILES):
+        if name not in maps:
+            continue
+        values, conflicting = unique_dict(name)
+        for utt in conflicting:
+            drop(utt, f"conflicting duplicate lines in {name}")
+        for utt in utt_ids - set(values) - conflicting:
+            drop(utt, f"missing from {name}")
+        for utt in set(values) - utt_ids:
+            drop(utt, f"missing from {'segments' if segments is not None else 'wav.scp'}")
+        if name == "text":
+            for utt, value in values.items():
+                if not value.strip():
+                    drop(utt, "empty transcript")
+        elif name != "text":
+            for utt, value in values.items():
+                if not value:
+                    drop(utt, f"malformed line in {name}")
+        per_utt[name] = values
+
+    kept = sorted(utt_ids - set(reasons), key=c_sort_key)
+    if not kept:
+        raise DataDirError(
+            f"{data_dir}: fixing would drop all {len(reasons)} utterances ("
+            + "; ".join(f"{r}: {c}" for r, c in Counter(reasons.values()).most_common()) + "); nothing written"
+        )
+    kept_set = set(kept)
+
+    new_files: Dict[str, Dict[str, str]] = {}
+    for name, values in per_utt.items():
+        new_files[name] = {utt: values[utt] for utt in kept}
+    new_files["spk2utt"] = make_spk2utt(new_files["utt2spk"])
+    if segments is not None:
+        new_files["segments"] = {utt: segments[utt] for utt in kept}
+        # Recordings no segment uses are kept (valid in Kaldi); only broken ones go.
+        new_files["wav.scp"] = {rec: value for rec, value in wav_scp.items() if rec not in missing_audio and value}
+    else:
+        new_files["wav.scp"] = {rec: wav_scp[rec] for rec in kept}
+
+    changed = []
+    for name, mapping in new_files.items():
+        path = data_dir / name
+        buffer = io.StringIO()
+        for key, value in sorted(mapping.items(), key=lambda kv: c_sort_key(kv[0])):
+            buffer.write(f"{key} {value}\n" if value else f"{key}\n")
+        if not path.is_file() or path.read_text(encoding="utf-8") != buffer.getvalue():
+            changed.append(name)
+    if changed:
+        backup = data_dir / ".backup"
+        backup.mkdir(exist_ok=True)
+        for name in present:
+            shutil.copy2(data_dir / name, backup / name)
+        for name in changed:
+            write_map(data_dir / name, new_files[name])
+    return len(kept_set), Counter(reasons.values()), changed
+
+
+# --------------------------------------------------------------------------
+# utt2dur
+# --------------------------------------------------------------------------
+
+
+def audio_duration(value: str) -> float:
+    """Duration in seconds of one wav.scp entry (path, file.ark:offset or pipe)."""
+    import soundfile  # imported here so that validate/fix/split work without it
+
+    kind, paths = classify_wav_entry(value)
+    if kind == "pipe":
+        result = subprocess.run(value.rstrip()[:-1], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if result.returncode != 0:
+            raise RuntimeError(f"command failed with exit code {result.returncode}: {result.stderr.decode(errors='replace').strip()}")
+        # Piped WAV headers often carry a bogus length, so count the samples.
+        data, rate = soundfile.read(io.BytesIO(result.stdout), always_2d=True)
+        return data.shape[0] / rate
+    word = value.split()[0]
+    if _KALDI_ARK_RE.match(word):
+        import kaldiio
+
+        rate, samples = kaldiio.load_mat(word)
+        return len(samples) / rate
+    info = soundfile.info(word)
+    return info.frames / info.samplerate
+
+
+def compute_utt2dur(data_dir: Path, num_jobs: int = 1) -> int:
+    """Write DIR/utt2dur; raises DataDirError naming unreadable recordings (nothing written)."""
+    wav_scp = KaldiMap.read(data_dir / "wav.scp").as_dict()
+    durations: Dict[str, float] = {}
+    segments_path = data_dir / "segments"
+    if segments_path.is_file():
+        bad = []
+        for utt, value in KaldiMap.read(segments_path).entries:
+            try:
+                _, start, end = parse_segment(value)
+            except ValueError:
+                bad.append(utt)
+                continue
+            durations[utt] = end - start
+        if bad:
+            raise DataDirError(f"{segments_path}: {len(bad)} malformed line(s), first: {first_ids(bad)}")
+    else:
+        def measure(item):
+            recording, value = item
+            try:
+                return recording, audio_duration(value), None
+            except Exception as error:  # any reader failure is reported per recording
+                return recording, None, f"{type(error).__name__}: {error}"
+
+        failures = []
+        with ThreadPoolExecutor(max_workers=max(1, num_jobs)) as pool:
+            for recording, duration, error in pool.map(measure, wav_scp.items()):
+                if error is None:
+                    durations[recording] = duration
+                else:
+                    failures.append((recording, error))
+        if failures:
+            details = "\n".join(f"  {rec}: {wav_scp[rec]}: {err}" for rec, err in failures[:10])
+            more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+            raise DataDirError(
+                f"{data_dir / 'wav.scp'}: {len(failures)} recording(s) could not be read; utt2dur not written. "
+                f"Drop them from wav.scp (e.g. remove the lines and run utils/fix_data_dir.sh):\n{details}{more}"
+            )
+    write_map(data_dir / "utt2dur", {utt: f"{dur:.3f}" for utt, dur in durations.items()})
+    return len(durations)
+
+
+# --------------------------------------------------------------------------
+# split
+# --------------------------------------------------------------------------
+
+
+def split(data_dir: Path, num_splits: int) -> Path:
+    """Split by utterance into DIR/splitN/1..N, each a valid data directory."""
+    require_text = (data_dir / "text").is_file()
+    problems = validate(data_dir, require_text=require_text, check_audio=False)
+    if problems:
+        raise DataDirError(
+            f"{data_dir}: not a valid data directory, run utils/fix_data_dir.sh first:\n  " + "\n  ".join(problems)
+        )
+    utt2spk = KaldiMap.read(data_dir / "utt2spk").as_dict()
+    utterances = list(utt2spk)  # already in C order (validated)
+    if num_splits < 1 or num_splits > len(utterances):
+        raise DataDirError(f"{data_dir}: cannot split {len(utterances)} utterances into {num_splits} parts")
+    unknown = sorted(
+        p.name for p in data_dir.iterdir() if p.is_file() and p.name not in KNOWN_FILES and not p.name.startswith(".")
+    )
+    if unknown:
+        print(f"split_data: warning: {data_dir}: not copied into the splits (unknown layout): {' '.join(unknown)}",
+              file=sys.stderr)
+
+    files = {name: KaldiMap.read(data_dir / name).as_dict() for name in KNOWN_FILES if (data_dir / name).is_file()}
+    split_root = data_dir / f"split{num_splits}"
+    if split_root.exists():
+        shutil.rmtree(split_root)  # stale files from an earlier split must not survive
+    base, extra = divmod(len(utterances), num_splits)
+    start = 0
+    for part in range(1, num_splits + 1):
+        size = base + (1 if part <= extra else 0)
+        chunk = utterances[start:start + size]
+        start += size
+        part_dir = split_root / str(part)
+        part_dir.mkdir(parents=True)
+        for name in ("utt2spk", "text", "segments", *PER_UTTERANCE_OPTIONAL_FILES):
+            if name in files:
+                write_map(part_dir / name, {utt: files[name][utt] for utt in chunk})
+        if "segments" in files:
+            recordings = {parse_segment(files["segments"][utt])[0] for utt in chunk}
+        else:
+            recordings = set(chunk)
+        write_map(part_dir / "wav.scp", {rec: files["wav.scp"][rec] for rec in recordings})
+        write_map(part_dir / "spk2utt", make_spk2utt({utt: utt2spk[utt] for utt in chunk}))
+    return split_root
+
+
+# --------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m espnet2_birq.utils.datadir", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("validate", help="check a data directory")
+    p.add_argument("--no-text", action="store_true", help="the directory has no text file (SSL data)")
+    p.add_argument("--no-feats", action="store_true",
+                   help="accepted for Kaldi compatibility: feats.scp is never required, only checked when present")
+    p.add_argument("data_dir", type=Path)
+    p = commands.add_parser("fix", help="sort and drop inconsistent utterances (backup in DIR/.backup)")
+    p.add_argument("data_dir", type=Path)
+    p = commands.add_parser("utt2dur", help="write DIR/utt2dur")
+    p.add_argument("--nj", type=int, default=4, help="recordings read in parallel (I/O bound)")
+    p.add_argument("data_dir", type=Path)
+    p = commands.add_parser("spk2utt", help="utt2spk (file or stdin) -> spk2utt on stdout")
+    p.add_argument("utt2spk", nargs="?", help="default: stdin")
+    p = commands.add_parser("split", help="split by utterance into DIR/splitN/1..N")
+    p.add_argument("--per-utt", action="store_true", help="accepted for Kaldi compatibility; splitting is always per utterance")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("num_splits", type=int)
+    args = parser.parse_args(argv)
+
+    program = {"validate": "validate_data_dir", "fix": "fix_data_dir", "utt2dur": "get_utt2dur",
+               "spk2utt": "utt2spk_to_spk2utt", "split": "split_data"}[args.command]
+    try:
+        if args.command == "validate":
+            problems = validate(args.data_dir, require_text=not args.no_text)
+            if problems:
+                for problem in problems:
+                    print(f"{program}: error: {problem}", file=sys.stderr)
+                print(f"{program}: {args.data_dir}: {len(problems)} problem(s) found", file=sys.stderr)
+                return 1
+            print(f"{program}: OK: {summary(args.data_dir)}")
+        elif args.command == "fix":
+            kept, dropped, changed = fix(args.data_dir)
+            if dropped:
+                print(
+                    f"{program}: warning: {args.data_dir}: dropped {sum(dropped.values())} of "
+                    f"{kept + sum(dropped.values())} utterances: "
+                    + "; ".join(f"{reason}: {count}" for reason, count in dropped.most_common()),
+                    file=sys.stderr,
+                )
+            if changed:
+                print(f"{program}: {args.data_dir}: rewrote {' '.join(changed)}; originals in {args.data_dir / '.backup'}",
+                      file=sys.stderr)
+            else:
+                print(f"{program}: {args.data_dir}: already valid, nothing changed", file=sys.stderr)
+            problems = validate(args.data_dir, require_text=(args.data_dir / "text").is_file())
+            if problems:  # something fix does not handle (e.g. a required file missing)
+                for problem in problems:
+                    print(f"{program}: error: still invalid: {problem}", file=sys.stderr)
+                return 1
+        elif args.command == "utt2dur":
+            count = compute_utt2dur(args.data_dir, args.nj)
+            print(f"{program}: wrote {args.data_dir / 'utt2dur'} ({count} utterances)", file=sys.stderr)
+        elif args.command == "spk2utt":
+            source = Path(args.utt2spk) if args.utt2spk else Path("/dev/stdin")
+            utt2spk = KaldiMap.read(source)
+            duplicates = utt2spk.duplicate_keys()
+            if duplicates:
+                raise DataDirError(f"{source}: {len(duplicates)} duplicate utterance id(s), first: {first_ids(duplicates)}")
+            no_speaker = [utt for utt, spk in utt2spk.entries if not spk]
+            if no_speaker:
+                raise DataDirError(f"{source}: {len(no_speaker)} utterance(s) without a speaker, first: {first_ids(no_speaker)}")
+            for speaker, utts in make_spk2utt(utt2spk.as_dict()).items():
+                sys.stdout.write(f"{speaker} {utts}\n")
+        elif args.command == "split":
+            root = split(args.data_dir, args.num_splits)
+            print(f"{program}: wrote {root}/1..{args.num_splits}", file=sys.stderr)
+    except DataDirError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

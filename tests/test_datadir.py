@@ -1,0 +1,219 @@
+"""Tests for espnet2_birq.utils.datadir and its utils/*.sh wrappers."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from espnet2_birq.utils import datadir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+UTILS = REPO_ROOT / "utils"
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A valid data dir with 4 utterances of 2 speakers and real audio files."""
+    monkeypatch.chdir(tmp_path)  # wav.scp paths are relative to the recipe dir
+    for index in range(4):
+        soundfile.write(tmp_path / f"a{index}.wav", np.zeros(1600 * (index + 1)), 16000)
+    directory = tmp_path / "data" / "train"
+    directory.mkdir(parents=True)
+    write(directory / "wav.scp", "".join(f"spk{i // 2}-u{i} a{i}.wav\n" for i in range(4)))
+    write(directory / "utt2spk", "".join(f"spk{i // 2}-u{i} spk{i // 2}\n" for i in range(4)))
+    write(directory / "text", "".join(f"spk{i // 2}-u{i} word {i}\n" for i in range(4)))
+    write(directory / "spk2utt", "spk0 spk0-u0 spk0-u1\nspk1 spk1-u2 spk1-u3\n")
+    return directory
+
+
+def run_wrapper(name, *args, stdin=None):
+    env = dict(os.environ, PYTHON=sys.executable)
+    return subprocess.run([str(UTILS / name), *map(str, args)], capture_output=True, text=True, env=env, input=stdin)
+
+
+def only_problem(directory, **kwargs):
+    problems = datadir.validate(directory, **kwargs)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def test_valid_dir_passes_and_wrapper_reports_counts(data_dir):
+    assert datadir.validate(data_dir) == []
+    result = run_wrapper("validate_data_dir.sh", data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "4 utterances, 2 speakers" in result.stdout
+
+
+def test_unsorted_file_is_reported(data_dir):
+    write(data_dir / "utt2spk", "spk0-u1 spk0\nspk0-u0 spk0\nspk1-u2 spk1\nspk1-u3 spk1\n")
+    problem = only_problem(data_dir)
+    assert "utt2spk" in problem and "not sorted" in problem and "spk0-u0" in problem
+
+
+def test_c_locale_order_is_byte_order(data_dir):
+    # In C order upper case sorts before lower case; "B" < "a".
+    assert datadir.c_sort_key("B") < datadir.c_sort_key("a")
+
+
+def test_duplicate_key_is_reported(data_dir):
+    write(data_dir / "text", "spk0-u0 word\nspk0-u0 word\nspk0-u1 a\nspk1-u2 b\nspk1-u3 c\n")
+    problem = only_problem(data_dir)
+    assert "text" in problem and "1 duplicate key" in problem and "spk0-u0" in problem
+
+
+def test_missing_required_file_is_reported_and_no_text_allows_missing_text(data_dir):
+    (data_dir / "text").unlink()
+    problem = only_problem(data_dir)
+    assert "text: required file is missing" in problem
+    assert datadir.validate(data_dir, require_text=False) == []
+    result = run_wrapper("validate_data_dir.sh", "--no-text", "--no-feats", data_dir)
+    assert result.returncode == 0, result.stderr
+
+
+def test_id_mismatch_names_file_count_and_first_ids(data_dir):
+    write(data_dir / "text", "spk0-u0 a\nspk0-u1 b\nspk1-u2 c\n")
+    problem = only_problem(data_dir)
+    assert "text: 1 utterance(s)" in problem and "missing" in problem and "spk1-u3" in problem
+    result = run_wrapper("validate_data_dir.sh", data_dir)
+    assert result.returncode == 1
+    assert "spk1-u3" in result.stderr and "text" in result.stderr
+
+
+def test_spk2utt_inconsistent_with_utt2spk(data_dir):
+    write(data_dir / "spk2utt", "spk0 spk0-u0\nspk1 spk0-u1 spk1-u2 spk1-u3\n")
+    problem = only_problem(data_dir)
+    assert "spk2utt" in problem and "spk0" in problem
+
+
+def test_empty_transcript_is_reported(data_dir):
+    write(data_dir / "text", "spk0-u0 a\nspk0-u1\nspk1-u2 c\nspk1-u3 d\n")
+    problem = only_problem(data_dir)
+    assert "1 empty transcript" in problem and "spk0-u1" in problem
+
+
+def test_missing_audio_is_reported_and_pipes_are_not_opened(data_dir):
+    write(data_dir / "wav.scp", "spk0-u0 a0.wav\nspk0-u1 missing.wav\nspk1-u2 does-not-exist -t wav - |\nspk1-u3 a3.wav\n")
+    problem = only_problem(data_dir)
+    assert "audio file does not exist" in problem and "spk0-u1" in problem and "spk1-u2" not in problem
+    write(data_dir / "wav.scp", "spk0-u0 a0.wav\nspk0-u1 a1.wav\nspk1-u2 does-not-exist -t wav - |\nspk1-u3 a3.wav\n")
+    assert "1 piped wav.scp entries not opened" in datadir.summary(data_dir)
+
+
+def make_segmented(data_dir, segments_text):
+    write(data_dir / "wav.scp", "rec0 a0.wav\nrec1 a1.wav\n")
+    write(data_dir / "segments", segments_text)
+
+
+def test_segments_define_utterance_ids(data_dir):
+    make_segmented(data_dir, "spk0-u0 rec0 0 0.05\nspk0-u1 rec0 0.05 0.1\nspk1-u2 rec1 0 0.1\nspk1-u3 rec1 0.1 0.2\n")
+    assert datadir.validate(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("spk1-u3 rec1 0.2 0.1", "end <= start"),
+        ("spk1-u3 rec1 -0.5 0.1", "negative start"),
+        ("spk1-u3 rec9 0 0.1", "not in"),
+        ("spk1-u3 rec1 0", "malformed"),
+    ],
+)
+def test_bad_segment_is_reported(data_dir, bad_line, message):
+    make_segmented(data_dir, f"spk0-u0 rec0 0 0.05\nspk0-u1 rec0 0.05 0.1\nspk1-u2 rec1 0 0.1\n{bad_line}\n")
+    problem = only_problem(data_dir)
+    assert "segments" in problem and message in problem and "spk1-u3" in problem
+
+
+def test_fix_on_valid_dir_changes_nothing(data_dir):
+    before = {p.name: p.read_bytes() for p in data_dir.iterdir()}
+    kept, dropped, changed = datadir.fix(data_dir)
+    assert (kept, sum(dropped.values()), changed) == (4, 0, [])
+    assert {p.name: p.read_bytes() for p in data_dir.iterdir()} == before
+    assert not (data_dir / ".backup").exists()
+
+
+def test_fix_sorts_drops_with_reasons_and_keeps_backup(data_dir):
+    original_text = "spk1-u3 d\nspk0-u0 a\nspk0-u1\nspk1-u2 c\nspk9-u9 only in text\n"
+    write(data_dir / "text", original_text)
+    (Path("a2.wav")).unlink()  # spk1-u2's audio disappears
+    write(data_dir / "spk2utt", "stale nonsense\n")
+    result = run_wrapper("fix_data_dir.sh", data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "dropped 3 of 5 utterances" in result.stderr
+    for reason in ("empty transcript: 1", "audio file missing: 1", "missing from wav.scp: 1"):
+        assert reason in result.stderr
+    assert (data_dir / "text").read_text() == "spk0-u0 a\nspk1-u3 d\n"
+    assert (data_dir / "utt2spk").read_text() == "spk0-u0 spk0\nspk1-u3 spk1\n"
+    assert (data_dir / "wav.scp").read_text() == "spk0-u0 a0.wav\nspk1-u3 a3.wav\n"
+    assert (data_dir / "spk2utt").read_text() == "spk0 spk0-u0\nspk1 spk1-u3\n"
+    assert (data_dir / ".backup" / "text").read_text() == original_text
+    assert datadir.validate(data_dir) == []
+
+
+def test_fix_refuses_to_drop_everything(data_dir):
+    write(data_dir / "text", "".join(f"spk{i // 2}-u{i}\n" for i in range(4)))
+    with pytest.raises(datadir.DataDirError, match="drop all 4 utterances"):
+        datadir.fix(data_dir)
+    assert not (data_dir / ".backup").exists()
+
+
+def test_spk2utt_wrapper_reads_stdin(data_dir):
+    result = run_wrapper("utt2spk_to_spk2utt.pl", stdin="b-1 b\na-2 a\na-1 a\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "a a-1 a-2\nb b-1\n"
+
+
+def test_utt2dur_from_audio_and_from_segments(data_dir):
+    datadir.compute_utt2dur(data_dir)
+    assert (data_dir / "utt2dur").read_text().splitlines() == [
+        "spk0-u0 0.100", "spk0-u1 0.200", "spk1-u2 0.300", "spk1-u3 0.400"]
+    (data_dir / "utt2dur").unlink()
+    make_segmented(data_dir, "spk0-u0 rec0 0 0.05\nspk0-u1 rec0 0.05 0.1\nspk1-u2 rec1 0 0.1\nspk1-u3 rec1 0.1 0.25\n")
+    datadir.compute_utt2dur(data_dir)
+    assert (data_dir / "utt2dur").read_text().splitlines()[-1] == "spk1-u3 0.150"
+
+
+def test_utt2dur_names_unreadable_files_and_writes_nothing(data_dir):
+    write(Path("a1.wav"), "not audio")
+    with pytest.raises(datadir.DataDirError, match="spk0-u1: a1.wav"):
+        datadir.compute_utt2dur(data_dir)
+    assert not (data_dir / "utt2dur").exists()
+
+
+def test_split_by_utterance_gives_valid_dirs(data_dir):
+    datadir.compute_utt2dur(data_dir)
+    result = run_wrapper("split_data.sh", data_dir, 3)
+    assert result.returncode == 0, result.stderr
+    parts = [data_dir / "split3" / str(i) for i in (1, 2, 3)]
+    sizes = [len((part / "utt2spk").read_text().splitlines()) for part in parts]
+    assert sizes == [2, 1, 1]
+    assert (parts[0] / "text").read_text() == "spk0-u0 word 0\nspk0-u1 word 1\n"
+    assert (parts[2] / "wav.scp").read_text() == "spk1-u3 a3.wav\n"
+    assert (parts[2] / "utt2dur").read_text() == "spk1-u3 0.400\n"
+    for part in parts:
+        assert datadir.validate(part) == [], part
+
+
+def test_split_with_segments_subsets_wav_scp(data_dir):
+    make_segmented(data_dir, "spk0-u0 rec0 0 0.05\nspk0-u1 rec0 0.05 0.1\nspk1-u2 rec1 0 0.1\nspk1-u3 rec1 0.1 0.2\n")
+    datadir.split(data_dir, 2)
+    for part, recording in ((1, "rec0"), (2, "rec1")):
+        part_dir = data_dir / "split2" / str(part)
+        assert (part_dir / "wav.scp").read_text() == f"{recording} a{recording[-1]}.wav\n"
+        assert datadir.validate(part_dir) == []
+
+
+def test_split_rejects_invalid_dir_and_too_many_parts(data_dir):
+    with pytest.raises(datadir.DataDirError, match="cannot split 4 utterances into 5"):
+        datadir.split(data_dir, 5)
+    write(data_dir / "text", "spk0-u0 a\n")
+    with pytest.raises(datadir.DataDirError, match="fix_data_dir"):
+        datadir.split(data_dir, 2)

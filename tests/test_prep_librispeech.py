@@ -1,0 +1,205 @@
+"""Offline LibriSpeech preparation tests on a miniature corpus copy."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from espnet2_birq.dataprep import librispeech as ls
+from espnet2_birq.dataprep.kaldi import KaldiDirError, validate_data_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+# subset -> {speaker: [chapters]}; 2 utterances per chapter
+LAYOUT = {
+    "train-clean-100": {"19": ["198", "227"], "103": ["1240"]},
+    "train-clean-360": {"1001": ["134707"]},
+    "train-other-500": {"20": ["205"], "1006": ["135212", "135213"]},
+    "dev-clean": {"84": ["121123"]},
+    "dev-other": {"116": ["288045"]},
+    "test-clean": {"61": ["70968"]},
+    "test-other": {"367": ["130732"]},
+}
+
+
+def _write(path: Path, seed: int):
+    rng = np.random.default_rng(seed)
+    t = np.arange(1600) / 16000
+    x = 0.1 * np.sin(2 * np.pi * (200 + seed) * t) + 0.01 * rng.standard_normal(t.size)
+    sf.write(str(path), x.astype(np.float32), 16000, format="FLAC")
+
+
+def make_corpus(root: Path) -> Path:
+    base = root / "LibriSpeech"
+    seed = 0
+    for subset, spks in LAYOUT.items():
+        for spk, chapters in spks.items():
+            for ch in chapters:
+                d = base / subset / spk / ch
+                d.mkdir(parents=True)
+                lines = []
+                for i in range(2):
+                    utt = f"{spk}-{ch}-{i:04d}"
+                    seed += 1
+                    _write(d / f"{utt}.flac", seed)
+                    lines.append(f"{utt} HELLO WORLD'S  NUMBER {seed}X")
+                (d / f"{spk}-{ch}.trans.txt").write_text("\n".join(lines) + "\n")
+    return base
+
+
+def _lines(p: Path):
+    return p.read_text().splitlines()
+
+
+def test_prepare_all_dirs(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    counts = ls.prepare_librispeech(corpus, tmp_path / "data")
+    assert counts == {
+        "pretrain_960": 2 * (3 + 1 + 3),
+        "train_clean_100": 6,
+        "dev_clean": 2, "dev_other": 2, "test_clean": 2, "test_other": 2,
+    }
+    d = tmp_path / "data" / "train_clean_100"
+    wav = _lines(d / "wav.scp")
+    ids = [x.split()[0] for x in wav]
+    assert ids == sorted(ids, key=lambda s: s.encode())
+    # C order: "103-..." < "19-198-..." < "19-227-..."
+    assert ids[0].startswith("103-1240-") and ids[2] == "19-198-0000"
+    path = wav[2].split(" ", 1)[1]
+    assert path.endswith("train-clean-100/19/198/19-198-0000.flac") and os.path.isabs(path)
+    assert sf.read(path)[0].shape == (1600,)
+    assert "19-198-0000 19-198" in _lines(d / "utt2spk")
+    assert "19-198 19-198-0000 19-198-0001" in _lines(d / "spk2utt")
+    text = dict(x.split(" ", 1) for x in _lines(d / "text"))
+    assert text["19-198-0000"].startswith("HELLO WORLD'S NUMBER ")  # whitespace squeezed
+    pre = tmp_path / "data" / "pretrain_960"
+    pre_ids = {x.split()[0] for x in _lines(pre / "wav.scp")}
+    assert set(ids) < pre_ids and "1006-135213-0001" in pre_ids
+    assert validate_data_dir(pre)["spks"] == 7
+    assert not (pre / "segments").exists()
+
+
+def test_speaker_level_speaker(tmp_path):
+    corpus = make_corpus(tmp_path / "c")
+    ls.prepare_librispeech(corpus, tmp_path / "data", dirs=["train_clean_100"],
+                           speaker_level="speaker")
+    spk2utt = _lines(tmp_path / "data" / "train_clean_100" / "spk2utt")
+    assert [x.split()[0] for x in spk2utt] == ["103", "19"]
+    assert len(spk2utt[1].split()) == 5
+
+
+def test_missing_transcript_and_empty_text(tmp_path):
+    corpus = make_corpus(tmp_path / "c")
+    chap = corpus / "dev-clean" / "84" / "121123"
+    _write(chap / "84-121123-0002.flac", 99)  # flac without transcript line
+    with pytest.raises(ls.LibriSpeechError, match="84-121123-0002.flac"):
+        ls.prepare_librispeech(corpus, tmp_path / "d1", dirs=["dev_clean"])
+    counts = ls.prepare_librispeech(corpus, tmp_path / "d2", dirs=["dev_clean"], strict=False)
+    assert counts["dev_clean"] == 2
+
+    trans = chap / "84-121123.trans.txt"
+    trans.write_text(trans.read_text() + "84-121123-0002 \n")
+    with pytest.raises(ls.LibriSpeechError, match="empty transcript for 84-121123-0002"):
+        ls.prepare_librispeech(corpus, tmp_path / "d3", dirs=["dev_clean"])
+
+    (chap / "84-121123-0002.flac").unlink()
+    trans.write_text(trans.read_text().replace("84-121123-0002 \n", "84-121123-0002 EXTRA\n"))
+    with pytest.raises(ls.LibriSpeechError, match="no 84-121123-0002.flac"):
+        ls.prepare_librispeech(corpus, tmp_path / "d4", dirs=["dev_clean"])
+
+    trans.unlink()
+    with pytest.raises(ls.LibriSpeechError, match="missing transcript file"):
+        ls.prepare_librispeech(corpus, tmp_path / "d5", dirs=["dev_clean"])
+
+
+def test_missing_subset(tmp_path):
+    with pytest.raises(ls.LibriSpeechError, match="not found"):
+        ls.prepare_librispeech(tmp_path, tmp_path / "data", dirs=["dev_clean"])
+
+
+def test_validator_catches_unsorted(tmp_path):
+    corpus = make_corpus(tmp_path / "c")
+    ls.prepare_librispeech(corpus, tmp_path / "data", dirs=["dev_clean"])
+    t = tmp_path / "data" / "dev_clean" / "text"
+    t.write_text("\n".join(reversed(_lines(t))) + "\n")
+    with pytest.raises(KaldiDirError, match="not sorted"):
+        validate_data_dir(tmp_path / "data" / "dev_clean")
+
+
+def test_download_skips_prepared_subsets(tmp_path, monkeypatch):
+    (tmp_path / "LibriSpeech" / "dev-clean").mkdir(parents=True)
+    (tmp_path / "LibriSpeech" / "dev-clean" / ".complete").write_text("ok\n")
+    monkeypatch.setattr(ls.dl, "download", lambda *a, **k: pytest.fail("downloaded"))
+    ls.download_librispeech(tmp_path, ["dev-clean"])
+    with pytest.raises(ls.LibriSpeechError, match="unknown"):
+        ls.download_librispeech(tmp_path, ["train-clean-999"])
+
+
+def test_download_from_local_mirror(tmp_path, monkeypatch):
+    """download_librispeech against a file:// mirror: md5 check + extraction."""
+    import hashlib
+    import tarfile
+
+    src = make_corpus(tmp_path / "src")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    arc = mirror / "dev-other.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        tf.add(src / "dev-other", arcname="LibriSpeech/dev-other")
+    md5 = hashlib.md5(arc.read_bytes()).hexdigest()
+    monkeypatch.setitem(ls.ARCHIVES, "dev-other", {"md5": md5, "size": None, "approx": "1K"})
+    root = tmp_path / "root"
+    ls.download_librispeech(root, ["dev-other"], base_url=mirror.as_uri())
+    assert (root / "LibriSpeech" / "dev-other" / "116" / "288045").is_dir()
+    assert (root / "LibriSpeech" / "dev-other" / ".complete").exists()
+    monkeypatch.setitem(ls.ARCHIVES, "dev-other", {"md5": "0" * 32, "size": None, "approx": "1K"})
+    (root / "LibriSpeech" / "dev-other" / ".complete").unlink()
+    (root / "dev-other.tar.gz").unlink()
+    (root / "dev-other.tar.gz.done").unlink()
+    with pytest.raises(ls.dl.ChecksumError):
+        ls.download_librispeech(root, ["dev-other"], base_url=mirror.as_uri())
+
+
+def make_recipe_sandbox(tmp_path: Path, corpus: str) -> Path:
+    """tmp repo: symlinks to the real package/local/utils + the recipe files."""
+    if not (REPO / "utils" / "parse_options.sh").is_file():
+        pytest.skip("utils/parse_options.sh not available")
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("espnet2_birq", "local", "utils"):
+        (root / name).symlink_to(REPO / name)
+    rdir = root / "egs2" / corpus / "ssl1"
+    rdir.mkdir(parents=True)
+    for name in ("db.sh", "local"):
+        (rdir / name).symlink_to(REPO / "egs2" / corpus / "ssl1" / name)
+    (rdir / "utils").symlink_to("../../../utils")
+    return rdir
+
+
+def run_data_sh(rdir: Path, env_extra: dict, *args):
+    env = dict(os.environ, **env_extra)
+    env["PYTHONPATH"] = ""
+    return subprocess.run(["bash", "local/data.sh", "--python", sys.executable, *args],
+                          cwd=rdir, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_data_sh_end_to_end(tmp_path):
+    make_corpus(tmp_path / "corpus")
+    rdir = make_recipe_sandbox(tmp_path, "librispeech")
+    env = {"LIBRISPEECH": str(tmp_path / "corpus")}
+    r = run_data_sh(rdir, env, "--download", "false")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for d in ls.DATA_DIRS:
+        assert (rdir / "data" / d / "text").is_file()
+    # re-runnable
+    r = run_data_sh(rdir, env, "--download", "false", "--stage", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # missing corpus -> clear error
+    r = run_data_sh(rdir, {"LIBRISPEECH": str(tmp_path / "nowhere")}, "--download", "false")
+    assert r.returncode != 0 and "not found" in (r.stdout + r.stderr)
+    r = run_data_sh(rdir, env, "--no_such_option", "1")
+    assert r.returncode != 0

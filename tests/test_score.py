@@ -1,0 +1,178 @@
+"""Tests for espnet2_birq.bin.score (sclite-compatible WER/CER)."""
+
+import json
+import os
+import random
+import shutil
+
+import pytest
+
+from espnet2_birq.bin import score as sc
+
+
+def _sclite_path():
+    found = shutil.which("sclite")
+    if found is None and os.path.isfile("/usr/lib/sctk/bin/sclite"):
+        found = "/usr/lib/sctk/bin/sclite"  # Debian/Ubuntu 'sctk' package
+    return found
+
+
+def _write(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+# Hand-computed case (sclite weights: sub 4, del 3, ins 3):
+#   u1: the cat sat on the mat / the cat sat on mat    C5 S0 D1 I0
+#   u2: a b c d / a x c d e                            C3 S1 D0 I1
+#   u3: hello world / HELLO world (case-insensitive)   C2 S0 D0 I0
+#   u4: a b / b c  -> del a, ins c (cost 6) beats two subs (cost 8):
+#                                                      C1 S0 D1 I1
+# Totals: Snt 4, Wrd 14, C 11, S 1, D 2, I 2, Err 5, sentences with error 3.
+REF = ["u1 the cat sat on the mat", "u2 a b c d", "u3 hello world", "u4 a b"]
+HYP = ["u1 the cat sat on mat", "u2 a x c d e", "u3 HELLO world", "u4 b c"]
+
+
+def test_hand_computed_word(tmp_path):
+    ref = _write(tmp_path / "ref", REF)
+    hyp = _write(tmp_path / "hyp", HYP)
+    out = tmp_path / "score_wer"
+    s = sc.score_files(ref, hyp, "word", str(out), use_sclite="false")
+    assert s["counts"] == {
+        "Snt": 4, "Wrd": 14, "Corr": 11, "Sub": 1, "Del": 2, "Ins": 2,
+        "Err": 5, "S.Err": 3,
+    }
+    # 11/14=78.57, 1/14=7.14, 2/14=14.29, 5/14=35.71, 3/4=75
+    expect = {"Corr": 78.6, "Sub": 7.1, "Del": 14.3, "Ins": 14.3, "Err": 35.7,
+              "S.Err": 75.0}
+    for k, v in expect.items():
+        assert s[k] == v, k
+    assert json.loads((out / "summary.json").read_text())["Err"] == 35.7
+
+    result = (out / "result.txt").read_text()
+    assert "id: (u4)\nScores: (#C #S #D #I) 1 0 1 1\n" in result
+    assert "REF:  A b * \nHYP:  * b C \nEval: D   I \n" in result
+    assert "REF:  a B c d * \nHYP:  a X c d E \nEval:   S     I \n" in result
+    assert "Scores: (#C #S #D #I) 5 0 1 0" in result
+    assert "| Sum/Avg |     4    14 | 78.6    7.1   14.3   14.3   35.7   75.0 |" in result
+
+
+def test_align_weights():
+    # With unit costs "a b"/"b c" could be two substitutions; sclite's 4/3/3
+    # weights prefer a deletion plus an insertion.
+    assert sc.align(["a", "b"], ["b", "c"]) == [
+        ("D", "a", None), ("C", "b", "b"), ("I", None, "c")
+    ]
+    # One substitution (4) is cheaper than a deletion + insertion (6).
+    assert sc.align(["a"], ["b"]) == [("S", "a", "b")]
+    assert sc.align([], ["x", "y"]) == [("I", None, "x"), ("I", None, "y")]
+    assert sc.align(["A"], ["a"], case_sensitive=True) == [("S", "A", "a")]
+
+
+def test_char_unit(tmp_path):
+    ref = _write(tmp_path / "ref", ["c1 ab  cd", "c2 日本語"])
+    hyp = _write(tmp_path / "hyp", ["c1 abd", "c2 日本"])
+    assert sc.tokenize("ab  cd", "char") == ["a", "b", "<space>", "c", "d"]
+    out = tmp_path / "score_cer"
+    s = sc.score_files(ref, hyp, "char", str(out), use_sclite="false")
+    # c1: a b <space> c d / a b d -> C3 D2 ; c2: 日 本 語 / 日 本 -> C2 D1
+    assert s["counts"] == {
+        "Snt": 2, "Wrd": 8, "Corr": 5, "Sub": 0, "Del": 3, "Ins": 0,
+        "Err": 3, "S.Err": 2,
+    }
+    assert s["Err"] == 37.5 and s["unit"] == "char"
+    assert "<SPACE>" in (out / "result.txt").read_text()
+
+
+def test_mismatched_ids(tmp_path):
+    ref = _write(tmp_path / "ref", REF)
+    extra = _write(tmp_path / "extra", HYP + ["u9 surprise"])
+    with pytest.raises(sc.ScoreError, match="u9"):
+        sc.score_files(ref, extra, "word", str(tmp_path / "o1"), use_sclite="false")
+    partial = _write(tmp_path / "partial", HYP[:2] + HYP[3:])
+    with pytest.raises(sc.ScoreError, match="u3"):
+        sc.score_files(ref, partial, "word", str(tmp_path / "o2"), use_sclite="false")
+    s = sc.score_files(ref, partial, "word", str(tmp_path / "o3"),
+                       use_sclite="false", missing_hyp="empty")
+    # u3 (2 words) becomes 2 deletions.
+    assert s["counts"]["Del"] == 4 and s["counts"]["Corr"] == 9
+    assert s["missing_hyp"] == 1
+    assert sc.main(["--ref", ref, "--hyp", extra, "--out_dir", str(tmp_path / "o4"),
+                    "--use_sclite", "false"]) == 1
+
+
+def test_empty_reference_and_duplicates(tmp_path):
+    ref = _write(tmp_path / "ref", REF + ["u5"])
+    hyp = _write(tmp_path / "hyp", HYP + ["u5 noise"])
+    with pytest.raises(sc.ScoreError, match="u5"):
+        sc.score_files(ref, hyp, "word", str(tmp_path / "o"), use_sclite="false")
+    s = sc.score_files(ref, hyp, "word", str(tmp_path / "o"), use_sclite="false",
+                       skip_empty_ref=True)
+    assert s["Snt"] == 4 and s["skipped_empty_ref"] == 1
+    dup = _write(tmp_path / "dup", HYP + ["u1 again"])
+    with pytest.raises(sc.ScoreError, match="duplicate utterance id 'u1'"):
+        sc.score_files(ref, dup, "word", str(tmp_path / "o"), use_sclite="false")
+
+
+def test_results_table(tmp_path):
+    exp = tmp_path / "asr_x"
+    ref = _write(tmp_path / "ref", REF)
+    hyp = _write(tmp_path / "hyp", HYP)
+    for test_set in ["test_a", "test_b"]:
+        base = exp / "decode_asr_model_valid.acc.ave" / test_set
+        sc.score_files(ref, hyp, "word", str(base / "score_wer"), use_sclite="false")
+        sc.score_files(ref, hyp, "char", str(base / "score_cer"), use_sclite="false")
+    table = sc.results_table([str(exp)])
+    lines = table.splitlines()
+    assert lines[:5] == [
+        "## asr_x",
+        "### WER",
+        "",
+        "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    assert lines[5] == "|decode_asr_model_valid.acc.ave/test_a|4|14|78.6|7.1|14.3|14.3|35.7|75.0|"
+    assert lines[6].startswith("|decode_asr_model_valid.acc.ave/test_b|4|14|")
+    assert "### CER" in lines
+    # A result.txt without summary.json (e.g. ESPnet's own sclite stage) works.
+    os.remove(exp / "decode_asr_model_valid.acc.ave" / "test_b" / "score_wer" / "summary.json")
+    assert sc.results_table([str(exp)]).splitlines()[6] == (
+        "|decode_asr_model_valid.acc.ave/test_b|4|14|78.6|7.1|14.3|14.3|35.7|75.0|"
+    )
+
+
+@pytest.mark.skipif(_sclite_path() is None, reason="NIST sclite (sctk) not installed")
+@pytest.mark.parametrize("unit", ["word", "char"])
+def test_identical_to_sclite(tmp_path, unit):
+    rng = random.Random(1)
+    vocab = ["a", "b", "Ab", "cd", "ü", "Ü", "日本"]
+    refs, hyps, spk = [], [], []
+    for k in range(300):
+        refs.append(f"utt{k:03d} " + " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 6))))
+        hyps.append(f"utt{k:03d} " + " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 6))))
+        spk.append(f"utt{k:03d} spk{k % 3}")
+    refs += REF
+    hyps += HYP
+    spk += [f"u{i} spkx" for i in range(1, 5)]
+    ref = _write(tmp_path / "ref", refs)
+    hyp = _write(tmp_path / "hyp", hyps)
+    u2s = _write(tmp_path / "utt2spk", spk)
+    py = sc.score_files(ref, hyp, unit, str(tmp_path / "py"), use_sclite="false")
+    scl = sc.score_files(ref, hyp, unit, str(tmp_path / "sc"), use_sclite="auto",
+                         sclite=_sclite_path(), utt2spk_path=u2s)
+    assert scl["scorer"] == "sclite" and py["scorer"] == "python"
+    for k in ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err", "counts"]:
+        assert py[k] == scl[k], k
+    # sclite's own printed Sum/Avg percentages agree with ours too.
+    cells = sc.read_score_dir(str(tmp_path / "py"))
+    os.remove(tmp_path / "sc" / "summary.json")
+    assert sc.read_score_dir(str(tmp_path / "sc")) == cells
+    # The per-utterance alignments are the same as well.
+    sc_text = (tmp_path / "sc" / "result.txt").read_text()
+    py_text = (tmp_path / "py" / "result.txt").read_text()
+    assert "id: (spk1-utt001)" in sc_text
+    blocks = [b for b in py_text.split("\n\n") if b.startswith("id: (utt00")]
+    assert len(blocks) == 10
+    for b in blocks:
+        body = b.split("\n", 1)[1]
+        assert body in sc_text

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sort a data directory and drop inconsistent utterances (counts per reason are printed; originals kept in <data-dir>/.backup/).
+#
+# usage: utils/fix_data_dir.sh <data-dir>
+#
+# Thin wrapper around: python -m espnet2_birq.utils.datadir fix
+# The interpreter is ${PYTHON:-python3}; recipes source path.sh first, which
+# activates the project's venv.  The repository root is put on PYTHONPATH so
+# this also works before espnet2_birq is pip-installed.
+set -euo pipefail
+repo_root=$(cd -P "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-python3}" -m espnet2_birq.utils.datadir fix "$@"
