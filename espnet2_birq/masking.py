@@ -197,12 +197,16 @@ class SpanMasking(torch.nn.Module):
             starts = self._force_min_spans(starts, frame_lengths)
         # A frame is masked when a span started at most ``span - 1`` frames before it:
         # a running count over a window of ``span`` start flags.
-        counts = torch.nn.functional.conv1d(
-            starts.float()[:, None, :],
-            torch.ones(1, 1, span, device=device),
-            padding=span - 1,
-        )[:, 0, :max_out]
-        mask_m = (counts > 0) & valid_out
+        if max_out > 0:
+            counts = torch.nn.functional.conv1d(
+                starts.float()[:, None, :],
+                torch.ones(1, 1, span, device=device),
+                padding=span - 1,
+            )[:, 0, :max_out]
+            mask_m = (counts > 0) & valid_out
+        else:
+            # Input too short for the subsampling (conv1d rejects an empty time axis).
+            mask_m = valid_out
 
         # Expand output frames to the input frames they own. Input frames past the last
         # full group (the tail the subsampling drops) are never masked.

@@ -103,7 +103,10 @@ class BirqSSLModel(ESPnetSSLModel):
         for loss in self.losses:
             layer = getattr(loss, "label_layer", None)
             if layer is not None:
-                needs_grad = not getattr(loss, "stop_gradient_labels", False)
+                if hasattr(loss, "labels_need_grad"):
+                    needs_grad = loss.labels_need_grad()
+                else:
+                    needs_grad = not getattr(loss, "stop_gradient_labels", False)
                 layers[layer] = layers.get(layer, False) or needs_grad
         return layers
 
@@ -125,6 +128,10 @@ class BirqSSLModel(ESPnetSSLModel):
         """
         feats, feats_lengths = self._extract_feats(speech, speech_lengths)
         if self.normalize is not None:
+            if self.frontend is None:
+                # ESPnet's utterance/global MVN normalise in place; without a
+                # frontend ``feats`` is a view of the caller's batch, left untouched.
+                feats = feats.clone()
             feats, feats_lengths = self.normalize(feats, feats_lengths)
         data = {"features": feats, "feature_lengths": feats_lengths}
 

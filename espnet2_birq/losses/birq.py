@@ -191,6 +191,17 @@ class BiRQLoss(AbsSSLLoss):
         step = int(self.num_updates) if step is None else step
         return step < self.warmup_steps
 
+    def labels_need_grad(self) -> bool:
+        """Whether the unmasked prefix pass must build a graph for this step.
+
+        Not with stop-gradient labels, and not during the warm-up: there the enhanced
+        loss enters with weight 0, so a graph through the first k blocks would only
+        cost a backward pass that adds zeros.
+        """
+        if self.stop_gradient_labels:
+            return False
+        return not (self.training and self.in_warmup())
+
     # -------------------------------------------------------------------- labels
     def enhanced_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Cosine similarity to the enhanced codebook (before the temperature).

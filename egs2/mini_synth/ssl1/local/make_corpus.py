@@ -322,6 +322,10 @@ def main(argv=None):
         shutil.rmtree(audio_dir / "wav", ignore_errors=True)
     audio_dir.mkdir(parents=True, exist_ok=True)
     audio_cfg.write_text(cfg_txt + "\n")
+    # leftovers of an interrupted run (complete wav files are kept and reused)
+    for tmp in list((audio_dir / "wav").glob("*/*/*.tmp*.wav")) + list(data_dir.glob(".*.tmp*")):
+        log.info(f"removing leftover {tmp}")
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     marker.unlink(missing_ok=True)
 
     plan = make_plan(cfg)

@@ -1,0 +1,32 @@
+# espnet2-birq developer entry points.
+#   make test   create .venv if missing, install the package with its test extras, run the tests
+#   make demo   the same install, then the mini_synth recipe end to end (stages 1-8) on CPU
+PYTHON ?= python3
+VENV ?= .venv
+VENV_PY := $(VENV)/bin/python
+# pip 25+ rejects ci_sdr (an ESPnet dependency) for its direct-URL extra; 24.x installs it.
+PIP_PIN := pip>=23,<25
+STAMP := $(VENV)/.espnet2-birq-installed
+PYTEST_ARGS ?=
+
+.PHONY: test demo install clean-venv
+
+$(VENV_PY):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --quiet --upgrade "$(PIP_PIN)" "setuptools<74" wheel
+
+$(STAMP): setup.cfg pyproject.toml | $(VENV_PY)
+	$(VENV_PY) -m pip install --upgrade "$(PIP_PIN)" "setuptools<74" wheel
+	$(VENV_PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	cd egs2/mini_synth/ssl1 && ./run.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,603 @@
+#!/usr/bin/env bash
+# Self-supervised pre-training (BEST-RQ / BiRQ) + CTC(/attention) ASR fine-tuning recipe.
+# ESPnet egs2 style: run it from a recipe directory (egs2/<corpus>/ssl1) through run.sh.
+#
+# Stages:
+#   1 data preparation (local/data.sh), validation, utt2dur
+#   2 features: 80-dim fbank -> dump/fbank/<set>, global CMVN stats of the pre-training set
+#   3 token list (char or bpe) from the labelled training text
+#   4 shape files for SSL and ASR training
+#   5 SSL pre-training                      -> exp/ssl_<tag>/valid.loss.ave.pth
+#   6 ASR fine-tuning (encoder from stage 5) -> exp/asr_<tag>/
+#   7 decoding of every test set
+#   8 scoring (WER, CER) and exp/asr_<tag>/RESULTS.md
+set -euo pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+die() {
+    log "ERROR: $*" >&2
+    exit 1
+}
+min() {
+    local a="$1" b="$2"
+    if [ "$a" -lt "$b" ]; then echo "$a"; else echo "$b"; fi
+}
+SECONDS=0
+
+# General options
+stage=1              # first stage to run
+stop_stage=10000     # last stage to run
+skip_stages=         # stages to skip, e.g. "3 4"
+ngpu=1               # GPUs per training job (0: CPU)
+num_nodes=1          # nodes for training (multi-node needs a cluster backend, e.g. slurm)
+nj=32                # parallel jobs for feature extraction
+inference_nj=32      # parallel jobs for decoding
+gpu_inference=false  # decode on GPU
+dumpdir=dump         # features
+expdir=exp           # experiments
+python=python3       # interpreter (path.sh activates the project venv)
+
+# Data options
+local_data_opts=     # options passed to local/data.sh
+pretrain_set=        # unlabelled pre-training set (data/<set>: wav.scp [segments])
+train_set=           # labelled fine-tuning set
+valid_set=           # validation set (used by both SSL and ASR training)
+test_sets=           # sets to decode and score, e.g. "dev test"
+feats_type=fbank     # fbank: pre-compute fbank for all sets; raw: SSL reads waveforms (kaldi_fbank frontend)
+global_cmvn=true     # normalise with global CMVN of the pre-training set (false: keep the configs' normalize)
+fs=16000             # sampling rate
+skip_bad_audio=false # drop unreadable/too short utterances in feature extraction instead of failing
+
+# Token options
+token_type=char      # char or bpe
+nbpe=5000            # BPE vocabulary size
+bpemode=unigram      # sentencepiece model type
+bpe_char_cover=1.0   # sentencepiece character coverage
+
+# SSL options
+ssl_config=conf/train_ssl_birq_conformer.yaml  # SSL config (objective + encoder)
+ssl_tag=             # exp/ssl_<tag>; default: basename of ssl_config
+ssl_exp=             # SSL experiment dir (overrides ssl_tag)
+ssl_args=            # extra arguments for espnet2_birq.bin.ssl_train
+
+# ASR options
+asr_config=conf/train_asr_ctc.yaml  # ASR fine-tuning config (head, optimiser, epochs)
+asr_tag=             # exp/asr_<tag>; default: <asr_config>_<ssl_tag> (or _scratch)
+asr_exp=             # ASR experiment dir (overrides asr_tag)
+asr_args=            # extra arguments for espnet2.bin.asr_train
+pretrained=auto      # auto: <ssl_exp>/valid.loss.ave.pth; none: train from scratch; or a checkpoint path
+freeze_encoder_epochs=0  # >0: first train N epochs with the encoder frozen, then max_epoch epochs unfrozen
+
+# Decoding options
+inference_config=conf/decode_ctc_greedy.yaml  # decoding config
+inference_model=auto # model file in asr_exp; auto: valid.acc.ave.pth, valid.cer_ctc.ave.pth or valid.loss.ave.pth
+inference_tag=       # decode directory name; default: decode_<config>_asr_model_<model>
+inference_args=      # extra arguments for espnet2_birq.bin.asr_decode
+
+help_message=$(cat << EOF
+Usage: $0 [options]
+SSL pre-training (BEST-RQ/BiRQ) and ASR fine-tuning, ESPnet egs2 style.
+
+Stages:
+  1 data prep (local/data.sh), validation, utt2dur
+  2 fbank features (dump/fbank/<set>), global CMVN (dump/fbank/<pretrain_set>/cmvn.npz)
+  3 token list (data/token_list/<char|bpe_<mode><nbpe>>/tokens.txt)
+  4 shape files (${expdir}/ssl_stats_*, ${expdir}/asr_stats_*)
+  5 SSL pre-training (${expdir}/ssl_<tag>)
+  6 ASR fine-tuning (${expdir}/asr_<tag>)
+  7 decoding of the test sets
+  8 scoring (WER/CER) and ${expdir}/asr_<tag>/RESULTS.md
+
+Options (default):
+  General:
+    --stage           # first stage (default: ${stage})
+    --stop_stage      # last stage (default: ${stop_stage})
+    --skip_stages     # stages to skip, e.g. "3 4" (default: "${skip_stages}")
+    --ngpu            # GPUs per training job, 0 for CPU (default: ${ngpu})
+    --num_nodes       # nodes for training (default: ${num_nodes})
+    --nj              # parallel feature extraction jobs (default: ${nj})
+    --inference_nj    # parallel decoding jobs per test set (default: ${inference_nj})
+    --gpu_inference   # decode on GPU (default: ${gpu_inference})
+    --dumpdir         # feature directory (default: ${dumpdir})
+    --expdir          # experiment directory (default: ${expdir})
+    --python          # python interpreter (default: ${python})
+  Data:
+    --local_data_opts # options for local/data.sh (default: "${local_data_opts}")
+    --pretrain_set    # unlabelled pre-training set (required)
+    --train_set       # labelled fine-tuning set (required)
+    --valid_set       # validation set (required)
+    --test_sets       # sets to decode and score (required), e.g. "dev test"
+    --feats_type      # fbank or raw (default: ${feats_type}); raw: SSL reads the pre-training
+                      # waveforms with the in-model kaldi_fbank frontend (identical features)
+    --global_cmvn     # global CMVN from the pre-training set for SSL and ASR (default: ${global_cmvn})
+    --fs              # sampling rate (default: ${fs})
+    --skip_bad_audio  # skip unreadable / too short audio in stage 2 (default: ${skip_bad_audio})
+  Tokens:
+    --token_type      # char or bpe (default: ${token_type})
+    --nbpe            # BPE vocabulary size (default: ${nbpe})
+    --bpemode         # sentencepiece model type (default: ${bpemode})
+    --bpe_char_cover  # sentencepiece character coverage (default: ${bpe_char_cover})
+  SSL pre-training:
+    --ssl_config      # SSL config (default: ${ssl_config}); BEST-RQ: conf/train_ssl_best_rq_*.yaml
+    --ssl_tag         # experiment name suffix (default: basename of --ssl_config)
+    --ssl_exp         # experiment dir (default: ${expdir}/ssl_<ssl_tag>)
+    --ssl_args        # extra arguments for espnet2_birq.bin.ssl_train (default: "${ssl_args}")
+  ASR fine-tuning:
+    --asr_config      # ASR config (default: ${asr_config}); the encoder is copied from the SSL config
+    --asr_tag         # experiment name suffix (default: <asr_config basename>_<ssl_tag>, _scratch with --pretrained none)
+    --asr_exp         # experiment dir (default: ${expdir}/asr_<asr_tag>)
+    --asr_args        # extra arguments for espnet2.bin.asr_train (default: "${asr_args}")
+    --pretrained      # auto (<ssl_exp>/valid.loss.ave.pth), none (from scratch, same architecture)
+                      # or a checkpoint path (default: ${pretrained})
+    --freeze_encoder_epochs # train N epochs with a frozen encoder first (default: ${freeze_encoder_epochs})
+  Decoding:
+    --inference_config # decoding config (default: ${inference_config})
+    --inference_model  # model file in the ASR exp dir (default: ${inference_model}: valid.acc.ave.pth,
+                       # valid.cer_ctc.ave.pth or valid.loss.ave.pth, the first that exists)
+    --inference_tag    # decode dir name (default: decode_<config>_asr_model_<model>)
+    --inference_args   # extra arguments for espnet2_birq.bin.asr_decode (default: "${inference_args}")
+
+Every stage can be re-run: finished work is skipped (marker files .done) or redone
+deterministically. Delete the marker (printed in the skip message) to force a re-run.
+Commands run through \${train_cmd}, \${cuda_cmd} and \${decode_cmd} from cmd.sh.
+EOF
+)
+
+log "$0 $*"
+run_args=$(printf '%q ' "$0" "$@")
+
+[ -f ./path.sh ] && . ./path.sh
+[ -f ./cmd.sh ] && . ./cmd.sh
+if [ -f utils/parse_options.sh ]; then
+    . utils/parse_options.sh
+else
+    . "$(cd -P "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../.." && pwd)/utils/parse_options.sh"
+fi
+
+if [ $# -ne 0 ]; then
+    echo "${help_message}" >&2
+    die "unexpected positional arguments: $*"
+fi
+
+# ---------------------------------------------------------------------------
+# Checks and derived names
+# ---------------------------------------------------------------------------
+: "${train_cmd:=utils/run.pl}"
+: "${cuda_cmd:=utils/run.pl}"
+: "${decode_cmd:=utils/run.pl}"
+[ -n "${pretrain_set}" ] || die "--pretrain_set is required"
+[ -n "${train_set}" ] || die "--train_set is required"
+[ -n "${valid_set}" ] || die "--valid_set is required"
+[ -n "${test_sets}" ] || die "--test_sets is required"
+case "${feats_type}" in fbank|raw) ;; *) die "--feats_type must be fbank or raw, got '${feats_type}'" ;; esac
+case "${token_type}" in char|bpe) ;; *) die "--token_type must be char or bpe, got '${token_type}'" ;; esac
+for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs; do
+    [[ ${!x} =~ ^[0-9]+$ ]] || die "--${x} must be a non-negative integer, got '${!x}'"
+done
+[ "${nj}" -ge 1 ] || die "--nj must be >= 1"
+[ "${inference_nj}" -ge 1 ] || die "--inference_nj must be >= 1"
+
+export PYTHONIOENCODING=UTF-8
+export PYTHON=${python}  # used by the utils/*.sh wrappers
+
+# Sets: unique, in order
+all_sets=$(echo "${pretrain_set} ${train_set} ${valid_set} ${test_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
+labelled_sets=$(echo "${train_set} ${valid_set} ${test_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
+if [ "${feats_type}" = fbank ]; then
+    fbank_sets=${all_sets}
+else
+    # raw: the pre-training set keeps its waveforms (unless it is also a labelled set)
+    # and the validation set is read raw by SSL training but also needs fbank for ASR.
+    fbank_sets=${labelled_sets}
+fi
+fbank_dir=${dumpdir}/fbank
+cmvn_stats=${fbank_dir}/${pretrain_set}/cmvn.npz
+
+if [ "${token_type}" = bpe ]; then
+    token_dir=data/token_list/bpe_${bpemode}${nbpe}
+    bpemodel=${token_dir}/bpe.model
+else
+    token_dir=data/token_list/char
+    bpemodel=none
+fi
+token_list=${token_dir}/tokens.txt
+
+[ -n "${ssl_tag}" ] || ssl_tag=$(basename "${ssl_config}" .yaml)
+[ -n "${ssl_exp}" ] || ssl_exp=${expdir}/ssl_${ssl_tag}
+ssl_stats_dir=${expdir}/ssl_stats_${feats_type}
+asr_stats_dir=${expdir}/asr_stats_fbank_${token_type}
+[ "${token_type}" = bpe ] && asr_stats_dir+=${nbpe}
+
+case "${pretrained}" in
+    auto) init_ckpt=${ssl_exp}/valid.loss.ave.pth; init_name=${ssl_tag} ;;
+    none) init_ckpt=; init_name=scratch ;;
+    *) init_ckpt=${pretrained}; init_name=init_$(basename "$(dirname "${pretrained}")") ;;
+esac
+if [ -z "${asr_tag}" ]; then
+    asr_tag=$(basename "${asr_config}" .yaml)_${init_name}
+    [ "${token_type}" = bpe ] && asr_tag+=_bpe${nbpe}
+    [ "${freeze_encoder_epochs}" -gt 0 ] && asr_tag+=_freeze${freeze_encoder_epochs}
+fi
+[ -n "${asr_exp}" ] || asr_exp=${expdir}/asr_${asr_tag}
+
+if [ "${gpu_inference}" = true ]; then
+    _decode_cmd="${cuda_cmd}"; _decode_ngpu=1
+else
+    _decode_cmd="${decode_cmd}"; _decode_ngpu=0
+fi
+
+run_stage() {  # run_stage N: is stage N selected?
+    local n=$1 s
+    [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || return 1
+    for s in ${skip_stages}; do
+        [ "${s}" = "${n}" ] && return 1
+    done
+    return 0
+}
+need() {  # need FILE STAGE: stop with a message when a prerequisite is missing
+    [ -e "$1" ] || die "$1 missing: run --stage $2 first"
+}
+is_done() {  # is_done MARKER WHAT
+    if [ -f "$1" ]; then
+        log "$2: already done, skipping (remove $1 to redo)"
+        return 0
+    fi
+    return 1
+}
+mark_done() {  # atomic marker
+    mkdir -p "$(dirname "$1")"
+    date > "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"
+}
+num_lines() { wc -l < "$1" | tr -d ' '; }
+
+# ---------------------------------------------------------------------------
+if run_stage 1; then
+    log "Stage 1: data preparation: local/data.sh ${local_data_opts}"
+    [ -x local/data.sh ] || [ -f local/data.sh ] || die "local/data.sh not found (run ssl.sh from a recipe directory)"
+    # shellcheck disable=SC2086
+    bash local/data.sh ${local_data_opts}
+    for dset in ${all_sets}; do
+        [ -d "data/${dset}" ] || die "data/${dset} was not created by local/data.sh"
+        if [ "${dset}" = "${pretrain_set}" ] && [ ! -f "data/${dset}/text" ]; then
+            utils/validate_data_dir.sh --no-text "data/${dset}"
+        else
+            utils/validate_data_dir.sh "data/${dset}"
+        fi
+        if [ ! -s "data/${dset}/utt2dur" ] || [ "$(num_lines "data/${dset}/utt2dur")" != "$(num_lines "data/${dset}/utt2spk")" ]; then
+            log "computing data/${dset}/utt2dur"
+            utils/get_utt2dur.sh --nj "${nj}" "data/${dset}"
+        fi
+        awk -v d="data/${dset}" '{n++; s+=$2} END {printf "%s: %d utterances, %.2f hours\n", d, n, s/3600}' "data/${dset}/utt2dur"
+    done
+fi
+
+# ---------------------------------------------------------------------------
+if run_stage 2; then
+    log "Stage 2: features (feats_type=${feats_type}) -> ${fbank_dir}"
+    for dset in ${fbank_sets}; do
+        need "data/${dset}/wav.scp" 1
+        out=${fbank_dir}/${dset}
+        is_done "${out}/.done" "fbank ${dset}" && continue
+        n_utt=$(num_lines "data/${dset}/utt2spk")
+        _nj=$(min "${nj}" "${n_utt}")
+        mkdir -p "${out}/log"
+        rm -f "${out}"/feats.*.ark "${out}"/feats.*.scp "${out}"/utt2num_frames.* "${out}"/bad_utts.*
+        utils/split_data.sh "data/${dset}" "${_nj}" > /dev/null
+        log "fbank ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${out}/log/extract_fbank.*.log"
+        # shellcheck disable=SC2086
+        ${train_cmd} JOB=1:"${_nj}" "${out}/log/extract_fbank.JOB.log" \
+            ${python} -m espnet2_birq.bin.extract_fbank \
+                --data_dir "data/${dset}/split${_nj}/JOB" --out_dir "${out}" --name feats.JOB \
+                --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" \
+            || die "feature extraction of ${dset} failed; see ${out}/log/extract_fbank.*.log"
+        ${python} -m espnet2_birq.bin.extract_fbank merge --out_dir "${out}" --nj "${_nj}" --data_dir "data/${dset}"
+        mark_done "${out}/.done"
+    done
+    if [ "${global_cmvn}" = true ]; then
+        if ! is_done "${cmvn_stats}.done" "CMVN stats ${cmvn_stats}"; then
+            mkdir -p "$(dirname "${cmvn_stats}")/log"
+            if [ "${feats_type}" = fbank ] || [ -f "${fbank_dir}/${pretrain_set}/feats.scp" ]; then
+                _src=(--feats_scp "${fbank_dir}/${pretrain_set}/feats.scp")
+            else
+                _src=(--data_dir "data/${pretrain_set}" --fs "${fs}" --skip_bad_audio "${skip_bad_audio}")
+            fi
+            log "global CMVN stats of ${pretrain_set} -> ${cmvn_stats} (log: $(dirname "${cmvn_stats}")/log/cmvn.log)"
+            ${train_cmd} "$(dirname "${cmvn_stats}")/log/cmvn.log" \
+                ${python} -m espnet2_birq.bin.compute_cmvn_stats "${_src[@]}" --out "${cmvn_stats}" \
+                || die "CMVN stats failed; see $(dirname "${cmvn_stats}")/log/cmvn.log"
+            mark_done "${cmvn_stats}.done"
+        fi
+    fi
+fi
+
+# ---------------------------------------------------------------------------
+if run_stage 3; then
+    log "Stage 3: token list (${token_type}) from data/${train_set}/text -> ${token_list}"
+    need "data/${train_set}/text" 1
+    if ! is_done "${token_dir}/.done" "token list ${token_list}"; then
+        mkdir -p "${token_dir}"
+        if [ "${token_type}" = bpe ]; then
+            cut -f 2- -d " " "data/${train_set}/text" > "${token_dir}/train.txt"
+            # shellcheck disable=SC2086
+            ${python} -m espnet2.bin.spm_train \
+                --input="${token_dir}/train.txt" --vocab_size="${nbpe}" --model_type="${bpemode}" \
+                --model_prefix="${token_dir}/bpe" --character_coverage="${bpe_char_cover}" \
+                --input_sentence_size=100000000 > "${token_dir}/spm_train.log" 2>&1 \
+                || die "spm_train failed; see ${token_dir}/spm_train.log"
+        fi
+        ${python} -m espnet2.bin.tokenize_text \
+            --token_type "${token_type}" --bpemodel "${bpemodel}" \
+            --input "data/${train_set}/text" --output "${token_list}.tmp" --field 2- \
+            --cleaner none --g2p none --write_vocabulary true \
+            --add_symbol "<blank>:0" --add_symbol "<unk>:1" --add_symbol "<sos/eos>:-1" \
+            2> "${token_dir}/tokenize_text.log" || die "tokenize_text failed; see ${token_dir}/tokenize_text.log"
+        mv -f "${token_list}.tmp" "${token_list}"
+        mark_done "${token_dir}/.done"
+    fi
+    log "token list: ${token_list} ($(num_lines "${token_list}") tokens)"
+fi
+
+# ---------------------------------------------------------------------------
+if run_stage 4; then
+    log "Stage 4: shape files -> ${ssl_stats_dir}, ${asr_stats_dir}"
+    # SSL: speech_shape from the features (fbank) or the durations (raw: samples)
+    for pair in "train:${pretrain_set}" "valid:${valid_set}"; do
+        split=${pair%%:*}; dset=${pair#*:}
+        mkdir -p "${ssl_stats_dir}/${split}"
+        if [ "${feats_type}" = fbank ]; then
+            need "${fbank_dir}/${dset}/feats_shape" 2
+            cp "${fbank_dir}/${dset}/feats_shape" "${ssl_stats_dir}/${split}/speech_shape.tmp"
+        else
+            need "data/${dset}/utt2dur" 1
+            awk -v fs="${fs}" '{printf "%s %d\n", $1, int($2 * fs + 0.5)}' "data/${dset}/utt2dur" \
+                > "${ssl_stats_dir}/${split}/speech_shape.tmp"
+        fi
+        mv -f "${ssl_stats_dir}/${split}/speech_shape.tmp" "${ssl_stats_dir}/${split}/speech_shape"
+    done
+    # ASR: speech_shape from the fbank, text_shape.<token_type> = "utt ntokens,vocab"
+    need "${token_list}" 3
+    vocab=$(num_lines "${token_list}")
+    for pair in "train:${train_set}" "valid:${valid_set}"; do
+        split=${pair%%:*}; dset=${pair#*:}
+        need "${fbank_dir}/${dset}/feats_shape" 2
+        need "data/${dset}/text" 1
+        mkdir -p "${asr_stats_dir}/${split}"
+        cp "${fbank_dir}/${dset}/feats_shape" "${asr_stats_dir}/${split}/speech_shape"
+    done
+    # one tokenizer call for both sets (the ESPnet import is slow)
+    _tmp=${asr_stats_dir}/.text_both
+    cat "data/${train_set}/text" "data/${valid_set}/text" > "${_tmp}"
+    ${python} - "${token_type}" "${bpemodel}" "${_tmp}" "${_tmp}.ntok" << 'PYEOF'
+import sys
+token_type, bpemodel, src, dst = sys.argv[1:5]
+if token_type == "bpe":
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=bpemodel)
+    count = lambda t: len(sp.encode(t, out_type=str))
+else:  # ESPnet's CharTokenizer: every character, spaces as <space>
+    count = lambda t: len(t)
+with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as g:
+    for line in f:
+        parts = line.rstrip("\n").split(" ", 1)
+        text = parts[1].strip() if len(parts) > 1 else ""
+        g.write(f"{parts[0]} {count(text)}\n")
+PYEOF
+    for pair in "train:${train_set}" "valid:${valid_set}"; do
+        split=${pair%%:*}; dset=${pair#*:}
+        awk -v v="${vocab}" 'NR == FNR {n[$1] = $2; next} {print $1, n[$1] "," v}' \
+            "${_tmp}.ntok" "data/${dset}/text" > "${asr_stats_dir}/${split}/text_shape.${token_type}"
+    done
+    rm -f "${_tmp}" "${_tmp}.ntok"
+    log "shape files written"
+fi
+
+# ---------------------------------------------------------------------------
+if run_stage 5; then
+    log "Stage 5: SSL pre-training: ${ssl_exp} (config: ${ssl_config})"
+    if ! is_done "${ssl_exp}/.done" "SSL pre-training ${ssl_exp}"; then
+        need "${ssl_config}" 5
+        need "${ssl_stats_dir}/train/speech_shape" 4
+        need "${ssl_stats_dir}/valid/speech_shape" 4
+        _opts=()
+        if [ "${feats_type}" = fbank ]; then
+            need "${fbank_dir}/${pretrain_set}/feats.scp" 2
+            need "${fbank_dir}/${valid_set}/feats.scp" 2
+            _opts+=(--input_size 80
+                --train_data_path_and_name_and_type "${fbank_dir}/${pretrain_set}/feats.scp,speech,kaldi_ark"
+                --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/feats.scp,speech,kaldi_ark")
+        else
+            _opts+=(--frontend kaldi_fbank
+                --train_data_path_and_name_and_type "data/${pretrain_set}/wav.scp,speech,sound"
+                --valid_data_path_and_name_and_type "data/${valid_set}/wav.scp,speech,sound")
+        fi
+        if [ "${global_cmvn}" = true ]; then
+            need "${cmvn_stats}" 2
+            _opts+=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
+        fi
+        mkdir -p "${ssl_exp}"
+        echo "${run_args}" > "${ssl_exp}/run.sh"
+        log "SSL training started; log: ${ssl_exp}/train.log (tail -f it to follow progress)"
+        # shellcheck disable=SC2086
+        ${python} -m espnet2.bin.launch \
+            --cmd "${cuda_cmd} --name ${ssl_exp##*/}" \
+            --log "${ssl_exp}/train.log" \
+            --ngpu "${ngpu}" \
+            --num_nodes "${num_nodes}" \
+            --init_file_prefix "${ssl_exp}/.dist_init_" \
+            --multiprocessing_distributed true -- \
+            ${python} -m espnet2_birq.bin.ssl_train \
+                --config "${ssl_config}" \
+                --output_dir "${ssl_exp}" \
+                --resume true \
+                --train_shape_file "${ssl_stats_dir}/train/speech_shape" \
+                --valid_shape_file "${ssl_stats_dir}/valid/speech_shape" \
+                "${_opts[@]}" ${ssl_args} \
+            || die "SSL training failed; see ${ssl_exp}/train.log"
+        need "${ssl_exp}/valid.loss.ave.pth" 5
+        mark_done "${ssl_exp}/.done"
+        log "SSL pre-training finished: ${ssl_exp}/valid.loss.ave.pth"
+    fi
+fi
+
+# ---------------------------------------------------------------------------
+asr_train() {  # asr_train OUTPUT_DIR [extra args]: one asr_train run through launch.py
+    local out=$1
+    shift
+    mkdir -p "${out}"
+    log "ASR training started; log: ${out}/train.log (tail -f it to follow progress)"
+    # shellcheck disable=SC2086
+    ${python} -m espnet2.bin.launch \
+        --cmd "${cuda_cmd} --name ${asr_exp##*/}" \
+        --log "${out}/train.log" \
+        --ngpu "${ngpu}" \
+        --num_nodes "${num_nodes}" \
+        --init_file_prefix "${out}/.dist_init_" \
+        --multiprocessing_distributed true -- \
+        ${python} -m espnet2.bin.asr_train \
+            --config "${asr_exp}/train_asr.yaml" \
+            --output_dir "${out}" \
+            --resume true \
+            --input_size 80 \
+            --use_preprocessor true \
+            --token_type "${token_type}" \
+            --token_list "${token_list}" \
+            --bpemodel "${bpemodel}" \
+            --train_data_path_and_name_and_type "${fbank_dir}/${train_set}/feats.scp,speech,kaldi_ark" \
+            --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
+            --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/feats.scp,speech,kaldi_ark" \
+            --valid_data_path_and_name_and_type "data/${valid_set}/text,text,text" \
+            --train_shape_file "${asr_stats_dir}/train/speech_shape" \
+            --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
+            --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
+            --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
+            "${_cmvn_opts[@]}" "$@" ${asr_args} \
+        || die "ASR training failed; see ${out}/train.log"
+}
+
+if run_stage 6; then
+    log "Stage 6: ASR fine-tuning: ${asr_exp} (config: ${asr_config}, pretrained: ${pretrained})"
+    if ! is_done "${asr_exp}/.done" "ASR fine-tuning ${asr_exp}"; then
+        need "${asr_config}" 6
+        need "${token_list}" 3
+        need "${asr_stats_dir}/train/text_shape.${token_type}" 4
+        need "${fbank_dir}/${train_set}/feats.scp" 2
+        need "${fbank_dir}/${valid_set}/feats.scp" 2
+        # The architecture (and normalisation) of the SSL model, also when training from scratch.
+        if [ -f "${ssl_exp}/config.yaml" ]; then
+            _arch_config=${ssl_exp}/config.yaml
+        else
+            [ -z "${init_ckpt}" ] || need "${ssl_exp}/config.yaml" 5
+            _arch_config=${ssl_config}
+        fi
+        [ -z "${init_ckpt}" ] || need "${init_ckpt}" 5
+        _cmvn_opts=()
+        if [ "${global_cmvn}" = true ]; then
+            need "${cmvn_stats}" 2
+            _cmvn_opts=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
+        fi
+        mkdir -p "${asr_exp}"
+        echo "${run_args}" > "${asr_exp}/run.sh"
+        ${python} -m espnet2_birq.bin.make_finetune_config \
+            --ssl_config "${_arch_config}" --asr_config "${asr_config}" --out "${asr_exp}/train_asr.yaml"
+        _init=()
+        [ -n "${init_ckpt}" ] && _init=(--init_param "${init_ckpt}:encoder:encoder")
+        if [ "${freeze_encoder_epochs}" -gt 0 ]; then
+            # Phase 1: frozen encoder for N epochs (its own dir, resumable); phase 2 starts from its last model.
+            if ! is_done "${asr_exp}/frozen/.done" "frozen-encoder phase ${asr_exp}/frozen"; then
+                log "phase 1: ${freeze_encoder_epochs} epochs with the encoder frozen"
+                asr_train "${asr_exp}/frozen" "${_init[@]}" --freeze_param encoder --max_epoch "${freeze_encoder_epochs}"
+                need "${asr_exp}/frozen/latest.pth" 6
+                mark_done "${asr_exp}/frozen/.done"
+            fi
+            log "phase 2: encoder unfrozen"
+            asr_train "${asr_exp}" --init_param "${asr_exp}/frozen/latest.pth"
+        else
+            asr_train "${asr_exp}" "${_init[@]}"
+        fi
+        mark_done "${asr_exp}/.done"
+        log "ASR fine-tuning finished: ${asr_exp}"
+    fi
+fi
+
+# ---------------------------------------------------------------------------
+if [ "${inference_model}" = auto ]; then
+    inference_model=valid.loss.ave.pth
+    for m in valid.acc.ave.pth valid.cer_ctc.ave.pth valid.loss.ave.pth; do
+        if [ -e "${asr_exp}/${m}" ]; then inference_model=${m}; break; fi
+    done
+fi
+if [ -z "${inference_tag}" ]; then
+    inference_tag=decode_$(basename "${inference_config}" .yaml)
+    inference_tag+="_asr_model_$(echo "${inference_model}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
+fi
+
+if run_stage 7; then
+    log "Stage 7: decoding ${test_sets} with ${asr_exp}/${inference_model} -> ${asr_exp}/${inference_tag}"
+    need "${asr_exp}/config.yaml" 6
+    need "${asr_exp}/${inference_model}" 6
+    need "${inference_config}" 7
+    for dset in ${test_sets}; do
+        _dir=${asr_exp}/${inference_tag}/${dset}
+        is_done "${_dir}/.done" "decoding ${dset}" && continue
+        need "${fbank_dir}/${dset}/feats.scp" 2
+        _logdir=${_dir}/logdir
+        rm -rf "${_logdir}"
+        mkdir -p "${_logdir}"
+        n_utt=$(num_lines "${fbank_dir}/${dset}/feats.scp")
+        _nj=$(min "${inference_nj}" "${n_utt}")
+        awk -v n="${_nj}" -v d="${_logdir}" -v total="${n_utt}" \
+            '{ j = int((NR - 1) * n / total) + 1; print > (d "/keys." j ".scp") }' "${fbank_dir}/${dset}/feats.scp"
+        log "decoding ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${_logdir}/asr_inference.*.log"
+        # shellcheck disable=SC2086
+        ${_decode_cmd} --gpu "${_decode_ngpu}" JOB=1:"${_nj}" "${_logdir}/asr_inference.JOB.log" \
+            ${python} -m espnet2_birq.bin.asr_decode \
+                --ngpu "${_decode_ngpu}" \
+                --data_path_and_name_and_type "${fbank_dir}/${dset}/feats.scp,speech,kaldi_ark" \
+                --key_file "${_logdir}/keys.JOB.scp" \
+                --asr_train_config "${asr_exp}/config.yaml" \
+                --asr_model_file "${asr_exp}/${inference_model}" \
+                --output_dir "${_logdir}/output.JOB" \
+                --config "${inference_config}" \
+                ${inference_args} \
+            || die "decoding ${dset} failed; see ${_logdir}/asr_inference.*.log"
+        for j in $(seq "${_nj}"); do
+            need "${_logdir}/output.${j}/1best_recog/text" 7
+            cat "${_logdir}/output.${j}/1best_recog/text"
+        done | LC_ALL=C sort -k1,1 > "${_dir}/text.tmp"
+        mv -f "${_dir}/text.tmp" "${_dir}/text"
+        mark_done "${_dir}/.done"
+    done
+fi
+
+# ---------------------------------------------------------------------------
+if run_stage 8; then
+    log "Stage 8: scoring -> ${asr_exp}/${inference_tag}/<set>/score_{wer,cer}"
+    for dset in ${test_sets}; do
+        _dir=${asr_exp}/${inference_tag}/${dset}
+        need "${_dir}/text" 7
+        need "data/${dset}/text" 1
+        for unit in word char; do
+            [ "${unit}" = word ] && metric=wer || metric=cer
+            ${python} -m espnet2_birq.bin.score --ref "data/${dset}/text" --hyp "${_dir}/text" \
+                --unit "${unit}" --out_dir "${_dir}/score_${metric}" --utt2spk "data/${dset}/utt2spk" \
+                --missing_hyp empty
+        done
+    done
+    ${python} -m espnet2_birq.bin.score results_table --exp_dir "${asr_exp}" > "${asr_exp}/RESULTS.md.tmp"
+    {
+        echo "<!-- Generated by $0 -->"
+        echo "# RESULTS"
+        echo "- date: \`$(date)\`"
+        echo "- pre-training: ${ssl_exp} (config: ${ssl_config}), pretrained: ${pretrained}"
+        echo "- fine-tuning config: ${asr_config}; decoding: ${inference_config}, model ${inference_model}"
+        echo
+        cat "${asr_exp}/RESULTS.md.tmp"
+    } > "${asr_exp}/RESULTS.md"
+    rm -f "${asr_exp}/RESULTS.md.tmp"
+    cat "${asr_exp}/RESULTS.md"
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"
