@@ -178,6 +178,7 @@ class SpanMasking(torch.nn.Module):
                 ``output_lengths`` (B,) encoder output frames (as the encoder counts);
                 ``frame_lengths`` (B,) output frames with a full input group, the
                 frames that enter the losses (``<= output_lengths``).
+                ``subsampling_factor`` (int) input frames per output frame.
         """
         factor = max(subsampling.factor, 1)
         batch, num_frames, _ = feats.shape
@@ -221,6 +222,9 @@ class SpanMasking(torch.nn.Module):
             "mask_u": valid_out & ~mask_m,
             "output_lengths": output_lengths,
             "frame_lengths": frame_lengths,
+            # Input frames per output frame, so that losses stacking input frames into
+            # targets can refuse a different stacking (see losses.common).
+            "subsampling_factor": factor,
         }
         return masked, mask_info
 

@@ -217,3 +217,11 @@ def test_split_rejects_invalid_dir_and_too_many_parts(data_dir):
     write(data_dir / "text", "spk0-u0 a\n")
     with pytest.raises(datadir.DataDirError, match="fix_data_dir"):
         datadir.split(data_dir, 2)
+
+
+def test_scattered_speaker_is_reported(data_dir):
+    """Kaldi needs a speaker's utterances contiguous in utterance order."""
+    write(data_dir / "utt2spk", "spk0-u0 spkA\nspk0-u1 spkB\nspk1-u2 spkA\nspk1-u3 spkB\n")
+    write(data_dir / "spk2utt", "spkA spk0-u0 spk1-u2\nspkB spk0-u1 spk1-u3\n")
+    problem = only_problem(data_dir)
+    assert "not contiguous" in problem and "spkA" in problem

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
+from espnet2_birq.utils import datadir
+
 logger = logging.getLogger(__name__)
 
 _BAD_ID = re.compile(r"\s")
@@ -80,102 +82,20 @@ def write_data_dir(
     return d
 
 
-def _read_map(path: Path, allow_empty_value: bool = False):
-    out: Dict[str, str] = {}
-    prev = None
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                raise KaldiDirError(f"{path}:{n}: empty line")
-            k, _, v = line.partition(" ")
-            if not v.strip() and not allow_empty_value:
-                raise KaldiDirError(f"{path}:{n}: no value for {k!r}")
-            if k in out:
-                raise KaldiDirError(f"{path}:{n}: duplicate key {k!r}")
-            kb = k.encode("utf-8")
-            if prev is not None and kb < prev:
-                raise KaldiDirError(f"{path}:{n}: not sorted (LC_ALL=C) at {k!r}")
-            prev = kb
-            out[k] = v
-    return out
-
-
 def validate_data_dir(data_dir, require_text: bool = True) -> Dict[str, int]:
-    """Pure-Python equivalent of the main checks of Kaldi's
-    ``utils/validate_data_dir.sh --no-feats``. Returns counts."""
+    """Validate with the project's checker (:func:`espnet2_birq.utils.datadir.validate`,
+    the implementation behind ``utils/validate_data_dir.sh``) and return counts.
+
+    Raises:
+        KaldiDirError: naming every problem found (file, count and first ids).
+    """
     d = Path(data_dir)
-    for name in ("wav.scp", "utt2spk", "spk2utt"):
-        if not (d / name).is_file():
-            raise KaldiDirError(f"{d}: missing {name}")
-    wav = _read_map(d / "wav.scp")
-    utt2spk = _read_map(d / "utt2spk")
-    spk2utt = _read_map(d / "spk2utt")
-    if not utt2spk:
-        raise KaldiDirError(f"{d}: no utterances")
-    for u, s in utt2spk.items():
-        _check_id("utterance", u)
-        if len(s.split()) != 1:
-            raise KaldiDirError(f"{d}/utt2spk: bad speaker for {u!r}: {s!r}")
-    # Kaldi requires sorting by speaker then utterance to equal sorting by
-    # utterance, i.e. the concatenation of spk2utt equals sorted utt2spk.
-    flat = [u for s in spk2utt for u in spk2utt[s].split()]
-    if flat != list(utt2spk):
-        raise KaldiDirError(
-            f"{d}: spk2utt and utt2spk disagree or speaker ids are not prefixes "
-            f"of utterance ids (sort orders differ)"
-        )
-    if (d / "segments").is_file():
-        segs = _read_map(d / "segments")
-        if set(segs) != set(utt2spk):
-            diff = sorted(set(segs) ^ set(utt2spk))[:5]
-            raise KaldiDirError(f"{d}: segments and utt2spk differ, e.g. {diff}")
-        for u, v in segs.items():
-            parts = v.split()
-            if len(parts) != 3:
-                raise KaldiDirError(f"{d}/segments: bad line for {u!r}")
-            r, s, e = parts[0], float(parts[1]), float(parts[2])
-            if r not in wav:
-                raise KaldiDirError(f"{d}/segments: recording {r!r} of {u!r} not in wav.scp")
-            if not (0 <= s < e):
-                raise KaldiDirError(f"{d}/segments: bad times for {u!r}: {s} {e}")
-    else:
-        if set(wav) != set(utt2spk):
-            diff = sorted(set(wav) ^ set(utt2spk))[:5]
-            raise KaldiDirError(f"{d}: wav.scp and utt2spk differ, e.g. {diff}")
-    n_text = 0
-    if (d / "text").is_file():
-        text = _read_map(d / "text")
-        if set(text) != set(utt2spk):
-            diff = sorted(set(text) ^ set(utt2spk))[:5]
-            raise KaldiDirError(f"{d}: text and utt2spk differ, e.g. {diff}")
-        n_text = len(text)
-    elif require_text:
-        raise KaldiDirError(f"{d}: missing text")
-    return {"utts": len(utt2spk), "spks": len(spk2utt), "recs": len(wav), "text": n_text}
-
-
-def main(argv=None) -> int:
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(description="Validate Kaldi data directories "
-                                "(pure-Python fallback of utils/validate_data_dir.sh)")
-    p.add_argument("dirs", nargs="+")
-    p.add_argument("--no-text", action="store_true")
-    a = p.parse_args(argv)
-    rc = 0
-    for d in a.dirs:
-        try:
-            c = validate_data_dir(d, require_text=not a.no_text)
-            print(f"{d}: OK {c}")
-        except (KaldiDirError, OSError) as e:
-            print(f"ERROR: {e}", file=sys.stderr)
-            rc = 1
-    return rc
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+    problems = datadir.validate(d, require_text=require_text)
+    if problems:
+        raise KaldiDirError(f"{d}: " + "; ".join(problems))
+    counts = {}
+    for key, name in (("utts", "utt2spk"), ("spks", "spk2utt"), ("recs", "wav.scp"),
+                      ("text", "text")):
+        path = d / name
+        counts[key] = len(datadir.KaldiMap.read(path).keys) if path.is_file() else 0
+    return counts

@@ -71,7 +71,14 @@ class BestRQLoss(AbsSSLLoss):
     ) -> torch.Tensor:
         """(B, T_out, N) anchoring codes aligned with ``hidden`` (B, T_out, D)."""
         codes, code_lengths = self.quantizer(features, feature_lengths)
-        return check_alignment(codes, code_lengths, mask_info, hidden, "best_rq")
+        return check_alignment(
+            codes,
+            code_lengths,
+            mask_info,
+            hidden,
+            "best_rq",
+            stack_frames=self.quantizer.stack_frames,
+        )
 
     def forward(
         self,

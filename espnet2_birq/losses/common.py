@@ -1,6 +1,6 @@
 """Pieces shared by the masked-prediction losses: heads, cross-entropy, code usage."""
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -77,6 +77,7 @@ def check_alignment(
     mask_info: Dict[str, torch.Tensor],
     hidden: torch.Tensor,
     name: str,
+    stack_frames: Optional[int] = None,
 ) -> torch.Tensor:
     """Trim per-frame targets to the encoder frames, refusing any misalignment.
 
@@ -91,10 +92,20 @@ def check_alignment(
         mask_info: masking output (``mask_m`` and ``output_lengths``).
         hidden: (B, T_out, D) encoder frames the targets must align with.
         name: loss name for the error message.
+        stack_frames: input frames stacked per target, for targets computed from the
+            input; must equal ``mask_info["subsampling_factor"]`` when both are known
+            (a smaller stacking gives enough targets but misaligned ones).
 
     Returns:
         (B, T_out, N) targets.
     """
+    factor = mask_info.get("subsampling_factor")
+    if stack_frames is not None and factor is not None and stack_frames != factor:
+        raise RuntimeError(
+            f"{name}: targets stack {stack_frames} input frames but the encoder "
+            f"subsamples by {factor}; stack_frames must equal the encoder's "
+            "subsampling factor"
+        )
     out_frames = hidden.shape[1]
     if mask_info["mask_m"].shape[1] != out_frames:
         raise RuntimeError(

@@ -239,6 +239,27 @@ def validate(data_dir: Path, require_text: bool = True, check_audio: bool = True
                 f"first: {first_ids(differing)} (regenerate with utils/utt2spk_to_spk2utt.pl)"
             )
 
+    # Kaldi needs each speaker's utterances to be contiguous in utterance order
+    # (speaker id as utterance-id prefix), else per-speaker splits and spk2utt-based
+    # tools see a speaker twice.
+    utt2spk_map = maps["utt2spk"].as_dict()
+    seen_speakers = set()
+    previous_speaker = None
+    scattered = []
+    for utt in sorted(maps["utt2spk"].keys, key=c_sort_key):
+        speaker = utt2spk_map[utt]
+        if speaker != previous_speaker:
+            if speaker in seen_speakers:
+                scattered.append(speaker)
+            seen_speakers.add(speaker)
+            previous_speaker = speaker
+    if scattered:
+        problems.append(
+            f"{maps['utt2spk'].path}: {len(scattered)} speaker(s) whose utterances are not "
+            f"contiguous in sorted order (make the speaker id a prefix of the utterance id), "
+            f"first: {first_ids(scattered)}"
+        )
+
     if check_audio:
         missing_audio = missing_audio_recordings(wav_scp)
         if missing_audio:

@@ -72,7 +72,7 @@ fi
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     log "Stage 3: validate data dirs"
     for x in train dev eval; do
-        "${repo_root}/local/validate_dirs.sh" "${python}" "${repo_root}" "${data_dir}/${mic}_${x}"
+        PYTHON="${python}" utils/validate_data_dir.sh "${data_dir}/${mic}_${x}"
     done
 fi
 

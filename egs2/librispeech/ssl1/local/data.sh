@@ -79,7 +79,7 @@ fi
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     log "Stage 3: validate data dirs"
     for d in ${dirs}; do
-        "${repo_root}/local/validate_dirs.sh" "${python}" "${repo_root}" "${data_dir}/${d}"
+        PYTHON="${python}" utils/validate_data_dir.sh "${data_dir}/${d}"
     done
 fi
 

@@ -80,7 +80,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     log "Stage 3: validate data dirs"
     for x in pretrain finetune dev test; do
         if [ -d "${data_dir}/${x}" ]; then
-            "${repo_root}/local/validate_dirs.sh" "${python}" "${repo_root}" "${data_dir}/${x}"
+            PYTHON="${python}" utils/validate_data_dir.sh "${data_dir}/${x}"
         fi
     done
 fi
