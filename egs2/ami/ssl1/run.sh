@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# AMI meeting corpus recipe: BiRQ (default) or BEST-RQ pre-training on the train split
+# of the full-corpus-ASR partition, CTC fine-tuning on the same (transcribed) split,
+# greedy CTC decoding and WER of dev and eval. One microphone condition per run:
+# individual headsets (ihm, default) or the first channel of array 1 (sdm).
+# Every stage lives in ./ssl.sh; this file only sets the AMI defaults (see README.md).
+#
+#   ./run.sh                       # IHM, all stages on 8 GPUs of this machine (BiRQ)
+#   ./run.sh --mic sdm             # SDM: sets sdm_train, sdm_dev, sdm_eval
+#   ./run.sh --ssl_config conf/train_ssl_best_rq_conformer.yaml   # BEST-RQ baseline
+#   ./run.sh --ngpu 1 --ssl_args "--batch_bins 2500000 --accum_grad 8" \
+#            --asr_args "--batch_bins 4000000 --accum_grad 4"     # one GPU, same batches
+#   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
+#   ./run.sh --help                # this recipe's settings, then every ssl.sh option
+# Recipe option (anywhere on the command line; consumed here, not passed to ssl.sh):
+#   --mic ihm|sdm                  microphone condition (default ihm)
+# The corpus goes to ${AMI} (db.sh). Other options of local/data.sh (e.g.
+# --download false, --skip_bad true) go through --local_data_opts "..."; this script
+# puts --mic in front of them. Any other option overrides the defaults below.
+set -euo pipefail
+
+mic=ihm
+user_data_opts=""
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mic) mic=${2:?--mic needs a value}; shift 2 ;;
+        --mic=*) mic=${1#--mic=}; shift ;;
+        --local_data_opts) user_data_opts=${2?--local_data_opts needs a value}; shift 2 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+case "${mic}" in
+    ihm|sdm) ;;
+    *) echo "$0: --mic must be ihm or sdm, got '${mic}'" >&2; exit 1 ;;
+esac
+
+pretrain_set=${mic}_train         # ~80 h of segments (transcripts unused by pre-training)
+train_set=${mic}_train            # the same segments, labelled, for fine-tuning
+valid_set=${mic}_dev
+test_sets="${mic}_dev ${mic}_eval"
+
+ssl_config=conf/train_ssl_birq_conformer.yaml
+asr_config=conf/train_asr_ctc.yaml
+inference_config=conf/decode_ctc_greedy.yaml
+
+ngpu=8                            # the configs' batches are sized for 8 GPUs (README.md)
+feats_type=fbank                  # utterances are segments of long recordings: dump fbank
+token_type=bpe
+nbpe=300                          # unigram BPE for ~80 h CTC fine-tuning (README.md)
+local_data_opts="--mic ${mic}${user_data_opts:+ ${user_data_opts}}"
+
+for arg in ${args[@]+"${args[@]}"}; do
+    if [ "${arg}" = --help ] || [ "${arg}" = -h ]; then
+        cat << HELP
+Usage: $0 [--mic ihm|sdm] [options]   (AMI: BiRQ/BEST-RQ pre-training + CTC fine-tuning)
+
+Recipe option:
+  --mic ihm|sdm   microphone condition (now: ${mic}); sets <mic>_train, <mic>_dev, <mic>_eval
+
+Recipe settings (passed to ssl.sh; override any of them on the command line):
+  --pretrain_set ${pretrain_set}    --train_set ${train_set}
+  --valid_set ${valid_set}          --test_sets "${test_sets}"
+  --ssl_config ${ssl_config}   (BEST-RQ: conf/train_ssl_best_rq_conformer.yaml)
+  --asr_config ${asr_config}   --inference_config ${inference_config}
+  --ngpu ${ngpu}   --feats_type ${feats_type}   --token_type ${token_type}   --nbpe ${nbpe}   --bpemode unigram
+  --local_data_opts "${local_data_opts}"   (options of local/data.sh: --mic, --download true|false,
+      --split_dir, --skip_bad true|false)
+Corpus location: AMI in db.sh (default downloads/ami).
+Multi-node: cmd_backend=slurm $0 --num_nodes N (N nodes x --ngpu GPUs).
+
+Options of ssl.sh (defaults shown are ssl.sh's; the recipe settings above replace them):
+HELP
+        exec ./ssl.sh --help
+    fi
+done
+
+./ssl.sh \
+    --ngpu "${ngpu}" \
+    --pretrain_set "${pretrain_set}" \
+    --train_set "${train_set}" \
+    --valid_set "${valid_set}" \
+    --test_sets "${test_sets}" \
+    --local_data_opts "${local_data_opts}" \
+    --feats_type "${feats_type}" \
+    --token_type "${token_type}" \
+    --nbpe "${nbpe}" \
+    --bpemode unigram \
+    --ssl_config "${ssl_config}" \
+    --asr_config "${asr_config}" \
+    --inference_config "${inference_config}" \
+    ${args[@]+"${args[@]}"}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# LibriSpeech recipe: BiRQ (default) or BEST-RQ pre-training on the 960 h of
+# train-{clean-100,clean-360,other-500}, CTC fine-tuning on train-clean-100 (100 h),
+# greedy CTC decoding and WER of dev/test clean/other. Every stage lives in ./ssl.sh;
+# this file only sets the LibriSpeech defaults (see README.md).
+#
+#   ./run.sh                       # all stages on 8 GPUs of this machine (BiRQ)
+#   ./run.sh --ssl_config conf/train_ssl_best_rq_conformer.yaml   # BEST-RQ baseline
+#   ./run.sh --ngpu 1 --ssl_args "--batch_bins 10000000 --accum_grad 8" \
+#            --asr_args "--batch_bins 4000000 --accum_grad 4"     # one GPU, same batches
+#   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
+#   ./run.sh --stage 6 --pretrained none                            # fine-tune from scratch
+#   ./run.sh --help                # this recipe's settings, then every ssl.sh option
+# The corpus goes to ${LIBRISPEECH} (db.sh; 61 GB of downloads). Options of
+# local/data.sh (e.g. --download false) go through --local_data_opts "...".
+# Any later option overrides the defaults below (the last occurrence wins).
+set -euo pipefail
+
+pretrain_set=pretrain_960         # 960 h, transcripts unused by pre-training
+train_set=train_clean_100         # 100 h labelled fine-tuning set
+valid_set=dev_other               # validation of pre-training and fine-tuning
+test_sets="dev_clean dev_other test_clean test_other"
+
+ssl_config=conf/train_ssl_birq_conformer.yaml
+asr_config=conf/train_asr_ctc.yaml
+inference_config=conf/decode_ctc_greedy.yaml
+
+ngpu=8                            # the configs' batches are sized for 8 GPUs (README.md)
+feats_type=raw                    # pre-training reads the flac files (no 110 GB fbank dump)
+token_type=bpe
+nbpe=300                          # unigram BPE for 100 h CTC fine-tuning (README.md)
+local_data_opts=""
+
+for arg in "$@"; do
+    if [ "${arg}" = --help ] || [ "${arg}" = -h ]; then
+        cat << HELP
+Usage: $0 [options]   (LibriSpeech: BiRQ/BEST-RQ pre-training + CTC fine-tuning)
+
+Recipe settings (passed to ssl.sh; override any of them on the command line):
+  --pretrain_set ${pretrain_set}    --train_set ${train_set}
+  --valid_set ${valid_set}          --test_sets "${test_sets}"
+  --ssl_config ${ssl_config}   (BEST-RQ: conf/train_ssl_best_rq_conformer.yaml)
+  --asr_config ${asr_config}   --inference_config ${inference_config}
+  --ngpu ${ngpu}   --feats_type ${feats_type}   --token_type ${token_type}   --nbpe ${nbpe}   --bpemode unigram
+  --local_data_opts "${local_data_opts}"   (options of local/data.sh: --download true|false,
+      --subsets, --speaker_level chapter|speaker, --skip_bad, --keep_archives)
+Corpus location: LIBRISPEECH in db.sh (default downloads/librispeech).
+Multi-node: cmd_backend=slurm $0 --num_nodes N (N nodes x --ngpu GPUs).
+
+Options of ssl.sh (defaults shown are ssl.sh's; the recipe settings above replace them):
+HELP
+        exec ./ssl.sh --help
+    fi
+done
+
+./ssl.sh \
+    --ngpu "${ngpu}" \
+    --pretrain_set "${pretrain_set}" \
+    --train_set "${train_set}" \
+    --valid_set "${valid_set}" \
+    --test_sets "${test_sets}" \
+    --local_data_opts "${local_data_opts}" \
+    --feats_type "${feats_type}" \
+    --token_type "${token_type}" \
+    --nbpe "${nbpe}" \
+    --bpemode unigram \
+    --ssl_config "${ssl_config}" \
+    --asr_config "${asr_config}" \
+    --inference_config "${inference_config}" \
+    "$@"
