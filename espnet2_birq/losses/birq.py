@@ -53,7 +53,10 @@ class BiRQLoss(AbsSSLLoss):
         stop_gradient_labels: Enhanced labels without gradient (the cheap
             self-labelling variant; the unmasked pass then builds no graph).
         tau_start, tau_end, tau_decay: Gumbel temperature
-            ``max(tau_end, tau_start * tau_decay ** step)`` (wav2vec 2.0's 2 -> 0.5).
+            ``max(tau_end, tau_start * tau_decay ** step)``, dividing the cosine scores
+            (in [-1, 1]) before the Gumbel noise. Above ~0.5 the labels are near-uniform
+            draws; far below 0.1 the straight-through gradient (scaled by 1 / tau)
+            drives the labels to collapse (measured, see README).
         gamma_schedule: ``constant`` (gamma_max throughout), ``linear`` (gamma_0 to
             gamma_max over ``gamma_ramp_steps``) or ``step`` (the linear ramp held
             constant within blocks of ``gamma_step_interval`` updates, e.g. epochs).
@@ -62,6 +65,12 @@ class BiRQLoss(AbsSSLLoss):
         warmup_steps: Updates of pure BEST-RQ before the enhanced loss switches on
             (labels of a random network are noise).
         v_momentum: Momentum of the running estimate ``v`` of the lower-level loss.
+        diversity_weight: Weight of a codebook-diversity penalty on the enhanced
+            labels, ``(K - perplexity) / K`` of the batch-averaged assignment
+            probabilities ``softmax(cos / tau)`` (wav2vec 2.0's diversity loss). With
+            gradients flowing through the labels, collapsing every frame onto one
+            code is the cheapest way to lower ``L_e``; measured on a tiny model, the
+            anchoring term alone does not prevent that (see README).
     """
 
     @typechecked
@@ -82,9 +91,9 @@ class BiRQLoss(AbsSSLLoss):
         anchor_layer: int = -1,
         enhanced_layer: int = -1,
         stop_gradient_labels: bool = False,
-        tau_start: float = 2.0,
-        tau_end: float = 0.5,
-        tau_decay: float = 0.999995,
+        tau_start: float = 0.2,
+        tau_end: float = 0.1,
+        tau_decay: float = 0.99995,
         gamma_schedule: str = "linear",
         gamma_0: float = 0.1,
         gamma_max: float = 1.0,
@@ -92,6 +101,7 @@ class BiRQLoss(AbsSSLLoss):
         gamma_step_interval: int = 1000,
         warmup_steps: int = 1000,
         v_momentum: float = 0.99,
+        diversity_weight: float = 5.0,
     ):
         super().__init__()
         if label_layer is None:
@@ -116,6 +126,8 @@ class BiRQLoss(AbsSSLLoss):
             raise ValueError("enhanced_seed must differ from the anchoring seed")
         if not 0.0 <= v_momentum < 1.0:
             raise ValueError("v_momentum must be in [0, 1)")
+        if diversity_weight < 0:
+            raise ValueError("diversity_weight must be >= 0")
 
         self.util_attributes = {"span_mask"}
         self.required_inputs = [
@@ -136,6 +148,7 @@ class BiRQLoss(AbsSSLLoss):
         self.gamma_step_interval = gamma_step_interval
         self.warmup_steps = warmup_steps
         self.v_momentum = v_momentum
+        self.diversity_weight = diversity_weight
 
         self.anchor = BestRQLoss(
             encoder_output_size=encoder_output_size,
@@ -216,23 +229,36 @@ class BiRQLoss(AbsSSLLoss):
         projected = F.normalize(normed @ self.enhanced_projection, dim=-1)
         return projected @ self.enhanced_codebook.t()
 
-    def enhanced_labels(self, hidden: torch.Tensor) -> torch.Tensor:
+    def enhanced_labels(
+        self, hidden: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """One-hot enhanced labels, differentiable through straight-through.
 
-        Training draws hard Gumbel-softmax samples at temperature ``tau``; evaluation
-        takes the arg-max (deterministic validation).
+        Training draws hard Gumbel-softmax samples of ``cos / tau``; evaluation takes
+        the arg-max (deterministic validation). The temperature scales the cosine
+        scores *before* the Gumbel noise: ``F.gumbel_softmax(cos, tau)`` would divide
+        after adding the noise, so its hard sample ``argmax(cos + g)`` would ignore tau
+        and, with ``|cos| <= 1`` against unit-scale noise, be close to a uniform draw.
+
+        Args:
+            hidden: (B, T, D) output of block ``label_layer`` on the unmasked input.
 
         Returns:
-            (B, T, K) one-hot labels (values exactly 0/1; gradients of the soft sample).
+            labels: (B, T, K) one-hot (values exactly 0/1; gradients of the soft
+                sample).
+            probs: (B, T, K) noise-free assignment probabilities ``softmax(cos/tau)``.
         """
         with torch.set_grad_enabled(
             torch.is_grad_enabled() and not self.stop_gradient_labels
         ):
-            similarity = self.enhanced_logits(hidden)
+            logits = self.enhanced_logits(hidden) / self.tau()
+            probs = logits.softmax(dim=-1)
             if self.training:
-                return F.gumbel_softmax(similarity, tau=self.tau(), hard=True)
-            index = similarity.argmax(dim=-1)
-            return F.one_hot(index, self.enhanced_codebook_size).to(similarity.dtype)
+                labels = F.gumbel_softmax(logits, tau=1.0, hard=True)
+            else:
+                index = logits.argmax(dim=-1)
+                labels = F.one_hot(index, self.enhanced_codebook_size).to(logits.dtype)
+            return labels, probs
 
     # ------------------------------------------------------------------- forward
     def forward(
@@ -243,7 +269,9 @@ class BiRQLoss(AbsSSLLoss):
         mask_info: Dict[str, torch.Tensor],
         label_hidden: Dict[int, Tuple[torch.Tensor, torch.Tensor]],
     ) -> Tuple[torch.Tensor, Dict]:
-        """Compute ``L_e + gamma * (L_a - v)`` (or ``L_a`` during warm-up).
+        """Compute ``L_e + gamma * (L_a - v) + diversity_weight * L_div``.
+
+        During the warm-up the loss is ``L_a`` alone (pure BEST-RQ).
 
         Args:
             features: (B, L, D) normalised unmasked features.
@@ -277,7 +305,7 @@ class BiRQLoss(AbsSSLLoss):
                 f"label layer output has {hidden.shape[1]} frames, encoder output "
                 f"{target_hidden.shape[1]}"
             )
-        labels = self.enhanced_labels(hidden)
+        labels, probs = self.enhanced_labels(hidden)
         labels = check_alignment(
             labels,
             mask_info["frame_lengths"],
@@ -294,8 +322,15 @@ class BiRQLoss(AbsSSLLoss):
             perplexity, distinct = code_usage(
                 label_index[valid][:, None], self.enhanced_codebook_size
             )
+        # Codebook diversity of the batch: perplexity of the mean assignment.
+        mean_probs = probs[valid].mean(dim=0)
+        soft_perplexity = torch.exp(
+            -(mean_probs * torch.log(mean_probs.clamp(min=1e-10))).sum()
+        )
+        diversity_loss = 1.0 - soft_perplexity / self.enhanced_codebook_size
         stats.update(
             {
+                "diversity": diversity_loss.detach(),
                 "loss_e": enhanced_loss.detach(),
                 "acc_e": accuracy,
                 "ppl_e": perplexity,
@@ -311,7 +346,11 @@ class BiRQLoss(AbsSSLLoss):
             # weight so DDP finds every parameter used in every step.
             total = anchor_loss + 0.0 * enhanced_loss
         else:
-            total = enhanced_loss + gamma * (anchor_loss - self.v.detach())
+            total = (
+                enhanced_loss
+                + gamma * (anchor_loss - self.v.detach())
+                + self.diversity_weight * diversity_loss
+            )
         stats["birq_loss"] = total.detach()
         return total, stats
 

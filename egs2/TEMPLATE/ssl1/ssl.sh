@@ -322,7 +322,8 @@ if run_stage 3; then
         if [ "${token_type}" = bpe ]; then
             cut -f 2- -d " " "data/${train_set}/text" > "${token_dir}/train.txt"
             # shellcheck disable=SC2086
-            ${python} -m espnet2.bin.spm_train \
+            # what ESPnet's espnet2.bin.spm_train does (not shipped with every ESPnet release)
+            ${python} -c 'import sys, sentencepiece as spm; spm.SentencePieceTrainer.Train(" ".join(sys.argv[1:]))' \
                 --input="${token_dir}/train.txt" --vocab_size="${nbpe}" --model_type="${bpemode}" \
                 --model_prefix="${token_dir}/bpe" --character_coverage="${bpe_char_cover}" \
                 --input_sentence_size=100000000 > "${token_dir}/spm_train.log" 2>&1 \
@@ -398,7 +399,7 @@ fi
 if run_stage 5; then
     log "Stage 5: SSL pre-training: ${ssl_exp} (config: ${ssl_config})"
     if ! is_done "${ssl_exp}/.done" "SSL pre-training ${ssl_exp}"; then
-        need "${ssl_config}" 5
+        [ -f "${ssl_config}" ] || die "--ssl_config ${ssl_config} not found"
         need "${ssl_stats_dir}/train/speech_shape" 4
         need "${ssl_stats_dir}/valid/speech_shape" 4
         _opts=()
@@ -480,7 +481,7 @@ asr_train() {  # asr_train OUTPUT_DIR [extra args]: one asr_train run through la
 if run_stage 6; then
     log "Stage 6: ASR fine-tuning: ${asr_exp} (config: ${asr_config}, pretrained: ${pretrained})"
     if ! is_done "${asr_exp}/.done" "ASR fine-tuning ${asr_exp}"; then
-        need "${asr_config}" 6
+        [ -f "${asr_config}" ] || die "--asr_config ${asr_config} not found"
         need "${token_list}" 3
         need "${asr_stats_dir}/train/text_shape.${token_type}" 4
         need "${fbank_dir}/${train_set}/feats.scp" 2
@@ -538,10 +539,14 @@ if run_stage 7; then
     log "Stage 7: decoding ${test_sets} with ${asr_exp}/${inference_model} -> ${asr_exp}/${inference_tag}"
     need "${asr_exp}/config.yaml" 6
     need "${asr_exp}/${inference_model}" 6
-    need "${inference_config}" 7
+    [ -f "${inference_config}" ] || die "--inference_config ${inference_config} not found"
     for dset in ${test_sets}; do
         _dir=${asr_exp}/${inference_tag}/${dset}
-        is_done "${_dir}/.done" "decoding ${dset}" && continue
+        # a decoding older than the model (e.g. after more training) is redone
+        if [ -f "${_dir}/.done" ] && [ "${_dir}/.done" -nt "$(readlink -f "${asr_exp}/${inference_model}")" ]; then
+            log "decoding ${dset}: already done, skipping (remove ${_dir}/.done to redo)"
+            continue
+        fi
         need "${fbank_dir}/${dset}/feats.scp" 2
         _logdir=${_dir}/logdir
         rm -rf "${_logdir}"

@@ -23,7 +23,7 @@ inference_config=conf/decode_ctc_greedy.yaml
 
 case "${demo_size}" in
     default)
-        local_data_opts="--num_pretrain 2500 --train_fraction 0.4 --num_dev 100 --num_test 200 --nj 2"
+        local_data_opts="--num_pretrain 1000 --train_fraction 0.4 --num_dev 100 --num_test 200 --nj 2"
         ssl_args=""
         asr_args=""
         ;;

@@ -1,0 +1,228 @@
+"""Per-step cost of BiRQ against BEST-RQ (METHOD.md section 2: the performance bar).
+
+BiRQ's extra work over BEST-RQ is one forward and backward pass of the input layer and
+the first k blocks on the unmasked input, plus two small projections. This script
+measures, on one encoder and one batch, interleaved (A B C D A B C D ... so that clock
+and thermal drift hit every variant alike), the median time of
+
+- A ``best_rq``: forward + backward + Adam step of BEST-RQ;
+- B ``birq``: the same for BiRQ (labels with gradient, warm-up over);
+- C ``birq_sg``: BiRQ with ``stop_gradient_labels: true``;
+- D ``prefix``: forward + backward of the input layer and k blocks alone on the batch;
+
+and prints ``r_min = 1 + D / A`` (the cost of BiRQ if the extra work were exactly the
+prefix pass) next to the ratios B / A and C / A; the target is ``B / A <= r_min + 0.05``.
+
+Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` per variant. On CPU no
+per-variant peak is reliable (``tracemalloc`` does not see torch's allocator and the
+process ``ru_maxrss`` is a high-water mark that interleaving makes meaningless), so the
+CPU figure is the size of the tensors autograd saves for the backward pass (a
+``saved_tensors_hooks`` count, storages de-duplicated): the activation memory that
+distinguishes the variants. It is also printed on CUDA.
+
+Usage::
+
+    python bench/step_cost.py [--encoder conformer] [--device cpu|cuda] [--batch 8]
+        [--seconds 8] [--reps 10] [--size debug|base] [--profile]
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from espnet2_birq.ssl_model import run_encoder_prefix  # noqa: E402
+from espnet2_birq.tasks.ssl import BirqSSLTask  # noqa: E402
+
+SIZES = {
+    # smoke test: the debug config's scale
+    "debug": dict(
+        encoder=dict(output_size=32, attention_heads=2, linear_units=64, num_blocks=2),
+        extra=dict(cnn_module_kernel=7, cgmlp_linear_units=64, cgmlp_conv_kernel=7,
+                   merge_conv_kernel=7),
+        label_layer=1,
+        codebook=64,
+    ),
+    # mid-size: a Conformer-S-like model (d=144, 8 blocks, k=4) with full codebooks
+    "base": dict(
+        encoder=dict(output_size=144, attention_heads=4, linear_units=576, num_blocks=8),
+        extra=dict(cnn_module_kernel=15, cgmlp_linear_units=576, cgmlp_conv_kernel=15,
+                   merge_conv_kernel=15),
+        label_layer=4,
+        codebook=8192,
+    ),
+}  # fmt: skip
+
+
+def build(loss: str, encoder: str, size: str, stop_gradient: bool = False):
+    """BEST-RQ or BiRQ model from the shipped config of ``encoder``, resized."""
+    config = REPO / "conf" / f"train_ssl_{loss}_{encoder}.yaml"
+    args = BirqSSLTask.get_parser().parse_args(
+        ["--config", str(config), "--input_size", "80"]
+    )
+    spec = SIZES[size]
+    args.normalize, args.normalize_conf = "utterance_mvn", {}
+    args.encoder_conf.update(spec["encoder"])
+    for key, value in spec["extra"].items():
+        if key in args.encoder_conf:
+            args.encoder_conf[key] = value
+    conf = args.loss[0]["conf"]
+    conf.update(codebook_size=spec["codebook"])
+    if loss == "birq":
+        conf.update(
+            enhanced_codebook_size=spec["codebook"],
+            label_layer=spec["label_layer"],
+            warmup_steps=0,
+            stop_gradient_labels=stop_gradient,
+        )
+    torch.manual_seed(0)  # identical encoders in every variant
+    return BirqSSLTask.build_model(args)
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves while ``fn`` runs (storages counted once)."""
+    storages: Dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn()
+    del loss
+    return sum(storages.values())
+
+
+def main(argv: List[str] = None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--encoder", default="conformer",
+                        choices=["conformer", "e_branchformer", "transformer"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--size", default="base", choices=sorted(SIZES))
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one BiRQ step and print the top operators")
+    args = parser.parse_args(argv)  # fmt: skip
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    frames = int(args.seconds * 100)
+    generator = torch.Generator().manual_seed(0)
+    feats = torch.randn(args.batch, frames, 80, generator=generator).to(device)
+    lengths = torch.full((args.batch,), frames, device=device)
+
+    models = {
+        "best_rq": build("best_rq", args.encoder, args.size),
+        "birq": build("birq", args.encoder, args.size),
+        "birq_sg": build("birq", args.encoder, args.size, stop_gradient=True),
+    }
+    optimizers = {}
+    for name, model in models.items():
+        model.to(device).train()
+        model.global_step = torch.tensor([1], device=device)  # warm-up over
+        optimizers[name] = torch.optim.Adam(model.parameters(), lr=1e-4)
+    prefix_model = models["birq"]
+    k = prefix_model.losses[0].label_layer
+    params = sum(p.numel() for p in models["best_rq"].parameters())
+
+    def train_step(name: str) -> Callable[[], None]:
+        model, optimizer = models[name], optimizers[name]
+
+        def run():
+            optimizer.zero_grad(set_to_none=True)
+            loss, _, _ = model(feats, lengths)
+            loss.sum().backward()
+            optimizer.step()
+
+        return run
+
+    def prefix_forward() -> torch.Tensor:
+        # The extra work of BiRQ: the (already normalised) input through embed + k blocks.
+        hidden, _ = run_encoder_prefix(prefix_model.encoder, feats, lengths, k)
+        return hidden.float().pow(2).mean()
+
+    def prefix_step():
+        prefix_model.zero_grad(set_to_none=True)
+        prefix_forward().backward()
+
+    steps = {
+        "best_rq": train_step("best_rq"),
+        "birq": train_step("birq"),
+        "birq_sg": train_step("birq_sg"),
+        "prefix": prefix_step,
+    }
+
+    def forward_loss(name: str) -> Callable[[], torch.Tensor]:
+        if name == "prefix":
+            return prefix_forward
+        return lambda: models[name](feats, lengths)[0].sum()
+
+    activation = {name: saved_bytes(forward_loss(name)) for name in steps}
+    peak = {name: [] for name in steps}
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for rep in range(args.reps + 1):  # rep 0 warms up (allocator, lazy buffers)
+        for name, step in steps.items():
+            torch.manual_seed(rep)  # the same masks and noise in every variant
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            if rep > 0:
+                times[name].append(elapsed)
+                if cuda:
+                    peak[name].append(torch.cuda.max_memory_allocated())
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    base = median["best_rq"]
+    r_min = 1.0 + median["prefix"] / base
+    ratio = median["birq"] / base
+    ratio_sg = median["birq_sg"] / base
+
+    print(
+        f"encoder={args.encoder} size={args.size} k={k} params={params / 1e6:.2f}M "
+        f"device={args.device} threads={torch.get_num_threads()} "
+        f"batch={args.batch}x{args.seconds:g}s ({frames} frames) reps={args.reps}"
+    )
+    print(f"{'variant':10s} {'median s':>9s} {'min s':>8s} {'max s':>8s} "
+          f"{'saved act MiB':>14s} {'peak MiB':>9s}")  # fmt: skip
+    for name in steps:
+        peak_text = f"{max(peak[name]) / 2**20:9.0f}" if cuda else f"{'n/a':>9s}"
+        print(
+            f"{name:10s} {median[name]:9.3f} {min(times[name]):8.3f} "
+            f"{max(times[name]):8.3f} {activation[name] / 2**20:14.1f} {peak_text}"
+        )
+    print(f"r_min = 1 + prefix/best_rq = {r_min:.3f}")
+    print(f"birq/best_rq    = {ratio:.3f}")
+    print(f"birq_sg/best_rq = {ratio_sg:.3f}")
+    verdict = "MET" if ratio <= r_min + 0.05 else "MISSED"
+    print(f"target birq/best_rq <= r_min + 0.05 = {r_min + 0.05:.3f}: {verdict}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        for name in ("best_rq", "birq"):
+            torch.manual_seed(0)
+            with profile(activities=activities) as prof:
+                steps[name]()
+            sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+            print(f"--- profile {name}")
+            print(prof.key_averages().table(sort_by=sort, row_limit=15))
+
+
+if __name__ == "__main__":
+    main()

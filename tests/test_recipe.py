@@ -1,0 +1,229 @@
+"""Tests for the recipe script egs2/TEMPLATE/ssl1/ssl.sh and the mini_synth demo recipe.
+
+The option and stage tests run ssl.sh in a temporary recipe directory with a fake
+``--python`` that records its arguments (no ESPnet import, a fraction of a second
+each). ``test_demo_recipe_tiny_end_to_end`` runs the whole demo recipe (stages 1-8)
+at its smallest size with the real tools (a few minutes on 2 CPU cores).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO_ROOT / "egs2" / "TEMPLATE" / "ssl1"
+SSL_SH = TEMPLATE / "ssl.sh"
+DEMO = REPO_ROOT / "egs2" / "mini_synth" / "ssl1"
+
+SETS = ["--pretrain_set", "pretrain", "--train_set", "train", "--valid_set", "dev", "--test_sets", "dev test"]
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def make_recipe(root: Path, demo: bool = False) -> Path:
+    """A recipe directory egs2/<corpus>/ssl1 under ``root`` linked like a real one."""
+    recipe = root / "egs2" / "corpus" / "ssl1"
+    recipe.mkdir(parents=True)
+    (recipe / "ssl.sh").symlink_to(SSL_SH)
+    (recipe / "path.sh").symlink_to(TEMPLATE / "path.sh")
+    (recipe / "cmd.sh").symlink_to(TEMPLATE / "cmd.sh")
+    (recipe / "utils").symlink_to(REPO_ROOT / "utils")
+    if demo:
+        for name in ("run.sh", "db.sh", "conf", "local"):
+            (recipe / name).symlink_to(DEMO / name)
+    return recipe
+
+
+def fake_python(root: Path) -> Path:
+    """A stand-in interpreter: logs its arguments, writes --output files."""
+    script = root / "fake_python"
+    script.write_text(
+        textwrap.dedent(
+            """\
+            #!/usr/bin/env bash
+            echo "$*" >> "$(dirname "$0")/python_calls.txt"
+            while [ $# -gt 0 ]; do
+                if [ "$1" = --output ]; then printf '<blank>\\n<unk>\\nA\\n<sos/eos>\\n' > "$2"; fi
+                shift
+            done
+            """
+        )
+    )
+    script.chmod(0o755)
+    return script
+
+
+def run_ssl(recipe: Path, *args, timeout=120, env=None):
+    env = dict(os.environ if env is None else env)
+    env.setdefault("cmd_backend", "local")
+    return subprocess.run(
+        ["./ssl.sh", *[str(a) for a in args]],
+        cwd=recipe,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def write_text_dir(path: Path, utts):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "text").write_text("".join(f"{u} {t}\n" for u, t in utts))
+    (path / "utt2spk").write_text("".join(f"{u} {u}\n" for u, _ in utts))
+
+
+def option_names(script: Path):
+    """Option variables of ssl.sh: assignments before help_message."""
+    names = []
+    for line in script.read_text().splitlines():
+        if line.startswith("help_message="):
+            break
+        m = re.match(r"^([a-z_][a-z0-9_]*)=", line)
+        if m:
+            names.append(m.group(1))
+    return names
+
+
+# --------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------
+
+
+def test_help_documents_every_option(tmp_path):
+    recipe = make_recipe(tmp_path)
+    result = run_ssl(recipe, "--help")
+    assert result.returncode == 0, result.stderr
+    names = option_names(SSL_SH)
+    for required in ("stage", "stop_stage", "ngpu", "num_nodes", "nj", "inference_nj", "feats_type",
+                     "token_type", "nbpe", "ssl_config", "asr_config", "inference_config",
+                     "pretrained", "ssl_exp", "asr_exp", "python", "test_sets", "pretrain_set"):
+        assert required in names
+    for name in names:
+        assert f"--{name} " in result.stdout or result.stdout.rstrip().endswith(f"--{name}"), name
+
+
+def test_unknown_option_fails(tmp_path):
+    recipe = make_recipe(tmp_path)
+    result = run_ssl(recipe, *SETS, "--no_such_option", "1")
+    assert result.returncode != 0
+    assert "no_such_option" in result.stderr
+
+
+def test_boolean_and_choice_options_are_checked(tmp_path):
+    recipe = make_recipe(tmp_path)
+    result = run_ssl(recipe, *SETS, "--global_cmvn", "maybe")
+    assert result.returncode != 0 and "true or false" in result.stderr
+    result = run_ssl(recipe, *SETS, "--feats_type", "mfcc", "--stage", "9")
+    assert result.returncode != 0 and "feats_type" in result.stderr
+    result = run_ssl(recipe, "--stage", "9")  # no data sets given
+    assert result.returncode != 0 and "--pretrain_set is required" in result.stderr
+
+
+def test_positional_argument_fails(tmp_path):
+    recipe = make_recipe(tmp_path)
+    result = run_ssl(recipe, *SETS, "extra")
+    assert result.returncode != 0
+    assert "unexpected positional" in result.stderr
+
+
+# --------------------------------------------------------------------------
+# Stage selection, re-runs and prerequisites
+# --------------------------------------------------------------------------
+
+
+def test_only_the_selected_stage_runs_and_rerun_skips(tmp_path):
+    recipe = make_recipe(tmp_path)
+    py = fake_python(tmp_path)
+    write_text_dir(recipe / "data" / "train", [("u1", "A A"), ("u2", "A")])
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "3", "--stop_stage", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Stage 3" in result.stdout
+    for other in (1, 2, 4, 5, 6, 7, 8):
+        assert f"Stage {other}:" not in result.stdout
+    calls = (tmp_path / "python_calls.txt").read_text().splitlines()
+    assert len(calls) == 1 and "espnet2.bin.tokenize_text" in calls[0]
+    assert "--token_type char" in calls[0] and "--add_symbol <blank>:0" in calls[0]
+    tokens = recipe / "data" / "token_list" / "char" / "tokens.txt"
+    assert tokens.read_text().splitlines()[0] == "<blank>"
+    # Re-running a finished stage skips it.
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "3", "--stop_stage", "3")
+    assert result.returncode == 0, result.stderr
+    assert "already done, skipping" in result.stdout
+    assert len((tmp_path / "python_calls.txt").read_text().splitlines()) == 1
+
+
+def test_skip_stages(tmp_path):
+    recipe = make_recipe(tmp_path)
+    py = fake_python(tmp_path)
+    write_text_dir(recipe / "data" / "train", [("u1", "A")])
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "3", "--stop_stage", "5", "--skip_stages", "4 5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Stage 3" in result.stdout
+    assert "Stage 4:" not in result.stdout and "Stage 5:" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "stage,missing,first",
+    [
+        (2, "data/pretrain/wav.scp", 1),
+        (3, "data/train/text", 1),
+        (5, "exp/ssl_stats_fbank/train/speech_shape", 4),
+        (6, "data/token_list/char/tokens.txt", 3),
+        (7, "exp/asr_train_asr_ctc_train_ssl_birq_conformer/config.yaml", 6),
+        (8, "decode_ctc_greedy_asr_model_valid.loss.ave/dev/text", 7),
+    ],
+)
+def test_missing_prerequisite_names_the_stage(tmp_path, stage, missing, first):
+    recipe = make_recipe(tmp_path)
+    (recipe / "conf").mkdir()
+    for name in ("train_ssl_birq_conformer.yaml", "train_asr_ctc.yaml", "decode_ctc_greedy.yaml"):
+        (recipe / "conf" / name).write_text("{}\n")
+    py = fake_python(tmp_path)
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", stage, "--stop_stage", stage)
+    assert result.returncode != 0
+    assert missing in result.stderr, result.stderr
+    assert f"run --stage {first} first" in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------
+# The demo recipe, end to end, smallest size
+# --------------------------------------------------------------------------
+
+
+def test_demo_recipe_tiny_end_to_end(tmp_path):
+    recipe = make_recipe(tmp_path, demo=True)
+    env = dict(os.environ)
+    env["cmd_backend"] = "local"
+    env.pop("MINI_SYNTH", None)
+    # Use the interpreter running the tests (its environment has espnet2_birq).
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    result = subprocess.run(
+        ["./run.sh", "--demo_size", "tiny", "--python", "python3"],
+        cwd=recipe, capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert result.returncode == 0, (result.stdout[-5000:], result.stderr[-5000:])
+    results = list((recipe / "exp").glob("asr_*/RESULTS.md"))
+    assert len(results) == 1, results
+    text = results[0].read_text()
+    assert "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|" in text
+    assert "### WER" in text and "### CER" in text
+    exp = results[0].parent
+    for dset in ("dev", "test"):
+        for metric in ("wer", "cer"):
+            found = list(exp.glob(f"decode_*/{dset}/score_{metric}/result.txt"))
+            assert len(found) == 1, (dset, metric, found)
+            assert "Sum/Avg" in found[0].read_text() or "Scores:" in found[0].read_text()
+    assert "|dataset|Snt|Wrd|" in result.stdout  # the table is printed
+    # Re-running the finished recipe is safe: stages 5-7 are skipped.
+    result = subprocess.run(
+        ["./run.sh", "--demo_size", "tiny", "--python", "python3", "--stage", "5", "--stop_stage", "7"],
+        cwd=recipe, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("already done, skipping") >= 4  # ssl, asr, dev, test
