@@ -8,6 +8,8 @@ VENV_PY := $(VENV)/bin/python
 PIP_PIN := pip>=23,<25
 STAMP := $(VENV)/.espnet2-birq-installed
 PYTEST_ARGS ?=
+# e.g. make demo DEMO_ARGS="--demo_size tiny"
+DEMO_ARGS ?=
 
 .PHONY: test demo install clean-venv
 
@@ -26,7 +28,7 @@ test: $(STAMP)
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	cd egs2/mini_synth/ssl1 && ./run.sh
+	cd egs2/mini_synth/ssl1 && ./run.sh $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

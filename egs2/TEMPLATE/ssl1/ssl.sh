@@ -74,7 +74,7 @@ freeze_encoder_epochs=0  # >0: first train N epochs with the encoder frozen, the
 # Decoding options
 inference_config=conf/decode_ctc_greedy.yaml  # decoding config
 inference_model=auto # model file in asr_exp; auto: valid.acc.ave.pth, valid.cer_ctc.ave.pth or valid.loss.ave.pth
-inference_tag=       # decode directory name; default: decode_<config>_asr_model_<model>
+inference_tag=       # decode directory name; default: <config name, decode_ prefixed if needed>_asr_model_<model>
 inference_args=      # extra arguments for espnet2_birq.bin.asr_decode
 
 help_message=$(cat << EOF
@@ -531,7 +531,8 @@ if [ "${inference_model}" = auto ]; then
     done
 fi
 if [ -z "${inference_tag}" ]; then
-    inference_tag=decode_$(basename "${inference_config}" .yaml)
+    inference_tag=$(basename "${inference_config}" .yaml)
+    case "${inference_tag}" in decode*) ;; *) inference_tag=decode_${inference_tag} ;; esac
     inference_tag+="_asr_model_$(echo "${inference_model}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
 fi
 

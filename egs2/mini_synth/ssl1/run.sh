@@ -23,13 +23,13 @@ inference_config=conf/decode_ctc_greedy.yaml
 
 case "${demo_size}" in
     default)
-        local_data_opts="--num_pretrain 1000 --train_fraction 0.4 --num_dev 100 --num_test 200 --nj 2"
+        local_data_opts="--num_pretrain 4000 --train_fraction 0.1 --num_dev 100 --num_test 200 --nj 2"
         ssl_args=""
         asr_args=""
         ;;
     tiny)
         local_data_opts="--num_pretrain 120 --train_fraction 0.5 --num_dev 12 --num_test 12 --nj 2"
-        ssl_args="--max_epoch 1"
+        ssl_args="--max_epoch 1 --num_iters_per_epoch 5"
         asr_args="--max_epoch 1"
         ;;
     *)
