@@ -603,7 +603,7 @@ def test_cli_train_checkpoint_reload(tmp_path):
             assert torch.equal(state[key], saved[key]), key
     loss = model.losses[0]
     assert loss.gamma() == 0.5 + 0.5 * (2 - 1) / 100  # debug config: linear, warm-up 1
-    assert loss.tau() == 2.0 * 0.999**2
+    assert loss.tau() == 0.2 * 0.999**2  # debug config: tau_start 0.2, decay 0.999
 
     # ESPnet's --resume path restores the same state into a fresh model
     fresh, _ = BirqSSLTask.build_model_from_file(out / "config.yaml", None)

@@ -191,6 +191,19 @@ def test_missing_prerequisite_names_the_stage(tmp_path, stage, missing, first):
     assert f"run --stage {first} first" in result.stderr, result.stderr
 
 
+def test_raw_features_refuse_a_segmented_pretraining_set(tmp_path):
+    recipe = make_recipe(tmp_path)
+    data = recipe / "data" / "pretrain"
+    data.mkdir(parents=True)
+    (data / "wav.scp").write_text("rec1 /nonexistent/rec1.wav\n")
+    (data / "segments").write_text("rec1-0001 rec1 0.00 1.50\n")
+    py = fake_python(tmp_path)
+    result = run_ssl(recipe, *SETS, "--python", py, "--feats_type", "raw",
+                     "--stage", "2", "--stop_stage", "2")
+    assert result.returncode != 0
+    assert "segments" in result.stderr and "--feats_type fbank" in result.stderr, result.stderr
+
+
 # --------------------------------------------------------------------------
 # The demo recipe, end to end, smallest size
 # --------------------------------------------------------------------------

@@ -277,6 +277,11 @@ fi
 # ---------------------------------------------------------------------------
 if run_stage 2; then
     log "Stage 2: features (feats_type=${feats_type}) -> ${fbank_dir}"
+    if [ "${feats_type}" = raw ] && [ -f "data/${pretrain_set}/segments" ]; then
+        # ESPnet's "sound" reader takes wav.scp entries as utterances; with segments
+        # they are whole recordings.
+        die "--feats_type raw cannot read data/${pretrain_set}: it has a segments file (use --feats_type fbank)"
+    fi
     for dset in ${fbank_sets}; do
         need "data/${dset}/wav.scp" 1
         out=${fbank_dir}/${dset}
