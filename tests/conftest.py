@@ -48,6 +48,17 @@ def write_audio_set(
     return {"wav_scp": root / "wav.scp", "shape": root / "speech_shape"}
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny CPU models run far faster on one thread (no inter-op overhead on 2 cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def audio_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("audio")

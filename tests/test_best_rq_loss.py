@@ -20,13 +20,7 @@ OVERFIT_MAX_LOSS = 0.6
 OVERFIT_MIN_ACC = 0.9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny CPU models are much faster single-threaded on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def build_debug_model(seed: int = 0):

@@ -378,15 +378,6 @@ def test_buffers_are_frozen_and_seeded():
 
 
 # -------------------------------------------------------------------- collapse
-@pytest.fixture
-def one_thread():
-    """Tiny CPU models run far faster on one thread (no inter-op overhead)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train_tiny(gamma_max: float, diversity_weight: float = 5.0, steps: int = 200,
                 tau: float = 0.1):
     """Adam on a 2-block conformer, 2 synthetic utterances of 1 s; returns the stats."""
@@ -445,19 +436,19 @@ def tail_perplexity(trace) -> float:
 PPL_FLOOR = 8.0  # of 64 enhanced codes, averaged over the last 50 steps
 
 
-def test_anchoring_keeps_enhanced_labels_diverse(one_thread):
+def test_anchoring_keeps_enhanced_labels_diverse(single_thread):
     trace = _train_tiny(gamma_max=1.0)
     assert tail_perplexity(trace) > PPL_FLOOR, trace[-1]
     assert trace[-1]["loss_a"] < 1.0, trace[-1]  # the anchoring targets are learned
 
 
-def test_without_anchoring_enhanced_labels_collapse(one_thread):
+def test_without_anchoring_enhanced_labels_collapse(single_thread):
     trace = _train_tiny(gamma_max=0.0)
     assert tail_perplexity(trace) < 4.0, trace[-1]
     assert trace[-1]["loss_a"] > 3.5, trace[-1]  # ln 64 = 4.16: chance level
 
 
-def test_without_diversity_term_enhanced_labels_collapse(one_thread):
+def test_without_diversity_term_enhanced_labels_collapse(single_thread):
     """Documents why ``diversity_weight`` defaults to a non-zero value."""
     trace = _train_tiny(gamma_max=1.0, diversity_weight=0.0)
     assert tail_perplexity(trace) < 4.0, trace[-1]

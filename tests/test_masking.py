@@ -18,13 +18,7 @@ FACTORS = {"conv2d": 4, "conv2d2": 2, "conv2d6": 6, "conv2d8": 8}
 MAX_LENGTH = 500
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny CPU forwards are ~20x faster single-threaded on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_conformer(input_layer: str, input_size: int = 80) -> ConformerEncoder:

@@ -22,13 +22,7 @@ CONFIGS = sorted((REPO / "conf").glob("train_ssl_*.yaml"))
 DEBUG_CONFIG = REPO / "conf" / "train_ssl_best_rq_debug.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny CPU models are much faster single-threaded on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
