@@ -20,13 +20,27 @@ CPU figure is the size of the tensors autograd saves for the backward pass (a
 ``saved_tensors_hooks`` count, storages de-duplicated): the activation memory that
 distinguishes the variants. It is also printed on CUDA.
 
+Allocator (CPU): with glibc's default malloc, the large tensors of a step are returned
+to the system when freed and fault back in, zero-filled, on the next step. That costs
+every variant (a quarter of a BEST-RQ step on the development machine) and costs BiRQ
+more than its share, because its higher activation peak (two passes alive at once)
+sends more allocations to fresh pages. That is a property of the allocator, not of the
+method (CUDA's caching allocator keeps its memory), so by default the script re-runs
+itself with ``GLIBC_TUNABLES`` set to keep freed memory in the process
+(``--allocator retain``); ``--allocator system`` measures glibc's default. The minor
+page faults per step are printed either way.
+
 Usage::
 
     python bench/step_cost.py [--encoder conformer] [--device cpu|cuda] [--batch 8]
-        [--seconds 8] [--reps 10] [--size debug|base] [--profile]
+        [--seconds 8] [--reps 10] [--size debug|base|paper]
+        [--allocator retain|system] [--profile]
 """
 
 import argparse
+import os
+import platform
+import resource
 import statistics
 import sys
 import time
@@ -58,7 +72,36 @@ SIZES = {
         label_layer=4,
         codebook=8192,
     ),
+    # the shipped config unchanged (conformer: d=512, 24 blocks, k=12, 159M encoder)
+    "paper": dict(encoder={}, extra={}, label_layer=None, codebook=8192),
 }  # fmt: skip
+
+
+# glibc: never serve allocations with mmap, never trim the heap: freed memory stays in
+# the process and is reused without page faults.
+RETAIN_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+
+
+def allocator_in_use() -> str:
+    if platform.libc_ver()[0] != "glibc":
+        return "system (not glibc)"
+    if os.environ.get("GLIBC_TUNABLES") == RETAIN_TUNABLES:
+        return "retain"
+    return "system"
+
+
+def reexec_with_allocator(argv: List[str]) -> None:
+    """Re-run this script with the allocator ``--allocator`` asks for (CPU, glibc)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--allocator", default="retain", choices=["retain", "system"])
+    parser.add_argument("--device", default="cpu")
+    args, _ = parser.parse_known_args(argv)
+    if args.allocator != "retain" or args.device != "cpu":
+        return
+    if platform.libc_ver()[0] != "glibc" or allocator_in_use() == "retain":
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=RETAIN_TUNABLES)
+    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
 
 
 def build(loss: str, encoder: str, size: str, stop_gradient: bool = False):
@@ -78,10 +121,11 @@ def build(loss: str, encoder: str, size: str, stop_gradient: bool = False):
     if loss == "birq":
         conf.update(
             enhanced_codebook_size=spec["codebook"],
-            label_layer=spec["label_layer"],
             warmup_steps=0,
             stop_gradient_labels=stop_gradient,
         )
+        if spec["label_layer"] is not None:
+            conf.update(label_layer=spec["label_layer"])
     torch.manual_seed(0)  # identical encoders in every variant
     return BirqSSLTask.build_model(args)
 
@@ -110,10 +154,19 @@ def main(argv: List[str] = None):
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--size", default="base", choices=sorted(SIZES))
+    parser.add_argument("--allocator", default="retain", choices=["retain", "system"],
+                        help="CPU: keep freed memory in the process (re-runs the "
+                        "script with GLIBC_TUNABLES) or glibc's default")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (0: torch's default)")
+    parser.add_argument("--raw", action="store_true",
+                        help="also print every repetition's time")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one BiRQ step and print the top operators")
     args = parser.parse_args(argv)  # fmt: skip
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     frames = int(args.seconds * 100)
@@ -170,21 +223,26 @@ def main(argv: List[str] = None):
     activation = {name: saved_bytes(forward_loss(name)) for name in steps}
     peak = {name: [] for name in steps}
     times: Dict[str, List[float]] = {name: [] for name in steps}
+    faults: Dict[str, List[int]] = {name: [] for name in steps}
     for rep in range(args.reps + 1):  # rep 0 warms up (allocator, lazy buffers)
         for name, step in steps.items():
             torch.manual_seed(rep)  # the same masks and noise in every variant
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             step()
             if cuda:
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
+            faults_after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             if rep > 0:
                 times[name].append(elapsed)
+                faults[name].append(faults_after - faults_before)
                 if cuda:
                     peak[name].append(torch.cuda.max_memory_allocated())
+        print(f"repetition {rep}/{args.reps} done", file=sys.stderr, flush=True)
 
     median = {name: statistics.median(values) for name, values in times.items()}
     base = median["best_rq"]
@@ -195,21 +253,38 @@ def main(argv: List[str] = None):
     print(
         f"encoder={args.encoder} size={args.size} k={k} params={params / 1e6:.2f}M "
         f"device={args.device} threads={torch.get_num_threads()} "
-        f"batch={args.batch}x{args.seconds:g}s ({frames} frames) reps={args.reps}"
+        f"batch={args.batch}x{args.seconds:g}s ({frames} frames) reps={args.reps} "
+        f"allocator={allocator_in_use()}"
     )
     print(f"{'variant':10s} {'median s':>9s} {'min s':>8s} {'max s':>8s} "
-          f"{'saved act MiB':>14s} {'peak MiB':>9s}")  # fmt: skip
+          f"{'saved act MiB':>14s} {'peak MiB':>9s} {'faults/step':>12s}")  # fmt: skip
     for name in steps:
         peak_text = f"{max(peak[name]) / 2**20:9.0f}" if cuda else f"{'n/a':>9s}"
         print(
             f"{name:10s} {median[name]:9.3f} {min(times[name]):8.3f} "
-            f"{max(times[name]):8.3f} {activation[name] / 2**20:14.1f} {peak_text}"
+            f"{max(times[name]):8.3f} {activation[name] / 2**20:14.1f} {peak_text} "
+            f"{statistics.median(faults[name]):12.0f}"
         )
+    if args.raw:
+        for name in steps:
+            print(f"raw {name:8s} " + " ".join(f"{t:.3f}" for t in times[name]))
+    # Per repetition (the four variants of one repetition run back to back, so slow
+    # drift cancels): what BiRQ costs beyond BEST-RQ plus the prefix pass.
+    excess = sorted(
+        (b - a - d) / a
+        for a, b, d in zip(times["best_rq"], times["birq"], times["prefix"])
+    )
+    quartile = max(len(excess) // 4, 0)
     print(f"r_min = 1 + prefix/best_rq = {r_min:.3f}")
     print(f"birq/best_rq    = {ratio:.3f}")
     print(f"birq_sg/best_rq = {ratio_sg:.3f}")
     verdict = "MET" if ratio <= r_min + 0.05 else "MISSED"
     print(f"target birq/best_rq <= r_min + 0.05 = {r_min + 0.05:.3f}: {verdict}")
+    print(
+        f"per-repetition (birq - best_rq - prefix)/best_rq: median "
+        f"{statistics.median(excess):+.3f}, quartiles {excess[quartile]:+.3f} .. "
+        f"{excess[len(excess) - 1 - quartile]:+.3f}"
+    )
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -225,4 +300,5 @@ def main(argv: List[str] = None):
 
 
 if __name__ == "__main__":
+    reexec_with_allocator(sys.argv[1:])
     main()

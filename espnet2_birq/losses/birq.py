@@ -29,6 +29,7 @@ from typeguard import typechecked
 from espnet2.ssl.loss.abs_loss import AbsSSLLoss
 from espnet2_birq.losses.best_rq import BestRQLoss
 from espnet2_birq.losses.common import check_alignment, code_usage
+from espnet2_birq.losses.gumbel import StraightThroughGumbelCE, gumbel_noise
 
 GAMMA_SCHEDULES = ("constant", "linear", "step")
 
@@ -216,51 +217,53 @@ class BiRQLoss(AbsSSLLoss):
         return not (self.training and self.in_warmup())
 
     # -------------------------------------------------------------------- labels
-    def enhanced_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity to the enhanced codebook (before the temperature).
+    def enhanced_logits(self, hidden: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+        """Cosine similarity to the enhanced codebook, divided by ``tau``.
 
         Args:
             hidden: (..., D) frames of block ``label_layer`` on the unmasked input
                 (the model passes the masked positions, (M, D)).
+            tau: temperature; folded into the (K, d) codebook rather than dividing
+                the (..., K) scores.
 
         Returns:
-            (B, T, K) cosine similarities in [-1, 1].
+            (..., K) cosine similarities / tau.
         """
         normed = F.layer_norm(hidden, hidden.shape[-1:])
         projected = F.normalize(normed @ self.enhanced_projection, dim=-1)
-        return projected @ self.enhanced_codebook.t()
+        codebook = self.enhanced_codebook if tau == 1.0 else self.enhanced_codebook / tau
+        return projected @ codebook.t()
 
-    def enhanced_labels(
+    def label_scores(
         self, hidden: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One-hot enhanced labels, differentiable through straight-through.
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Scores ``cos / tau`` and the Gumbel noise of the enhanced labels.
 
-        Training draws hard Gumbel-softmax samples of ``cos / tau``; evaluation takes
-        the arg-max (deterministic validation). The temperature scales the cosine
-        scores *before* the Gumbel noise: ``F.gumbel_softmax(cos, tau)`` would divide
-        after adding the noise, so its hard sample ``argmax(cos + g)`` would ignore tau
-        and, with ``|cos| <= 1`` against unit-scale noise, be close to a uniform draw.
+        The temperature scales the cosine scores *before* the noise:
+        ``F.gumbel_softmax(cos, tau)`` would divide after adding it, so its hard sample
+        ``argmax(cos + g)`` would ignore tau and, with ``|cos| <= 1`` against
+        unit-scale noise, be close to a uniform draw. Evaluation uses no noise (the
+        arg-max: deterministic validation).
 
         Args:
-            hidden: (..., D) frames of block ``label_layer`` on the unmasked input
-                (the model passes the masked positions, (M, D)).
+            hidden: (M, D) frames of block ``label_layer`` on the unmasked input.
 
         Returns:
-            labels: (..., K) one-hot (values exactly 0/1; gradients of the soft
-                sample).
-            probs: (..., K) noise-free assignment probabilities ``softmax(cos/tau)``.
+            scores: (M, K), with gradient unless ``stop_gradient_labels``.
+            noise: (M, K) Gumbel noise in training, None in evaluation.
         """
         with torch.set_grad_enabled(
             torch.is_grad_enabled() and not self.stop_gradient_labels
         ):
-            logits = self.enhanced_logits(hidden) / self.tau()
-            probs = logits.softmax(dim=-1)
-            if self.training:
-                labels = F.gumbel_softmax(logits, tau=1.0, hard=True)
-            else:
-                index = logits.argmax(dim=-1)
-                labels = F.one_hot(index, self.enhanced_codebook_size).to(logits.dtype)
-            return labels, probs
+            scores = self.enhanced_logits(hidden, self.tau())
+        noise = gumbel_noise(scores) if self.training else None
+        return scores, noise
+
+    @torch.no_grad()
+    def enhanced_labels(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(M,) hard enhanced labels of ``hidden`` (M, D), sampled as in training."""
+        scores, noise = self.label_scores(hidden)
+        return (scores if noise is None else scores + noise).argmax(dim=-1)
 
     # ------------------------------------------------------------------- forward
     def forward(
@@ -314,23 +317,18 @@ class BiRQLoss(AbsSSLLoss):
             "birq enhanced",
         )
         # Only masked frames are predicted, so only they are labelled: the
-        # codebook-wide work (cosine scores, Gumbel sample, diversity) runs on about a
-        # third of the frames instead of all of them.
-        labels, probs = self.enhanced_labels(hidden[mask_m])
-        log_probs = F.log_softmax(self.enhanced_head(target_hidden[mask_m]), dim=-1)
-        enhanced_loss = -(labels * log_probs).sum(dim=-1).mean()
+        # codebook-wide work (scores, Gumbel sample, diversity) runs on about a third
+        # of the frames instead of all of them.
+        scores, noise = self.label_scores(hidden[mask_m])
+        head_logits = self.enhanced_head(target_hidden[mask_m])
+        enhanced_loss, diversity_loss, label_index, head_argmax = (
+            StraightThroughGumbelCE.apply(scores, noise, head_logits)
+        )
         with torch.no_grad():
-            label_index = labels.argmax(dim=-1)
-            accuracy = (log_probs.argmax(-1) == label_index).float().mean()
+            accuracy = (head_argmax == label_index).float().mean()
             perplexity, distinct = code_usage(
                 label_index[:, None], self.enhanced_codebook_size
             )
-        # Codebook diversity of the batch: perplexity of the mean assignment.
-        mean_probs = probs.mean(dim=0)
-        soft_perplexity = torch.exp(
-            -(mean_probs * torch.log(mean_probs.clamp(min=1e-10))).sum()
-        )
-        diversity_loss = 1.0 - soft_perplexity / self.enhanced_codebook_size
         stats.update(
             {
                 "diversity": diversity_loss.detach(),
