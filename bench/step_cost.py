@@ -80,6 +80,7 @@ SIZES = {
 # glibc: never serve allocations with mmap, never trim the heap: freed memory stays in
 # the process and is reused without page faults.
 RETAIN_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+ALLOCATORS = ("retain", "system")  # the first is the default
 
 
 def allocator_in_use() -> str:
@@ -93,7 +94,7 @@ def allocator_in_use() -> str:
 def reexec_with_allocator(argv: List[str]) -> None:
     """Re-run this script with the allocator ``--allocator`` asks for (CPU, glibc)."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--allocator", default="retain", choices=["retain", "system"])
+    parser.add_argument("--allocator", default=ALLOCATORS[0], choices=ALLOCATORS)
     parser.add_argument("--device", default="cpu")
     args, _ = parser.parse_known_args(argv)
     if args.allocator != "retain" or args.device != "cpu":
@@ -154,7 +155,7 @@ def main(argv: List[str] = None):
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--size", default="base", choices=sorted(SIZES))
-    parser.add_argument("--allocator", default="retain", choices=["retain", "system"],
+    parser.add_argument("--allocator", default=ALLOCATORS[0], choices=ALLOCATORS,
                         help="CPU: keep freed memory in the process (re-runs the "
                         "script with GLIBC_TUNABLES) or glibc's default")
     parser.add_argument("--threads", type=int, default=0,
@@ -274,7 +275,7 @@ def main(argv: List[str] = None):
         (b - a - d) / a
         for a, b, d in zip(times["best_rq"], times["birq"], times["prefix"])
     )
-    quartile = max(len(excess) // 4, 0)
+    quartile = len(excess) // 4
     print(f"r_min = 1 + prefix/best_rq = {r_min:.3f}")
     print(f"birq/best_rq    = {ratio:.3f}")
     print(f"birq_sg/best_rq = {ratio_sg:.3f}")

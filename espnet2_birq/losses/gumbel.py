@@ -101,13 +101,13 @@ class StraightThroughGumbelCE(torch.autograd.Function):
         head_argmax = log_probs.argmax(dim=-1)
 
         ctx.mark_non_differentiable(index, head_argmax)
-        ctx.save_for_backward(log_probs, soft, probs, index, mean_probs, perplexity)
+        ctx.save_for_backward(log_probs, soft, probs, index, log_mean, perplexity)
         ctx.dtypes = (scores.dtype, head_logits.dtype)
         return ce, diversity, index, head_argmax
 
     @staticmethod
     def backward(ctx, grad_ce, grad_diversity, _grad_index, _grad_argmax):
-        log_probs, soft, probs, index, mean_probs, perplexity = ctx.saved_tensors
+        log_probs, soft, probs, index, log_mean, perplexity = ctx.saved_tensors
         frames, codes = log_probs.shape
         scale = grad_ce / max(frames, 1)
         grad_scores = grad_head = None
@@ -126,7 +126,6 @@ class StraightThroughGumbelCE(torch.autograd.Function):
             # softmax backward: probs * (w - <probs, w>). (Below the floor the
             # clamped log's derivative differs by 1, multiplied by probabilities
             # under M * 1e-10: nothing measurable.)
-            log_mean = mean_probs.clamp(min=_PROB_FLOOR).log()
             weight = (log_mean + 1.0) * (
                 grad_diversity * perplexity / codes / max(frames, 1)
             )
