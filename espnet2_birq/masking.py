@@ -8,11 +8,11 @@ groups. An output frame is masked exactly when every input frame of its group is
 
 This module also knows the exact output length of ESPnet's subsampling layers, so the
 per-frame masks have the same length as the encoder output for every input length
-(a classic off-by-one source, METHOD.md section 5).
+(a classic off-by-one source in public implementations).
 """
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from typeguard import typechecked
@@ -161,6 +161,7 @@ class SpanMasking(torch.nn.Module):
         feats: torch.Tensor,
         lengths: torch.Tensor,
         subsampling: FrameSubsampling,
+        generator: Optional[torch.Generator] = None,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Mask ``feats``.
 
@@ -168,6 +169,9 @@ class SpanMasking(torch.nn.Module):
             feats: (B, L, D) normalised features (the encoder input).
             lengths: (B,) valid input frames.
             subsampling: Length arithmetic of the encoder's input layer.
+            generator: Random stream for span starts and noise (the model passes a
+                per-rank one, :func:`espnet2_birq.rng.step_generator`); None: the
+                global stream.
 
         Returns:
             masked: (B, L, D) features with masked frames replaced by noise.
@@ -192,10 +196,11 @@ class SpanMasking(torch.nn.Module):
         out_index = torch.arange(max_out, device=device)
         valid_out = out_index[None, :] < frame_lengths[:, None]
         starts = (
-            torch.rand(batch, max_out, device=device) < self.start_prob(factor)
+            torch.rand(batch, max_out, device=device, generator=generator)
+            < self.start_prob(factor)
         ) & valid_out
         if self.min_spans > 0:
-            starts = self._force_min_spans(starts, frame_lengths)
+            starts = self._force_min_spans(starts, frame_lengths, generator)
         # A frame is masked when a span started at most ``span - 1`` frames before it:
         # a running count over a window of ``span`` start flags.
         if max_out > 0:
@@ -214,7 +219,9 @@ class SpanMasking(torch.nn.Module):
         input_mask = torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
         expanded = mask_m.repeat_interleave(factor, dim=1)[:, :num_frames]
         input_mask[:, : expanded.shape[1]] = expanded
-        noise = torch.randn_like(feats) * self.noise_std
+        noise = torch.randn(
+            feats.shape, device=device, dtype=feats.dtype, generator=generator
+        ).mul_(self.noise_std)
         masked = torch.where(input_mask[:, :, None], noise, feats)
         mask_info = {
             "input_mask": input_mask,
@@ -229,7 +236,10 @@ class SpanMasking(torch.nn.Module):
         return masked, mask_info
 
     def _force_min_spans(
-        self, starts: torch.Tensor, output_lengths: torch.Tensor
+        self,
+        starts: torch.Tensor,
+        output_lengths: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """Add ``min_spans`` random starts to each utterance that drew none."""
         needs = (starts.sum(dim=1) == 0) & (output_lengths > 0)
@@ -238,7 +248,9 @@ class SpanMasking(torch.nn.Module):
         starts = starts.clone()
         for b in torch.nonzero(needs).flatten().tolist():
             n_out = int(output_lengths[b])
-            picks = torch.randint(0, n_out, (self.min_spans,), device=starts.device)
+            picks = torch.randint(
+                0, n_out, (self.min_spans,), device=starts.device, generator=generator
+            )
             starts[b, picks] = True
         return starts
 

@@ -124,12 +124,18 @@ class RandomProjectionQuantizer(torch.nn.Module):
             target_lengths: (B,) ``lengths // stack_frames``.
         """
         stacked, target_lengths = self.stack(feats, lengths)
-        # (B, T, S*D) x (N, S*D, C) -> (B, T, N, C)
-        projected = torch.einsum(
-            "btd,ndc->btnc", stacked.float(), self.projection.float()
-        )
-        projected = torch.nn.functional.normalize(projected, dim=-1)
-        # Both sides have unit norm, so the nearest entry in Euclidean distance is the
-        # one with the largest dot product.
-        similarity = torch.einsum("btnc,nkc->btnk", projected, self.codebook.float())
+        # fp32 with autocast off: under bf16/fp16 autocast the einsums would run in
+        # low precision (the .float() casts alone do not stop autocast) and flip a few
+        # percent of the targets.
+        with torch.autocast(device_type=stacked.device.type, enabled=False):
+            # (B, T, S*D) x (N, S*D, C) -> (B, T, N, C)
+            projected = torch.einsum(
+                "btd,ndc->btnc", stacked.float(), self.projection.float()
+            )
+            projected = torch.nn.functional.normalize(projected, dim=-1)
+            # Both sides have unit norm, so the nearest entry in Euclidean distance is
+            # the one with the largest dot product.
+            similarity = torch.einsum(
+                "btnc,nkc->btnk", projected, self.codebook.float()
+            )
         return similarity.argmax(dim=-1), target_lengths

@@ -1,26 +1,52 @@
-"""ESPnet SSL model for BEST-RQ-style objectives (BEST-RQ, BiRQ).
+"""ESPnet SSL model for masked-prediction objectives (BEST-RQ, BiRQ and their relatives).
 
-It extends :class:`espnet2.ssl.espnet_model.ESPnetSSLModel` (whose ``forward`` runs the
-losses, counts ``global_step`` and steps schedules) and replaces ``encode``:
+It extends :class:`espnet2.ssl.espnet_model.ESPnetSSLModel` and replaces ``forward``
+and ``encode``:
 
 1. features: in-model frontend on raw waveforms, or precomputed features;
 2. normalisation (global or per-utterance CMVN), shared with fine-tuning;
 3. the *unmasked* normalised features are handed to the losses (targets);
 4. span masking before the subsampling, aligned with the encoder output frames;
 5. the full encoder on the masked features (all layer outputs kept);
-6. only for losses that label themselves from layer k (BiRQ): the first k blocks of
-   the same encoder on the unmasked features, without a graph when the loss asks
-   for stop-gradient labels.
+6. whatever else the losses ask for, by name, in their ``required_inputs``
+   (:data:`LOSS_INPUTS` lists what the model provides).
+
+A new objective is added by writing a loss module (``AbsSSLLoss`` with
+``required_inputs`` drawn from :data:`LOSS_INPUTS`) and registering it in the task.
+Losses that need the unmasked pass through the first k blocks (self-labelling) ask for
+``label_hidden`` and describe the pass with a ``label_pass()`` method returning
+:class:`espnet2_birq.losses.birq.LabelPass` (layer, graph or not, dropout or not).
+Modules with an ``on_optimizer_step()`` method (schedules, EMA teachers) are called
+after every optimiser update (:func:`espnet2_birq.bilevel.register_update_hooks`).
 """
 
+import contextlib
 import inspect
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from espnet2.ssl.espnet_model import ESPnetSSLModel
+from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2_birq.masking import FrameSubsampling
+from espnet2_birq.rng import step_generator
 from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+
+#: Inputs the model computes for its losses, by the names losses use in
+#: ``required_inputs``.
+LOSS_INPUTS = {
+    "features": "(B, L, D) normalised, unmasked encoder input",
+    "feature_lengths": "(B,) valid input frames",
+    "mask_info": "span masking output (espnet2_birq.masking.SpanMasking)",
+    "encoder_output": "list of (B, T_out, D') outputs of every block on the masked "
+    "input (the last one after the final norm)",
+    "encoder_output_lengths": "(B,) valid output frames",
+    "label_hidden": "{k: ((B, T_out, D'), lengths)}: first k blocks on the unmasked "
+    "input, for each loss' label_pass()",
+    "rng": "torch.Generator of this step and data-parallel rank (espnet2_birq.rng)",
+    "text": "(B, U) the batch's 'text' stream, if the data loader has one",
+    "text_lengths": "(B,) its lengths",
+}
 
 
 def run_encoder_prefix(
@@ -71,8 +97,24 @@ def run_encoder_prefix(
     return x, masks.squeeze(1).sum(dim=1)
 
 
+@contextlib.contextmanager
+def evaluation_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Run ``module`` in evaluation mode (no dropout, frozen batch-norm statistics).
+
+    Gradients are unaffected: the graph is built as usual. Each submodule's own
+    ``training`` flag is restored afterwards.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 class BirqSSLModel(ESPnetSSLModel):
-    """Encoder-only SSL model with input-level targets (BEST-RQ, BiRQ).
+    """Encoder-only SSL model with input-level targets (BEST-RQ, BiRQ, ...).
 
     Constructor arguments are those of ``ESPnetSSLModel``; the task builds it.
     """
@@ -83,6 +125,12 @@ class BirqSSLModel(ESPnetSSLModel):
             raise ValueError(
                 "specaug is not supported for BEST-RQ/BiRQ pre-training: span masking "
                 "is the augmentation, and targets must come from the clean input"
+            )
+        unknown = set(self.required_inputs) - set(LOSS_INPUTS)
+        if unknown:
+            raise ValueError(
+                f"losses ask for inputs the model does not provide: {sorted(unknown)}; "
+                f"known: {sorted(LOSS_INPUTS)}"
             )
         self.subsampling = FrameSubsampling.from_encoder(self.encoder)
 
@@ -97,18 +145,87 @@ class BirqSSLModel(ESPnetSSLModel):
         feats, feats_lengths = self._extract_feats(speech, speech_lengths)
         return {"feats": feats, "feats_lengths": feats_lengths}
 
-    def label_layers(self) -> Dict[int, bool]:
-        """Layers some loss labels itself from -> whether any of them needs gradient."""
-        layers: Dict[int, bool] = {}
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: Optional[torch.Tensor] = None,
+        text_lengths: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        """Sum of the losses, their statistics and the batch weight (ESPnet trainer API).
+
+        Schedules are not stepped here: they count optimiser updates through
+        ``on_optimizer_step`` (ESPnet's ``global_step`` counts forward passes, which
+        runs ahead of the updates with gradient accumulation). A batch whose loss is
+        not finite leaves every floating-point buffer as it found it (batch-norm
+        running statistics, loss state), so the update the trainer then skips leaves
+        no trace either.
+        """
+        if speech.shape[0] != speech_lengths.shape[0]:
+            raise ValueError(
+                f"batch of {speech.shape[0]} inputs with {speech_lengths.shape[0]} lengths"
+            )
+        snapshot = self._buffer_snapshot() if self.training else None
+        data = self.encode(speech, speech_lengths, text, text_lengths)
+        data["text"] = text
+        data["text_lengths"] = text_lengths
+
+        total_loss = 0.0
+        stats: Dict[str, torch.Tensor] = {}
+        for loss_func in self.losses:
+            loss, loss_stats = loss_func(
+                **{k: data[k] for k in loss_func.required_inputs}
+            )
+            total_loss = total_loss + loss
+            clash = set(loss_stats) & set(stats)
+            if clash:
+                raise RuntimeError(
+                    f"two losses log the same statistics {sorted(clash)}; give each "
+                    "loss its own prefix"
+                )
+            stats.update(loss_stats)
+        if snapshot is not None and not bool(torch.isfinite(total_loss.detach())):
+            self._restore_buffers(snapshot)
+        stats["loss"] = total_loss.detach()
+        total_loss, stats, weight = force_gatherable(
+            (total_loss, stats, speech.shape[0]), total_loss.device
+        )
+        if self.training:
+            self.global_step = self.global_step + 1
+        return total_loss, stats, weight
+
+    def _buffer_snapshot(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the buffers a forward pass may change (not the frozen quantisers)."""
+        return [
+            (buffer, buffer.detach().clone())
+            for name, buffer in self.named_buffers()
+            if "running_" in name
+            or "num_batches_tracked" in name
+            or ".bilevel." in f".{name}"
+        ]
+
+    @staticmethod
+    @torch.no_grad()
+    def _restore_buffers(snapshot: List[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for buffer, saved in snapshot:
+            buffer.copy_(saved)
+
+    # ------------------------------------------------------------------- encode
+    def label_passes(self) -> Dict[int, Tuple[bool, bool]]:
+        """Unmasked passes the losses ask for: {layer: (needs_grad, dropout)}."""
+        passes: Dict[int, Tuple[bool, bool]] = {}
         for loss in self.losses:
-            layer = getattr(loss, "label_layer", None)
-            if layer is not None:
-                if hasattr(loss, "labels_need_grad"):
-                    needs_grad = loss.labels_need_grad()
-                else:
-                    needs_grad = not getattr(loss, "stop_gradient_labels", False)
-                layers[layer] = layers.get(layer, False) or needs_grad
-        return layers
+            if "label_hidden" not in loss.required_inputs:
+                continue
+            request = loss.label_pass()
+            needs_grad, dropout = passes.get(request.layer, (False, False))
+            passes[request.layer] = (
+                needs_grad or request.needs_grad,
+                dropout or request.dropout,
+            )
+        return passes
 
     def encode(
         self,
@@ -120,11 +237,8 @@ class BirqSSLModel(ESPnetSSLModel):
     ) -> Dict:
         """Features, masking and encoder passes; returns the losses' inputs.
 
-        Returns a dict with ``features`` (B, L, D) and ``feature_lengths``, the
-        normalised unmasked encoder input; ``mask_info``; ``encoder_output`` (list of
-        (B, T_out, D') per layer, the last one after the final norm) and
-        ``encoder_output_lengths``; and ``label_hidden`` {layer: ((B, T_out, D'),
-        lengths)} for self-labelling losses.
+        Returns a dict with the entries of :data:`LOSS_INPUTS` the losses need (the
+        features, masking and masked forward are always computed).
         """
         feats, feats_lengths = self._extract_feats(speech, speech_lengths)
         if self.normalize is not None:
@@ -133,11 +247,14 @@ class BirqSSLModel(ESPnetSSLModel):
                 # frontend ``feats`` is a view of the caller's batch, left untouched.
                 feats = feats.clone()
             feats, feats_lengths = self.normalize(feats, feats_lengths)
-        data = {"features": feats, "feature_lengths": feats_lengths}
+        # One random stream per step and data-parallel rank: masks and label noise
+        # differ between ranks (ESPnet seeds all ranks alike).
+        rng = step_generator(feats.device) if self.training else None
+        data = {"features": feats, "feature_lengths": feats_lengths, "rng": rng}
 
         if "span_mask" in self.util_modules:
             encoder_input, mask_info = self.util_modules["span_mask"](
-                feats, feats_lengths, self.subsampling
+                feats, feats_lengths, self.subsampling, generator=rng
             )
             data["mask_info"] = mask_info
         else:
@@ -166,8 +283,9 @@ class BirqSSLModel(ESPnetSSLModel):
             )
 
         label_hidden = {}
-        for layer, needs_grad in self.label_layers().items():
-            with torch.set_grad_enabled(needs_grad and torch.is_grad_enabled()):
+        for layer, (needs_grad, dropout) in self.label_passes().items():
+            mode = contextlib.nullcontext() if dropout else evaluation_mode(self.encoder)
+            with mode, torch.set_grad_enabled(needs_grad and torch.is_grad_enabled()):
                 label_hidden[layer] = run_encoder_prefix(
                     self.encoder, clean_input, feats_lengths, layer
                 )

@@ -65,7 +65,7 @@ def test_tiny_model_overfits_a_fixed_batch():
     final_loss, final_stats, _ = forward(model, speech, lengths)
     assert float(final_loss.detach()) < OVERFIT_MAX_LOSS, losses[-5:]
     assert float(final_stats["best_rq_acc"]) > OVERFIT_MIN_ACC
-    assert float(final_stats["mask_rate"]) > 0.0
+    assert float(final_stats["best_rq_mask_rate"]) > 0.0
 
 
 def test_gradients_reach_encoder_and_heads_never_the_quantizer():

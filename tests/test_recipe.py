@@ -48,6 +48,7 @@ def fake_python(root: Path) -> Path:
             """\
             #!/usr/bin/env bash
             echo "$*" >> "$(dirname "$0")/python_calls.txt"
+            case "$*" in *"check_init name"*) echo valid.best_rq_acc.ave.pth ;; esac
             while [ $# -gt 0 ]; do
                 if [ "$1" = --output ]; then printf '<blank>\\n<unk>\\nA\\n<sos/eos>\\n' > "$2"; fi
                 shift

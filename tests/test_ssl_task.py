@@ -209,7 +209,7 @@ def trained(tmp_path_factory):
 
 def test_cli_checkpoint_reloads_with_identical_weights(trained):
     exp = trained["exp"]
-    for name in ("config.yaml", "checkpoint.pth", "1epoch.pth", "valid.loss.best.pth"):
+    for name in ("config.yaml", "checkpoint.pth", "1epoch.pth", "valid.best_rq_acc.best.pth"):
         assert (exp / name).exists(), name
     state = torch.load(exp / "1epoch.pth", map_location="cpu")
     model, args = BirqSSLTask.build_model_from_file(exp / "config.yaml", exp / "1epoch.pth", "cpu")
@@ -251,7 +251,7 @@ def test_cli_checkpoint_initialises_asr_encoder(trained, tmp_path):
     asr_args = ASRTask.get_parser().parse_args(["--config", str(tmp_path / "asr.yaml")])
     torch.manual_seed(123)
     asr_model = ASRTask.build_model(asr_args)
-    ckpt = exp / "valid.loss.best.pth"
+    ckpt = exp / "valid.best_rq_acc.best.pth"
     state = torch.load(ckpt, map_location="cpu")
     before = {k: v.clone() for k, v in asr_model.encoder.state_dict().items()}
     load_pretrained_model(

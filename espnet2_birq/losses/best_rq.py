@@ -106,6 +106,6 @@ class BestRQLoss(AbsSSLLoss):
             "best_rq_acc": accuracy,
             "best_rq_ppl": perplexity,
             "best_rq_codes": distinct,
-            "mask_rate": mask_m.sum() / valid.sum().clamp(min=1),
+            "best_rq_mask_rate": mask_m.sum() / valid.sum().clamp(min=1),
         }
         return loss, stats

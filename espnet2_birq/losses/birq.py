@@ -1,37 +1,61 @@
 """BiRQ: BEST-RQ anchoring labels plus self-made enhanced labels, trained bilevel.
 
-METHOD.md section 2 (Jiang et al., arXiv 2509.15430, as reconstructed by this project):
+BiRQ (Jiang et al., arXiv 2509.15430) as implemented here (docs/method.md):
 
 - anchoring labels y_a: BEST-RQ codes of the unmasked normalised input
-  (:class:`espnet2_birq.losses.best_rq.BestRQLoss`, unchanged);
+  (:class:`espnet2_birq.losses.best_rq.BestRQLoss`, unchanged; its statistics keep
+  the ``best_rq_`` prefix, so BEST-RQ and BiRQ runs report the same anchoring figures);
 - enhanced labels y_e: the output of encoder block ``label_layer`` on the unmasked
-  input (computed by the model, see ``BirqSSLModel.encode``), layer-normalised without
-  affine parameters, projected by a second frozen random matrix, scored against a
-  second frozen l2-normalised codebook (cosine / tau), and selected with hard
-  Gumbel-softmax. The straight-through estimator lets gradients flow from the
-  enhanced loss into blocks <= ``label_layer`` through the labels;
+  input (the model runs that pass, without dropout, see ``BirqSSLModel``),
+  layer-normalised without affine parameters, projected by a second frozen random
+  matrix and scored against a second frozen l2-normalised codebook (cosine
+  similarity). The label trained on is the code with the highest score after adding
+  ``label_noise`` times Gumbel noise (0: the noise-free arg-max); the
+  straight-through estimator takes its gradient through ``softmax(scores / tau)``,
+  scaled by ``label_grad_scale``, so the enhanced loss reaches blocks <= ``label_layer``
+  through the labels;
 - one head per label set on the masked forward;
-- penalty bilevel objective (Shen & Chen, ICML 2023): the step minimises
-  ``L_e + gamma_t * (L_a - v)`` where ``v`` estimates the lower-level optimum and
-  carries no gradient, so one backward pass gives ``grad L_e + gamma_t grad L_a``.
+- penalty bilevel objective (:mod:`espnet2_birq.bilevel`): each update minimises
+  ``L_e + gamma_t * (L_a - v)``, i.e. follows ``grad L_e + gamma_t grad L_a``.
 
-All schedule state (update count, ``v``) is in buffers, hence in every checkpoint;
-gamma and tau are pure functions of the update count, exact after resume.
+All schedule state (update count, ``v``) is in buffers, hence in every checkpoint; gamma
+and tau are pure functions of the optimiser-update count, exact after resume.
 """
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from typeguard import typechecked
 
 from espnet2.ssl.loss.abs_loss import AbsSSLLoss
+from espnet2_birq.bilevel import PenaltySchedule
 from espnet2_birq.losses.best_rq import BestRQLoss
 from espnet2_birq.losses.common import check_alignment, code_usage
 from espnet2_birq.losses.gumbel import StraightThroughGumbelCE, gumbel_noise
 
-GAMMA_SCHEDULES = ("constant", "linear", "step")
+
+LABEL_NORMS = ("instance", "layer")
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precision, float64 kept (exact gradient tests)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class LabelPass(NamedTuple):
+    """What a self-labelling loss asks the model to compute (see ``BirqSSLModel``).
+
+    layer: number of encoder blocks to run on the unmasked input.
+    needs_grad: build a graph through that pass (gradients through the labels).
+    dropout: run it in training mode (dropout on, batch-norm statistics updated);
+        False runs it as a teacher labels, in evaluation mode, keeping the graph.
+    """
+
+    layer: int
+    needs_grad: bool
+    dropout: bool
 
 
 class BiRQLoss(AbsSSLLoss):
@@ -39,39 +63,41 @@ class BiRQLoss(AbsSSLLoss):
 
     ``encoder_output_size``, ``input_size``, ``subsampling_factor`` and
     ``num_encoder_layers`` are filled in by the task; everything else is a YAML key of
-    ``loss: [{name: birq, conf: {...}}]``.
+    ``loss: [{name: birq, conf: {...}}]`` (README "Configuration keys").
 
     Args:
         codebook_size, code_dim, num_codebooks, seed: anchoring (BEST-RQ) quantiser.
-        label_layer: Block k whose unmasked output is labelled (None: half the depth,
-            a layer that already carries more than the input but is still cheap).
-        enhanced_codebook_size: Entries of the enhanced codebook.
-        enhanced_code_dim: Projection dimension of the enhanced quantiser.
-        enhanced_seed: Seed of the enhanced projection and codebook (must differ from
-            ``seed`` so the two label sets are independent draws).
         anchor_layer: Encoder layer feeding the anchoring head (-1: final).
+        label_layer: Block k whose unmasked output is labelled (None: half the depth).
+        enhanced_codebook_size, enhanced_code_dim, enhanced_seed: enhanced quantiser
+            (``enhanced_seed`` must differ from ``seed``: independent draws).
         enhanced_layer: Encoder layer feeding the enhanced head (-1: final).
-        stop_gradient_labels: Enhanced labels without gradient (the cheap
-            self-labelling variant; the unmasked pass then builds no graph).
-        tau_start, tau_end, tau_decay: Gumbel temperature
-            ``max(tau_end, tau_start * tau_decay ** step)``, dividing the cosine scores
-            (in [-1, 1]) before the Gumbel noise. Above ~0.5 the labels are near-uniform
-            draws; far below 0.1 the straight-through gradient (scaled by 1 / tau)
-            drives the labels to collapse (measured, see README).
-        gamma_schedule: ``constant`` (gamma_max throughout), ``linear`` (gamma_0 to
-            gamma_max over ``gamma_ramp_steps``) or ``step`` (the linear ramp held
-            constant within blocks of ``gamma_step_interval`` updates, e.g. epochs).
-        gamma_0, gamma_max, gamma_ramp_steps, gamma_step_interval: penalty schedule;
-            the ramp starts when the warm-up ends.
-        warmup_steps: Updates of pure BEST-RQ before the enhanced loss switches on
-            (labels of a random network are noise).
-        v_momentum: Momentum of the running estimate ``v`` of the lower-level loss.
-        diversity_weight: Weight of a codebook-diversity penalty on the enhanced
-            labels, ``(K - perplexity) / K`` of the batch-averaged assignment
-            probabilities ``softmax(cos / tau)`` (wav2vec 2.0's diversity loss). With
-            gradients flowing through the labels, collapsing every frame onto one
-            code is the cheapest way to lower ``L_e``; measured on a tiny model, the
-            anchoring term alone does not prevent that (see README).
+        label_norm: Normalisation of the labelled frames before the random
+            projection. ``layer``: layer norm without affine parameters, as the method
+            is published. ``instance`` (an addition): first standardise every
+            dimension over the utterance's frames, as CMVN does for BEST-RQ's input;
+            without it the frames share a large common component and a random
+            network's labels fall on a handful of codes (README: label norm).
+        label_noise: Scale of the Gumbel noise added to the cosine scores before the
+            arg-max that picks the label (0: noise-free arg-max). With thousands of
+            codes in 16 dimensions neighbouring scores differ by about 0.01, so scale
+            1 (a Gumbel sample of the raw cosines) is close to a uniform draw.
+        tau_start, tau_end, tau_decay: temperature of the soft sample
+            ``softmax((cos + noise) / tau)`` the straight-through gradient goes
+            through: ``max(tau_end, tau_start * tau_decay ** updates)``. It shapes the
+            gradient only; the label itself does not depend on it.
+        label_grad_scale: Factor on the straight-through gradient into the label
+            generator (its magnitude grows like 1 / tau).
+        stop_gradient_labels: Enhanced labels without gradient (the unmasked pass then
+            builds no graph): the cheap self-labelling variant.
+        label_dropout: Run the labelling pass in training mode (dropout on, batch-norm
+            statistics updated a second time). Default off, as teachers label.
+        diversity_weight: Weight of a codebook-diversity penalty ``(K - ppl) / K`` of
+            the batch-mean ``softmax(cos / tau)`` (wav2vec 2.0's diversity loss). An
+            addition to the published method (README: ablation); 0 turns it off.
+        gamma_schedule, gamma_0, gamma_max, gamma_ramp_steps, gamma_step_interval,
+        warmup_steps, v_momentum: the penalty schedule
+            (:class:`espnet2_birq.bilevel.PenaltySchedule`).
     """
 
     @typechecked
@@ -85,16 +111,21 @@ class BiRQLoss(AbsSSLLoss):
         code_dim: int = 16,
         num_codebooks: int = 1,
         seed: int = 0,
+        anchor_layer: int = -1,
         label_layer: Optional[int] = None,
         enhanced_codebook_size: int = 8192,
         enhanced_code_dim: int = 16,
         enhanced_seed: int = 1,
-        anchor_layer: int = -1,
         enhanced_layer: int = -1,
-        stop_gradient_labels: bool = False,
-        tau_start: float = 0.2,
+        label_norm: str = "instance",
+        label_noise: float = 0.0,
+        tau_start: float = 0.1,
         tau_end: float = 0.1,
-        tau_decay: float = 0.99995,
+        tau_decay: float = 1.0,
+        label_grad_scale: float = 1.0,
+        stop_gradient_labels: bool = False,
+        label_dropout: bool = False,
+        diversity_weight: float = 0.0,
         gamma_schedule: str = "linear",
         gamma_0: float = 0.1,
         gamma_max: float = 1.0,
@@ -102,7 +133,6 @@ class BiRQLoss(AbsSSLLoss):
         gamma_step_interval: int = 1000,
         warmup_steps: int = 1000,
         v_momentum: float = 0.99,
-        diversity_weight: float = 5.0,
     ):
         super().__init__()
         if label_layer is None:
@@ -111,24 +141,18 @@ class BiRQLoss(AbsSSLLoss):
             raise ValueError(
                 f"label_layer must be in 1..{num_encoder_layers}, got {label_layer}"
             )
-        if gamma_schedule not in GAMMA_SCHEDULES:
-            raise ValueError(
-                f"gamma_schedule must be one of {GAMMA_SCHEDULES}, got {gamma_schedule}"
-            )
         if not 0 < tau_end <= tau_start:
             raise ValueError("need 0 < tau_end <= tau_start")
         if not 0 < tau_decay <= 1:
             raise ValueError("tau_decay must be in (0, 1]")
-        if gamma_ramp_steps < 0 or gamma_step_interval < 1 or warmup_steps < 0:
-            raise ValueError(
-                "gamma_ramp_steps/warmup_steps must be >= 0, gamma_step_interval >= 1"
-            )
         if enhanced_seed == seed:
             raise ValueError("enhanced_seed must differ from the anchoring seed")
-        if not 0.0 <= v_momentum < 1.0:
-            raise ValueError("v_momentum must be in [0, 1)")
-        if diversity_weight < 0:
-            raise ValueError("diversity_weight must be >= 0")
+        if label_norm not in LABEL_NORMS:
+            raise ValueError(f"label_norm must be one of {LABEL_NORMS}, got {label_norm}")
+        if diversity_weight < 0 or label_noise < 0 or label_grad_scale < 0:
+            raise ValueError(
+                "diversity_weight, label_noise and label_grad_scale must be >= 0"
+            )
 
         self.util_attributes = {"span_mask"}
         self.required_inputs = [
@@ -137,18 +161,17 @@ class BiRQLoss(AbsSSLLoss):
             "encoder_output",
             "mask_info",
             "label_hidden",
+            "rng",
         ]
         self.label_layer = label_layer
         self.enhanced_layer = enhanced_layer
-        self.stop_gradient_labels = stop_gradient_labels
         self.enhanced_codebook_size = enhanced_codebook_size
+        self.label_norm = label_norm
+        self.label_noise = label_noise
         self.tau_start, self.tau_end, self.tau_decay = tau_start, tau_end, tau_decay
-        self.gamma_schedule = gamma_schedule
-        self.gamma_0, self.gamma_max = gamma_0, gamma_max
-        self.gamma_ramp_steps = gamma_ramp_steps
-        self.gamma_step_interval = gamma_step_interval
-        self.warmup_steps = warmup_steps
-        self.v_momentum = v_momentum
+        self.label_grad_scale = label_grad_scale
+        self.stop_gradient_labels = stop_gradient_labels
+        self.label_dropout = label_dropout
         self.diversity_weight = diversity_weight
 
         self.anchor = BestRQLoss(
@@ -173,97 +196,108 @@ class BiRQLoss(AbsSSLLoss):
         self.enhanced_head = torch.nn.Linear(
             encoder_output_size, enhanced_codebook_size
         )
-        # Schedule state, saved with the model.
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self.register_buffer("v", torch.zeros(()))
-        self.register_buffer("v_initialized", torch.zeros((), dtype=torch.bool))
+        self.bilevel = PenaltySchedule(
+            gamma_schedule=gamma_schedule,
+            gamma_0=gamma_0,
+            gamma_max=gamma_max,
+            gamma_ramp_steps=gamma_ramp_steps,
+            gamma_step_interval=gamma_step_interval,
+            warmup_steps=warmup_steps,
+            v_momentum=v_momentum,
+        )
 
     # ----------------------------------------------------------------- schedules
-    def step(self, global_step: torch.Tensor) -> None:
-        """Called by ESPnet's SSL model before each training forward."""
-        self.num_updates.fill_(int(global_step.reshape(-1)[0]))
+    @property
+    def num_updates(self) -> int:
+        return int(self.bilevel.num_updates)
 
     def tau(self, step: Optional[int] = None) -> float:
-        """Gumbel-softmax temperature at ``step`` (default: now)."""
-        step = int(self.num_updates) if step is None else step
+        """Temperature of the straight-through soft sample after ``step`` updates."""
+        step = self.bilevel.step_index(step)
         return max(self.tau_end, self.tau_start * self.tau_decay**step)
 
     def gamma(self, step: Optional[int] = None) -> float:
-        """Penalty weight at ``step`` (default: now); the ramp starts after warm-up."""
-        step = int(self.num_updates) if step is None else step
-        if self.gamma_schedule == "constant":
-            return self.gamma_max
-        progress = max(0, step - self.warmup_steps)
-        if self.gamma_schedule == "step":
-            progress = (progress // self.gamma_step_interval) * self.gamma_step_interval
-        if self.gamma_ramp_steps == 0:
-            return self.gamma_max
-        fraction = min(1.0, progress / self.gamma_ramp_steps)
-        return self.gamma_0 + (self.gamma_max - self.gamma_0) * fraction
+        return self.bilevel.gamma(step)
 
     def in_warmup(self, step: Optional[int] = None) -> bool:
-        step = int(self.num_updates) if step is None else step
-        return step < self.warmup_steps
+        return self.bilevel.in_warmup(step)
 
-    def labels_need_grad(self) -> bool:
-        """Whether the unmasked prefix pass must build a graph for this step.
+    def label_pass(self) -> LabelPass:
+        """The unmasked pass this loss needs from the model for the current step.
 
-        Not with stop-gradient labels, and not during the warm-up: there the enhanced
-        loss enters with weight 0, so a graph through the first k blocks would only
+        No graph with stop-gradient labels, nor during the warm-up: the enhanced loss
+        then enters with weight 0, so a graph through the first k blocks would only
         cost a backward pass that adds zeros.
         """
-        if self.stop_gradient_labels:
-            return False
-        return not (self.training and self.in_warmup())
+        needs_grad = not self.stop_gradient_labels and not (
+            self.training and self.in_warmup()
+        )
+        return LabelPass(self.label_layer, needs_grad, self.label_dropout)
 
     # -------------------------------------------------------------------- labels
-    def enhanced_logits(self, hidden: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-        """Cosine similarity to the enhanced codebook, divided by ``tau``.
+    def normalise_label_hidden(
+        self, hidden: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """``label_norm`` of block k's output, in fp32 with autocast off.
 
         Args:
-            hidden: (..., D) frames of block ``label_layer`` on the unmasked input
-                (the model passes the masked positions, (M, D)).
-            tau: temperature; folded into the (K, d) codebook rather than dividing
-                the (..., K) scores.
+            hidden: (B, T, D) frames of block ``label_layer`` on the unmasked input.
+            lengths: (B,) valid frames (padding stays out of the statistics).
 
         Returns:
-            (..., K) cosine similarities / tau.
+            (B, T, D) normalised frames.
         """
-        normed = F.layer_norm(hidden, hidden.shape[-1:])
-        projected = F.normalize(normed @ self.enhanced_projection, dim=-1)
-        codebook = self.enhanced_codebook if tau == 1.0 else self.enhanced_codebook / tau
-        return projected @ codebook.t()
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            hidden = hidden.to(_at_least_float32(hidden.dtype))
+            if self.label_norm == "instance":
+                valid = (
+                    torch.arange(hidden.shape[1], device=hidden.device)[None, :]
+                    < lengths.to(hidden.device)[:, None]
+                )[..., None].to(hidden.dtype)
+                count = valid.sum(dim=1, keepdim=True).clamp(min=1.0)
+                mean = (hidden * valid).sum(dim=1, keepdim=True) / count
+                var = (((hidden - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
+                hidden = (hidden - mean) * torch.rsqrt(var + 1e-5)
+            return F.layer_norm(hidden, hidden.shape[-1:])
 
-    def label_scores(
-        self, hidden: torch.Tensor
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Scores ``cos / tau`` and the Gumbel noise of the enhanced labels.
+    def enhanced_cosines(self, normed: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of normalised frames to the enhanced codebook.
 
-        The temperature scales the cosine scores *before* the noise:
-        ``F.gumbel_softmax(cos, tau)`` would divide after adding it, so its hard sample
-        ``argmax(cos + g)`` would ignore tau and, with ``|cos| <= 1`` against
-        unit-scale noise, be close to a uniform draw. Evaluation uses no noise (the
-        arg-max: deterministic validation).
+        Computed in fp32 with autocast off (like the anchoring quantiser): under
+        bf16 the scores of neighbouring codes, about 0.01 apart, would be rounded.
 
         Args:
-            hidden: (M, D) frames of block ``label_layer`` on the unmasked input.
+            normed: (..., D) output of :meth:`normalise_label_hidden`.
 
         Returns:
-            scores: (M, K), with gradient unless ``stop_gradient_labels``.
-            noise: (M, K) Gumbel noise in training, None in evaluation.
+            (..., K) cosine similarities.
         """
-        with torch.set_grad_enabled(
-            torch.is_grad_enabled() and not self.stop_gradient_labels
-        ):
-            scores = self.enhanced_logits(hidden, self.tau())
-        noise = gumbel_noise(scores) if self.training else None
-        return scores, noise
+        with torch.autocast(device_type=normed.device.type, enabled=False):
+            dtype = _at_least_float32(normed.dtype)
+            projected = F.normalize(
+                normed.to(dtype) @ self.enhanced_projection.to(dtype), dim=-1
+            )
+            return projected @ self.enhanced_codebook.to(dtype).t()
+
+    def selection_noise(
+        self, like: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> Optional[torch.Tensor]:
+        """``label_noise`` x Gumbel noise in training, None otherwise (arg-max)."""
+        if not self.training or self.label_noise == 0.0:
+            return None
+        return gumbel_noise(like, generator).mul_(self.label_noise)
 
     @torch.no_grad()
-    def enhanced_labels(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(M,) hard enhanced labels of ``hidden`` (M, D), sampled as in training."""
-        scores, noise = self.label_scores(hidden)
-        return (scores if noise is None else scores + noise).argmax(dim=-1)
+    def enhanced_labels(
+        self,
+        hidden: torch.Tensor,
+        lengths: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """(B, T) labels of block k's output ``hidden`` (B, T, D), selected as in training."""
+        cosines = self.enhanced_cosines(self.normalise_label_hidden(hidden, lengths))
+        noise = self.selection_noise(cosines, generator)
+        return (cosines if noise is None else cosines + noise).argmax(dim=-1)
 
     # ------------------------------------------------------------------- forward
     def forward(
@@ -273,6 +307,7 @@ class BiRQLoss(AbsSSLLoss):
         encoder_output: List[torch.Tensor],
         mask_info: Dict[str, torch.Tensor],
         label_hidden: Dict[int, Tuple[torch.Tensor, torch.Tensor]],
+        rng: Optional[torch.Generator] = None,
     ) -> Tuple[torch.Tensor, Dict]:
         """Compute ``L_e + gamma * (L_a - v) + diversity_weight * L_div``.
 
@@ -285,6 +320,7 @@ class BiRQLoss(AbsSSLLoss):
             mask_info: masking output (``mask_m``, ``mask_u``, ``output_lengths``).
             label_hidden: {label_layer: ((B, T_out, D'), lengths)} from the unmasked
                 pass through the first ``label_layer`` blocks.
+            rng: this step's random stream (per rank) for the selection noise.
         """
         anchor_loss, anchor_stats = self.anchor(
             features, feature_lengths, encoder_output, mask_info
@@ -292,17 +328,11 @@ class BiRQLoss(AbsSSLLoss):
         mask_m = mask_info["mask_m"]
         warmup = self.training and self.in_warmup()
         gamma = self.gamma()
-        stats = {
-            "loss_a": anchor_loss.detach(),
-            "acc_a": anchor_stats["best_rq_acc"],
-            "ppl_a": anchor_stats["best_rq_ppl"],
-            "codes_a": anchor_stats["best_rq_codes"],
-            "mask_rate": anchor_stats["mask_rate"],
-            "gamma": 0.0 if warmup else gamma,
-            "tau": self.tau(),
-        }
+        tau = self.tau()
+        stats = dict(anchor_stats)
+        stats.update({"birq_gamma": 0.0 if warmup else gamma, "birq_tau": tau})
 
-        hidden, _ = label_hidden[self.label_layer]
+        hidden, hidden_lengths = label_hidden[self.label_layer]
         target_hidden = encoder_output[self.enhanced_layer]
         if hidden.shape[1] != target_hidden.shape[1]:
             raise RuntimeError(
@@ -310,56 +340,60 @@ class BiRQLoss(AbsSSLLoss):
                 f"{target_hidden.shape[1]}"
             )
         hidden = check_alignment(
-            hidden,
-            mask_info["frame_lengths"],
-            mask_info,
-            target_hidden,
-            "birq enhanced",
+            hidden, mask_info["frame_lengths"], mask_info, target_hidden, "birq"
         )
         # Only masked frames are predicted, so only they are labelled: the
-        # codebook-wide work (scores, Gumbel sample, diversity) runs on about a third
-        # of the frames instead of all of them.
-        scores, noise = self.label_scores(hidden[mask_m])
+        # codebook-wide work runs on about a third of the frames.
+        with torch.set_grad_enabled(
+            torch.is_grad_enabled() and not self.stop_gradient_labels
+        ):
+            lengths = torch.minimum(hidden_lengths, mask_info["frame_lengths"])
+            normed = self.normalise_label_hidden(hidden, lengths)
+            cosines = self.enhanced_cosines(normed[mask_m])
+        noise = self.selection_noise(cosines, rng)
+        # scores = cos / tau; noise on the cosine scale becomes noise / tau on it.
+        scores = cosines / tau
         head_logits = self.enhanced_head(target_hidden[mask_m])
         enhanced_loss, diversity_loss, label_index, head_argmax = (
-            StraightThroughGumbelCE.apply(scores, noise, head_logits)
+            StraightThroughGumbelCE.apply(
+                scores,
+                None if noise is None else noise / tau,
+                head_logits,
+                self.label_grad_scale,
+            )
         )
         with torch.no_grad():
+            argmax_index = cosines.argmax(dim=-1)
             accuracy = (head_argmax == label_index).float().mean()
+            agreement = (label_index == argmax_index).float().mean()
+            # Code usage of the noise-free arg-max labels: a collapsed generator
+            # shows a perplexity near 1 here, whatever the noise hides.
             perplexity, distinct = code_usage(
-                label_index[:, None], self.enhanced_codebook_size
+                argmax_index[:, None], self.enhanced_codebook_size
             )
+        if argmax_index.numel() == 0:
+            accuracy = agreement = hidden.new_zeros(())
         stats.update(
             {
-                "diversity": diversity_loss.detach(),
-                "loss_e": enhanced_loss.detach(),
-                "acc_e": accuracy,
-                "ppl_e": perplexity,
-                "codes_e": distinct,
+                "birq_loss_e": enhanced_loss.detach(),
+                "birq_acc_e": accuracy,
+                "birq_ppl_e": perplexity,
+                "birq_codes_e": distinct,
+                "birq_label_agreement": agreement,
+                "birq_diversity": diversity_loss.detach(),
             }
         )
 
         if self.training:
-            self._update_v(anchor_loss.detach())
-        stats["v"] = self.v.detach().clone()
+            self.bilevel.update_v(anchor_loss)
+        stats["birq_v"] = self.bilevel.v.detach().clone()
         if warmup:
             # Pure BEST-RQ; the enhanced head still sees its loss through a zero
             # weight so DDP finds every parameter used in every step.
             total = anchor_loss + 0.0 * enhanced_loss
         else:
-            total = (
-                enhanced_loss
-                + gamma * (anchor_loss - self.v.detach())
-                + self.diversity_weight * diversity_loss
-            )
+            total = self.bilevel.penalty_objective(enhanced_loss, anchor_loss, gamma)
+            if self.diversity_weight:
+                total = total + self.diversity_weight * diversity_loss
         stats["birq_loss"] = total.detach()
         return total, stats
-
-    @torch.no_grad()
-    def _update_v(self, anchor_loss: torch.Tensor) -> None:
-        """Running estimate of the lower-level optimum (exponential average of L_a)."""
-        if not bool(self.v_initialized):
-            self.v.copy_(anchor_loss)
-            self.v_initialized.fill_(True)
-        else:
-            self.v.mul_(self.v_momentum).add_((1 - self.v_momentum) * anchor_loss)

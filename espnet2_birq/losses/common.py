@@ -37,6 +37,14 @@ class MaskedPredictionHeads(torch.nn.Module):
             raise ValueError(
                 f"{targets.shape[-1]} target codebooks for {len(self.heads)} heads"
             )
+        if hidden.shape[0] == 0:
+            # No masked frame in the batch: a zero loss that still reaches every head
+            # parameter (DDP expects each parameter in the graph), not the NaN of an
+            # empty cross-entropy.
+            zero = hidden.sum() * 0.0
+            for head in self.heads:
+                zero = zero + sum(p.sum() for p in head.parameters()) * 0.0
+            return zero, hidden.new_zeros(())
         losses = []
         correct = hidden.new_zeros(())
         for index, head in enumerate(self.heads):

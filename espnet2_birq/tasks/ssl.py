@@ -30,6 +30,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.preprocessor import CommonPreprocessor
 from espnet2.utils.types import int_or_none
+from espnet2_birq.bilevel import register_update_hooks
 from espnet2_birq.collate import CropCollateFn
 from espnet2_birq.features import KaldiFbankFrontend
 from espnet2_birq.losses.best_rq import BestRQLoss
@@ -102,6 +103,20 @@ class BirqSSLTask(SSLTask):
             help="Randomly crop training inputs longer than this (samples for raw "
             "waveforms, frames for features); None keeps whole utterances",
         )
+
+    @classmethod
+    def build_optimizers(
+        cls, args: argparse.Namespace, model: torch.nn.Module
+    ) -> List[torch.optim.Optimizer]:
+        """ESPnet's optimisers, plus the hook that counts optimiser updates.
+
+        Schedules (BiRQ's warm-up, gamma and tau; EMA teachers) count updates through
+        it, so they stay in step with the learning-rate schedule under gradient
+        accumulation (:mod:`espnet2_birq.bilevel`).
+        """
+        optimizers = super().build_optimizers(args, model)
+        register_update_hooks(model, optimizers)
+        return optimizers
 
     @classmethod
     @typechecked

@@ -68,7 +68,7 @@ asr_config=conf/train_asr_ctc.yaml  # ASR fine-tuning config (head, optimiser, e
 asr_tag=             # exp/asr_<tag>; default: <asr_config>_<ssl_tag> (or _scratch)
 asr_exp=             # ASR experiment dir (overrides asr_tag)
 asr_args=            # extra arguments for espnet2.bin.asr_train
-pretrained=auto      # auto: <ssl_exp>/valid.loss.ave.pth; none: train from scratch; or a checkpoint path
+pretrained=auto      # auto: <ssl_exp>/valid.<criterion>.ave.pth (the SSL config's best_model_criterion); none: from scratch; or a model file
 freeze_encoder_epochs=0  # >0: first train N epochs with the encoder frozen, then max_epoch epochs unfrozen
 
 # Decoding options
@@ -130,7 +130,8 @@ Options (default):
     --asr_tag         # experiment name suffix (default: <asr_config basename>_<ssl_tag>, _scratch with --pretrained none)
     --asr_exp         # experiment dir (default: ${expdir}/asr_<asr_tag>)
     --asr_args        # extra arguments for espnet2.bin.asr_train (default: "${asr_args}")
-    --pretrained      # auto (<ssl_exp>/valid.loss.ave.pth), none (from scratch, same architecture)
+    --pretrained      # auto (<ssl_exp>/valid.<criterion>.ave.pth, after the SSL config's first
+                      # best_model_criterion), none (from scratch, same architecture)
                       # or a checkpoint path (default: ${pretrained})
     --freeze_encoder_epochs # train N epochs with a frozen encoder first (default: ${freeze_encoder_epochs})
   Decoding:
@@ -211,8 +212,16 @@ ssl_stats_dir=${expdir}/ssl_stats_${feats_type}
 asr_stats_dir=${expdir}/asr_stats_fbank_${token_type}
 [ "${token_type}" = bpe ] && asr_stats_dir+=${nbpe}
 
+# The pre-trained model file: ESPnet's average of the best checkpoints by the SSL
+# config's first best_model_criterion (BEST-RQ and BiRQ: valid.best_rq_acc.ave.pth).
+ssl_model_file=valid.loss.ave.pth
+if [ -f "${ssl_config}" ]; then
+    ssl_model_file=$(${python} -m espnet2_birq.bin.check_init name "${ssl_config}") \
+        || die "cannot read best_model_criterion from ${ssl_config}"
+    [ -n "${ssl_model_file}" ] || die "no best_model_criterion found in ${ssl_config}"
+fi
 case "${pretrained}" in
-    auto) init_ckpt=${ssl_exp}/valid.loss.ave.pth; init_name=${ssl_tag} ;;
+    auto) init_ckpt=${ssl_exp}/${ssl_model_file}; init_name=${ssl_tag} ;;
     none) init_ckpt=; init_name=scratch ;;
     *) init_ckpt=${pretrained}; init_name=init_$(basename "$(dirname "${pretrained}")") ;;
 esac
@@ -442,9 +451,9 @@ if run_stage 5; then
                 --valid_shape_file "${ssl_stats_dir}/valid/speech_shape" \
                 "${_opts[@]}" ${ssl_args} \
             || die "SSL training failed; see ${ssl_exp}/train.log"
-        need "${ssl_exp}/valid.loss.ave.pth" 5
+        need "${ssl_exp}/${ssl_model_file}" 5
         mark_done "${ssl_exp}/.done"
-        log "SSL pre-training finished: ${ssl_exp}/valid.loss.ave.pth"
+        log "SSL pre-training finished: ${ssl_exp}/${ssl_model_file}"
     fi
 fi
 
@@ -509,7 +518,15 @@ if run_stage 6; then
         ${python} -m espnet2_birq.bin.make_finetune_config \
             --ssl_config "${_arch_config}" --asr_config "${asr_config}" --out "${asr_exp}/train_asr.yaml"
         _init=()
-        [ -n "${init_ckpt}" ] && _init=(--init_param "${init_ckpt}:encoder:encoder")
+        if [ -n "${init_ckpt}" ]; then
+            # ESPnet's init_param loads nothing, silently, from a file without
+            # encoder.* tensors (e.g. a trainer checkpoint.pth): refuse that here.
+            ${python} -m espnet2_birq.bin.check_init verify --ckpt "${init_ckpt}" \
+                --asr_config "${asr_exp}/train_asr.yaml" --token_list "${token_list}" \
+                --input_size 80 --token_type "${token_type}" --bpemodel "${bpemodel}" \
+                "${_cmvn_opts[@]}" || die "the pre-trained encoder ${init_ckpt} does not load (see above)"
+            _init=(--init_param "${init_ckpt}:encoder:encoder")
+        fi
         if [ "${freeze_encoder_epochs}" -gt 0 ]; then
             # Phase 1: frozen encoder for N epochs (its own dir, resumable); phase 2 starts from its last model.
             if ! is_done "${asr_exp}/frozen/.done" "frozen-encoder phase ${asr_exp}/frozen"; then
