@@ -234,6 +234,14 @@ def test_demo_recipe_tiny_end_to_end(tmp_path):
             assert len(found) == 1, (dset, metric, found)
             assert "Sum/Avg" in found[0].read_text() or "Scores:" in found[0].read_text()
     assert "|dataset|Snt|Wrd|" in result.stdout  # the table is printed
+    # Stage 6 started from the pre-trained encoder, every tensor of it (checked by
+    # check_init before training; ESPnet's --init_param alone says nothing when it
+    # loads nothing).
+    output = result.stdout + result.stderr
+    loaded = re.search(r"pre-trained encoder verified: all (\d+) encoder tensors load from (\S+)", output)
+    assert loaded, output[-3000:]
+    assert int(loaded.group(1)) > 50 and loaded.group(2).endswith("valid.best_rq_acc.ave.pth")
+    assert "--init_param" in (exp / "train.log").read_text()
     # Re-running the finished recipe is safe: stages 5-7 are skipped.
     result = subprocess.run(
         ["./run.sh", "--demo_size", "tiny", "--python", "python3", "--stage", "5", "--stop_stage", "7"],
