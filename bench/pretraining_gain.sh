@@ -36,8 +36,8 @@ log "3/3 no pre-training, same fine-tuning (stages 6-8)"
     --ssl_config conf/train_ssl_birq_tiny.yaml
 
 echo
-echo "mini_synth (${demo_size}), ${test_set}: identical fine-tuning config and budget"
-printf '%-28s %8s %8s  %s\n' "pre-training" "WER(%)" "CER(%)" "experiment"
+echo "mini_synth (${demo_size}): identical fine-tuning config and budget; WER/CER (%) on dev and ${test_set}"
+printf '%-22s %8s %8s %8s %8s  %s\n' "pre-training" "dev WER" "dev CER" "WER" "CER" "experiment"
 for exp in exp/asr_*; do
     [ -d "${exp}" ] || continue
     case "${exp}" in
@@ -46,12 +46,14 @@ for exp in exp/asr_*; do
         *birq*) name="BiRQ" ;;
         *) continue ;;
     esac
-    wer=$(ls "${exp}"/*/"${test_set}"/score_wer/summary.json 2>/dev/null | head -n 1)
-    cer=$(ls "${exp}"/*/"${test_set}"/score_cer/summary.json 2>/dev/null | head -n 1)
-    [ -n "${wer}" ] && [ -n "${cer}" ] || { echo "missing scores in ${exp}" >&2; exit 1; }
-    printf '%-28s %8s %8s  %s\n' "${name}" \
-        "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Err"])' "${wer}")" \
-        "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Err"])' "${cer}")" \
-        "${exp}"
+    scores=()
+    for dset in dev "${test_set}"; do
+        for metric in wer cer; do
+            f=$(ls "${exp}"/*/"${dset}"/score_${metric}/summary.json 2>/dev/null | head -n 1)
+            [ -n "${f}" ] || { echo "missing ${dset} ${metric} scores in ${exp}" >&2; exit 1; }
+            scores+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Err"])' "${f}")")
+        done
+    done
+    printf '%-22s %8s %8s %8s %8s  %s\n' "${name}" "${scores[@]}" "${exp}"
 done
 echo "elapsed: ${SECONDS} s"
