@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import shutil
 
 import pytest
@@ -231,3 +232,35 @@ def test_identical_to_sclite(tmp_path, unit):
     for b in blocks:
         body = b.split("\n", 1)[1]
         assert body in sc_text
+
+
+def test_results_table_environments_block(tmp_path, capsys):
+    exp = tmp_path / "asr_x"
+    ref = _write(tmp_path / "ref", REF)
+    hyp = _write(tmp_path / "hyp", HYP)
+    sc.score_files(ref, hyp, "word", str(exp / "decode" / "test" / "score_wer"), use_sclite="false")
+    project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(sc.__file__))))
+    assert sc.main(["results_table", "--exp_dir", str(exp), "--project_dir", project,
+                    "--pretrained_model", "exp/ssl_y/valid.loss.ave.pth", "--note", "extra line"]) == 0
+    out = capsys.readouterr().out
+    env, tables = out.split("## asr_x")
+    lines = env.splitlines()
+    assert lines[:2] == ["# RESULTS", "## Environments"]
+    import espnet
+    import sys as _sys
+    import torch
+    assert f"- espnet version: `espnet {espnet.__version__}`" in lines
+    assert f"- pytorch version: `pytorch {torch.__version__}`" in lines
+    assert f"- python version: `{_sys.version}`" in lines
+    assert "- Pretrained model: `exp/ssl_y/valid.loss.ave.pth`" in lines
+    assert "- extra line" in lines
+    assert any(line.startswith("- date: `") for line in lines)
+    git_line = [line for line in lines if line.startswith("- Git hash: ")][0]
+    if sc._git(project, "rev-parse", "HEAD") is not None:  # a git checkout
+        assert re.match(r"- Git hash: `[0-9a-f]{40}`", git_line), git_line
+    # Not a git checkout: said so, not a made-up hash.
+    assert sc.environments(str(tmp_path), "none").count("not a git checkout") == 1
+    assert "|test|4|14|" in tables.replace("decode/", "")
+    # Without --pretrained_model only the tables are printed (as before).
+    assert sc.main(["results_table", "--exp_dir", str(exp)]) == 0
+    assert capsys.readouterr().out.startswith("## asr_x")

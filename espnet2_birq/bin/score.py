@@ -60,7 +60,10 @@ Results table::
 
 prints, for every ``<exp_dir>/<decode_dir>/<test_set>/score_{wer,cer,ter}``,
 an ESPnet ``RESULTS.md`` section (``## <exp>``, ``### WER`` and the
-``|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|`` table).
+``|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|`` table); with
+``--pretrained_model PATH`` ESPnet's ``## Environments`` block (date, python,
+espnet and pytorch versions, this project's git hash, the pre-trained model)
+comes first.
 """
 
 import argparse
@@ -674,6 +677,55 @@ def read_score_dir(score_dir: str) -> Optional[List[str]]:
     return None
 
 
+def _git(project_dir: str, *args: str) -> Optional[str]:
+    try:
+        proc = subprocess.run(
+            ["git", "-C", project_dir, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError:  # git not installed
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def environments(
+    project_dir: str, pretrained_model: str, notes: Sequence[str] = ()
+) -> str:
+    """ESPnet's ``## Environments`` block of ``RESULTS.md``.
+
+    Same fields as ESPnet's ``show_asr_result.sh`` (date, python, espnet and
+    pytorch versions, git hash and commit date), the hash being this project's
+    (``project_dir``), plus the pre-trained (SSL) model the ASR model started
+    from.  A checkout with uncommitted changes is marked as such, since the hash
+    alone would not reproduce it.
+    """
+    import time
+
+    import espnet
+    import torch
+
+    lines = [
+        "## Environments",
+        f"- date: `{time.strftime('%a %b %d %H:%M:%S %Z %Y')}`",  # like `LC_ALL=C date`
+        f"- python version: `{sys.version}`",
+        f"- espnet version: `espnet {espnet.__version__}`",
+        f"- pytorch version: `pytorch {torch.__version__}`",
+    ]
+    git_hash = _git(project_dir, "rev-parse", "HEAD")
+    if git_hash is None:
+        lines.append(f"- Git hash: unknown ({project_dir} is not a git checkout)")
+    else:
+        dirty = _git(project_dir, "status", "--porcelain", "--untracked-files=no")
+        note = " (with uncommitted changes)" if dirty else ""
+        lines.append(f"- Git hash: `{git_hash}`{note}")
+        lines.append(f"  - Commit date: `{_git(project_dir, 'log', '-1', '--format=%cd')}`")
+    lines.append(f"- Pretrained model: `{pretrained_model}`")
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
 def results_table(exp_dirs: Sequence[str], metrics=("wer", "cer", "ter")) -> str:
     """ESPnet ``RESULTS.md`` sections for the given experiment directories."""
     out = []
@@ -732,8 +784,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 description="Print ESPnet RESULTS.md sections to stdout.",
             )
             p.add_argument("--exp_dir", nargs="+", required=True)
+            p.add_argument(
+                "--pretrained_model",
+                default=None,
+                help="print ESPnet's '## Environments' block first, naming this "
+                "pre-trained model ('none' when trained from scratch)",
+            )
+            p.add_argument(
+                "--project_dir",
+                default=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                help="git checkout whose hash goes into the Environments block",
+            )
+            p.add_argument(
+                "--note", action="append", default=[],
+                help="extra line for the Environments block (repeatable)",
+            )
             args = p.parse_args(argv[1:])
             text = results_table(args.exp_dir)
+            if args.pretrained_model is not None:
+                print("# RESULTS")
+                print(environments(args.project_dir, args.pretrained_model, args.note))
             if text:
                 print(text)
             return 0
