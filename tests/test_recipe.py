@@ -177,6 +177,7 @@ def test_skip_stages(tmp_path):
         (6, "data/token_list/char/tokens.txt", 3),
         (7, "exp/asr_train_asr_ctc_train_ssl_birq_conformer/config.yaml", 6),
         (8, "decode_ctc_greedy_asr_model_valid.loss.ave/dev/text", 7),
+        (9, "exp/ssl_train_ssl_birq_conformer/valid.loss.ave.pth", 5),
     ],
 )
 def test_missing_prerequisite_names_the_stage(tmp_path, stage, missing, first):
@@ -189,6 +190,19 @@ def test_missing_prerequisite_names_the_stage(tmp_path, stage, missing, first):
     assert result.returncode != 0
     assert missing in result.stderr, result.stderr
     assert f"run --stage {first} first" in result.stderr, result.stderr
+
+
+def test_upload_stage_needs_a_repository_and_the_archive(tmp_path):
+    recipe = make_recipe(tmp_path)
+    py = fake_python(tmp_path)
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10")
+    assert result.returncode == 0, result.stderr
+    assert "nothing uploaded" in result.stdout
+    assert not (tmp_path / "python_calls.txt").exists()
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10", "--hf_repo", "me/asr")
+    assert result.returncode != 0
+    assert "exp/asr_train_asr_ctc_train_ssl_birq_conformer/asr_train_asr_ctc_train_ssl_birq_conformer_valid.loss.ave.zip missing: run --stage 9 first" in result.stderr
+    assert "Successfully finished" not in result.stdout
 
 
 def test_raw_features_refuse_a_segmented_pretraining_set(tmp_path):
