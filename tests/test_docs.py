@@ -36,3 +36,16 @@ def test_method_page_is_linked_and_its_file_references_exist():
     assert paths, "docs/method.md names no files"
     missing = [p for p in sorted(paths) if not (REPO / p).exists()]
     assert missing == []
+
+
+def test_why_not_lhotse_is_said_once():
+    # One place (README.md "Corpora"), not a copy per corpus README that drifts.
+    assert "lhotse's manifests" in (REPO / "README.md").read_text()
+    for readme in sorted((REPO / "egs2").glob("*/ssl1/README.md")):
+        assert "lhotse's manifests" not in readme.read_text(), readme
+
+
+def test_config_paths_in_tool_docstrings_exist():
+    for tool in sorted((REPO / "espnet2_birq" / "bin").glob("*.py")):
+        for path in re.findall(r"--config (conf/[\w./-]+\.yaml)", tool.read_text()):
+            assert (REPO / path).is_file(), f"{tool.name}: {path}"

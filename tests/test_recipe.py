@@ -254,3 +254,45 @@ def test_demo_recipe_tiny_end_to_end(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("already done, skipping") >= 4  # ssl, asr, dev, test
+
+
+def test_demo_size_anywhere_and_switching_sizes(tmp_path):
+    """run.sh of the demo: --demo_size in any position; a size switch is refused with
+    advice the run.sh options can follow (--demo_reset true)."""
+    recipe = tmp_path / "egs2" / "mini_synth" / "ssl1"
+    recipe.mkdir(parents=True)
+    for name in ("run.sh", "db.sh", "conf", "local"):
+        (recipe / name).symlink_to(DEMO / name)
+    (recipe / "ssl.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > ssl_args.txt\n')
+    (recipe / "ssl.sh").chmod(0o755)
+    env = dict(os.environ, MINI_SYNTH=str(tmp_path / "audio"))
+
+    def run(*args):
+        return subprocess.run(["./run.sh", *args], cwd=recipe, capture_output=True, text=True,
+                              timeout=60, env=env)
+
+    def ssl_args():
+        return (recipe / "ssl_args.txt").read_text().splitlines()
+
+    result = run("--stage", "3", "--demo_size", "tiny")
+    assert result.returncode == 0, result.stderr
+    args = ssl_args()
+    assert args[args.index("--stage") + 1] == "3"
+    opts = args[args.index("--local_data_opts") + 1]
+    assert "--num_pretrain 120" in opts and f"--audio_dir {tmp_path / 'audio'}/tiny" in opts
+    assert "--demo_size" not in args
+    result = run("--stop_stage", "2", "--demo_size=tiny")
+    assert result.returncode == 0, result.stderr
+    # Switching size on a directory that holds the tiny demo: refused, nothing removed.
+    (recipe / "dump").mkdir()
+    (recipe / "ssl_args.txt").unlink()
+    result = run("--stage", "5")
+    assert result.returncode != 0
+    assert "hold the tiny demo" in result.stderr and "--demo_reset true" in result.stderr
+    assert (recipe / "dump").is_dir() and not (recipe / "ssl_args.txt").exists()
+    # Following the advice works.
+    result = run("--stage", "5", "--demo_reset", "true")
+    assert result.returncode == 0, result.stderr
+    assert not (recipe / "dump").exists()
+    assert "--num_pretrain 4000" in ssl_args()[ssl_args().index("--local_data_opts") + 1]
+    assert (recipe / "data" / ".demo_size").read_text().strip() == "default"

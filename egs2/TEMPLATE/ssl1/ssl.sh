@@ -349,7 +349,9 @@ if run_stage 3; then
         if [ "${token_type}" = bpe ]; then
             cut -f 2- -d " " "data/${train_set}/text" > "${token_dir}/train.txt"
             # shellcheck disable=SC2086
-            # what ESPnet's espnet2.bin.spm_train does (not shipped with every ESPnet release)
+            # ESPnet's asr.sh runs an `spm_train` command from an ESPnet source checkout (the espnet
+            # wheel has no such command or espnet2.bin module); this is the same call through
+            # sentencepiece's Python API.
             ${python} -c 'import sys, sentencepiece as spm; spm.SentencePieceTrainer.Train(" ".join(sys.argv[1:]))' \
                 --input="${token_dir}/train.txt" --vocab_size="${nbpe}" --model_type="${bpemode}" \
                 --model_prefix="${token_dir}/bpe" --character_coverage="${bpe_char_cover}" \
