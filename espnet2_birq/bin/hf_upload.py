@@ -33,8 +33,8 @@ from espnet2_birq.features import kaldi_fbank
 
 # after unpacking (espnet2.main_funcs.pack_funcs.unpack) or snapshot_download:
 speech2text = Speech2Text(asr_train_config=..., asr_model_file=...)
-# the model takes 80-dim Kaldi fbank (16 kHz audio), as in training:
-text = speech2text(kaldi_fbank(waveform_16khz))[0][0]
+# the model takes 80-dim Kaldi fbank of 16 kHz audio (a float tensor in [-1, 1]), as in training:
+text = speech2text(kaldi_fbank(waveform, 16000))[0][0]
 ```""",
     "ssl": """```python
 from espnet2_birq.tasks.ssl import BirqSSLTask
