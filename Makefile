@@ -1,6 +1,6 @@
 # espnet2-birq developer entry points.
 #   make test   create .venv if missing, install the package with its test extras, run the tests
-#   make demo   the same install, then the mini_synth recipe end to end (stages 1-8) on CPU
+#   make demo   the same install, then the mini_synth recipe end to end (stages 1-9) on CPU
 PYTHON ?= python3
 VENV ?= .venv
 VENV_PY := $(VENV)/bin/python

@@ -1,4 +1,4 @@
-"""Per-step cost of BiRQ against BEST-RQ (METHOD.md section 2: the performance bar).
+"""Per-step cost of BiRQ against BEST-RQ (the method and its extra pass: docs/method.md).
 
 BiRQ's extra work over BEST-RQ is one forward and backward pass of the input layer and
 the first k blocks on the unmasked input, plus two small projections. This script

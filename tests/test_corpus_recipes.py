@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORPORA = ("librispeech", "ami", "yodas")
 RECIPE_CONF = {c: REPO / "egs2" / c / "ssl1" / "conf" for c in CORPORA}
 
-ENCODER_PARAMS = 159_116_288  # conformer d=512, 24 blocks (README.md, METHOD.md 155M)
+ENCODER_PARAMS = 159_116_288  # conformer d=512, 24 blocks (README.md; the BiRQ paper's is 155M)
 SSL_PARAMS = {"birq": 167_521_280, "best_rq": 163_318_784}
 VOCAB = 300  # run.sh --nbpe 300
 ASR_CTC_PARAMS = ENCODER_PARAMS + 512 * VOCAB + VOCAB

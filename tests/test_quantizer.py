@@ -30,7 +30,7 @@ def reference_labels(quantizer, feats):
 
 
 class TimeNormalisedQuantizer(RandomProjectionQuantizer):
-    """The known public bug (METHOD.md section 5): l2-normalisation over time."""
+    """The known pitfall (docs/method.md): l2-normalisation over time."""
 
     @torch.no_grad()
     def forward(self, feats, lengths):

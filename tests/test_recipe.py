@@ -178,6 +178,7 @@ def test_skip_stages(tmp_path):
         (6, "data/token_list/char/tokens.txt", 3),
         (7, "exp/asr_train_asr_ctc_train_ssl_birq_conformer/config.yaml", 6),
         (8, "decode_ctc_greedy_asr_model_valid.loss.ave/dev/text", 7),
+        (9, "exp/ssl_train_ssl_birq_conformer/valid.loss.ave.pth", 5),
     ],
 )
 def test_missing_prerequisite_names_the_stage(tmp_path, stage, missing, first):
@@ -190,6 +191,19 @@ def test_missing_prerequisite_names_the_stage(tmp_path, stage, missing, first):
     assert result.returncode != 0
     assert missing in result.stderr, result.stderr
     assert f"run --stage {first} first" in result.stderr, result.stderr
+
+
+def test_upload_stage_needs_a_repository_and_the_archive(tmp_path):
+    recipe = make_recipe(tmp_path)
+    py = fake_python(tmp_path)
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10")
+    assert result.returncode == 0, result.stderr
+    assert "nothing uploaded" in result.stdout
+    assert not (tmp_path / "python_calls.txt").exists()
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10", "--hf_repo", "me/asr")
+    assert result.returncode != 0
+    assert "exp/asr_train_asr_ctc_train_ssl_birq_conformer/asr_train_asr_ctc_train_ssl_birq_conformer_valid.loss.ave.zip missing: run --stage 9 first" in result.stderr
+    assert "Successfully finished" not in result.stdout
 
 
 def test_raw_features_refuse_a_segmented_pretraining_set(tmp_path):
@@ -249,3 +263,45 @@ def test_demo_recipe_tiny_end_to_end(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("already done, skipping") >= 4  # ssl, asr, dev, test
+
+
+def test_demo_size_anywhere_and_switching_sizes(tmp_path):
+    """run.sh of the demo: --demo_size in any position; a size switch is refused with
+    advice the run.sh options can follow (--demo_reset true)."""
+    recipe = tmp_path / "egs2" / "mini_synth" / "ssl1"
+    recipe.mkdir(parents=True)
+    for name in ("run.sh", "db.sh", "conf", "local"):
+        (recipe / name).symlink_to(DEMO / name)
+    (recipe / "ssl.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > ssl_args.txt\n')
+    (recipe / "ssl.sh").chmod(0o755)
+    env = dict(os.environ, MINI_SYNTH=str(tmp_path / "audio"))
+
+    def run(*args):
+        return subprocess.run(["./run.sh", *args], cwd=recipe, capture_output=True, text=True,
+                              timeout=60, env=env)
+
+    def ssl_args():
+        return (recipe / "ssl_args.txt").read_text().splitlines()
+
+    result = run("--stage", "3", "--demo_size", "tiny")
+    assert result.returncode == 0, result.stderr
+    args = ssl_args()
+    assert args[args.index("--stage") + 1] == "3"
+    opts = args[args.index("--local_data_opts") + 1]
+    assert "--num_pretrain 120" in opts and f"--audio_dir {tmp_path / 'audio'}/tiny" in opts
+    assert "--demo_size" not in args
+    result = run("--stop_stage", "2", "--demo_size=tiny")
+    assert result.returncode == 0, result.stderr
+    # Switching size on a directory that holds the tiny demo: refused, nothing removed.
+    (recipe / "dump").mkdir()
+    (recipe / "ssl_args.txt").unlink()
+    result = run("--stage", "5")
+    assert result.returncode != 0
+    assert "hold the tiny demo" in result.stderr and "--demo_reset true" in result.stderr
+    assert (recipe / "dump").is_dir() and not (recipe / "ssl_args.txt").exists()
+    # Following the advice works.
+    result = run("--stage", "5", "--demo_reset", "true")
+    assert result.returncode == 0, result.stderr
+    assert not (recipe / "dump").exists()
+    assert "--num_pretrain 4000" in ssl_args()[ssl_args().index("--local_data_opts") + 1]
+    assert (recipe / "data" / ".demo_size").read_text().strip() == "default"

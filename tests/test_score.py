@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import shutil
 
 import pytest
@@ -11,10 +12,7 @@ from espnet2_birq.bin import score as sc
 
 
 def _sclite_path():
-    found = shutil.which("sclite")
-    if found is None and os.path.isfile("/usr/lib/sctk/bin/sclite"):
-        found = "/usr/lib/sctk/bin/sclite"  # Debian/Ubuntu 'sctk' package
-    return found
+    return sc.find_sclite(None)  # PATH, or Debian/Ubuntu's /usr/lib/sctk/bin/sclite
 
 
 def _write(path, lines):
@@ -67,6 +65,47 @@ def test_align_weights():
     assert sc.align(["a"], ["b"]) == [("S", "a", "b")]
     assert sc.align([], ["x", "y"]) == [("I", None, "x"), ("I", None, "y")]
     assert sc.align(["A"], ["a"], case_sensitive=True) == [("S", "A", "a")]
+
+
+def test_equal_cost_ties_are_broken_like_sclite():
+    # Alignments of equal cost (4S + 3D + 3I) can have different counts: one more
+    # correct word and three fewer substitutions cost the same.  sclite 2.4.10
+    # (-i rm) gives these counts; kaldialign 0.12.0's sclite_mode gives
+    # C3 S0 D5 I2 and C3 S2 D3 I3 (one error more each), which is why the
+    # built-in aligner stays the fallback.
+    cases = [
+        ("c b b c a a b c", "c c c d d", (2, 3, 3, 0)),
+        ("b b b a c a a a", "a c c c a c c c", (2, 5, 1, 1)),
+    ]
+    for ref, hyp, expect in cases:
+        c = sc.Counts.from_ops(sc.align(ref.split(), hyp.split()))
+        assert (c.corr, c.sub, c.dele, c.ins) == expect, (ref, hyp)
+
+
+def test_per_speaker_rows(tmp_path):
+    ref = _write(tmp_path / "ref", REF)
+    hyp = _write(tmp_path / "hyp", HYP)
+    u2s = _write(tmp_path / "utt2spk", ["u1 spkA", "u2 spkB", "u3 spkA", "u4 spkB"])
+    out = tmp_path / "score_wer"
+    s = sc.score_files(ref, hyp, "word", str(out), use_sclite="false", utt2spk_path=u2s)
+    # spkA: u1 (C5 D1) + u3 (C2); spkB: u2 (C3 S1 I1) + u4 (C1 D1 I1)
+    assert s["speakers"]["spkA"]["counts"] == {
+        "Snt": 2, "Wrd": 8, "Corr": 7, "Sub": 0, "Del": 1, "Ins": 0, "Err": 1, "S.Err": 1,
+    }
+    assert s["speakers"]["spkB"]["counts"] == {
+        "Snt": 2, "Wrd": 6, "Corr": 4, "Sub": 1, "Del": 1, "Ins": 2, "Err": 4, "S.Err": 2,
+    }
+    assert s["speakers"]["spkB"]["Err"] == 66.7
+    result = (out / "result.txt").read_text()
+    assert "| spkA    |     2     8 | 87.5    0.0   12.5    0.0   12.5   50.0 |" in result
+    assert "| spkB    |     2     6 |    4      1      1      2      4      2 |" in result
+    # the totals row (grepped by show_asr_result.sh and results_table) is unchanged
+    assert "| Sum/Avg |     4    14 | 78.6    7.1   14.3   14.3   35.7   75.0 |" in result
+    assert sc.read_score_dir(str(out))[-1] == "75.0"
+    bad = _write(tmp_path / "utt2spk_bad", ["u1 spkA", "u2 spkB", "u3 spkA"])
+    with pytest.raises(sc.ScoreError, match="u4"):
+        sc.score_files(ref, hyp, "word", str(tmp_path / "o"), use_sclite="false",
+                       utt2spk_path=bad)
 
 
 def test_char_unit(tmp_path):
@@ -157,12 +196,23 @@ def test_identical_to_sclite(tmp_path, unit):
     ref = _write(tmp_path / "ref", refs)
     hyp = _write(tmp_path / "hyp", hyps)
     u2s = _write(tmp_path / "utt2spk", spk)
-    py = sc.score_files(ref, hyp, unit, str(tmp_path / "py"), use_sclite="false")
+    py = sc.score_files(ref, hyp, unit, str(tmp_path / "py"), use_sclite="false",
+                        utt2spk_path=u2s)
     scl = sc.score_files(ref, hyp, unit, str(tmp_path / "sc"), use_sclite="auto",
                          sclite=_sclite_path(), utt2spk_path=u2s)
     assert scl["scorer"] == "sclite" and py["scorer"] == "python"
-    for k in ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err", "counts"]:
+    for k in ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err", "counts", "speakers"]:
         assert py[k] == scl[k], k
+    # Per-speaker rows: ours equal the count rows sclite prints by speaker.
+    sclite_rows = {}
+    for line in (tmp_path / "sc" / "result.txt").read_text().splitlines():
+        cells = line.replace("|", " ").split()
+        if len(cells) == 9 and cells[0].startswith("spk") and "." not in line:
+            sclite_rows[cells[0]] = [int(x) for x in cells[1:]]
+    assert sorted(sclite_rows) == ["spk0", "spk1", "spk2", "spkx"]
+    for speaker, row in sclite_rows.items():
+        c = py["speakers"][speaker]["counts"]
+        assert row == [c[k] for k in ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]], speaker
     # sclite's own printed Sum/Avg percentages agree with ours too.
     cells = sc.read_score_dir(str(tmp_path / "py"))
     os.remove(tmp_path / "sc" / "summary.json")
@@ -171,8 +221,46 @@ def test_identical_to_sclite(tmp_path, unit):
     sc_text = (tmp_path / "sc" / "result.txt").read_text()
     py_text = (tmp_path / "py" / "result.txt").read_text()
     assert "id: (spk1-utt001)" in sc_text
+    sc_counts = sc.parse_sclite_pra(sc_text)
+    py_counts = sc.parse_sclite_pra(py_text)
+    assert len(py_counts) == len(refs)
+    spk_of = dict(line.split() for line in spk)
+    for utt, counts in py_counts.items():
+        assert sc_counts[f"{spk_of[utt]}-{utt}"] == counts, utt
     blocks = [b for b in py_text.split("\n\n") if b.startswith("id: (utt00")]
     assert len(blocks) == 10
     for b in blocks:
         body = b.split("\n", 1)[1]
         assert body in sc_text
+
+
+def test_results_table_environments_block(tmp_path, capsys):
+    exp = tmp_path / "asr_x"
+    ref = _write(tmp_path / "ref", REF)
+    hyp = _write(tmp_path / "hyp", HYP)
+    sc.score_files(ref, hyp, "word", str(exp / "decode" / "test" / "score_wer"), use_sclite="false")
+    project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(sc.__file__))))
+    assert sc.main(["results_table", "--exp_dir", str(exp), "--project_dir", project,
+                    "--pretrained_model", "exp/ssl_y/valid.loss.ave.pth", "--note", "extra line"]) == 0
+    out = capsys.readouterr().out
+    env, tables = out.split("## asr_x")
+    lines = env.splitlines()
+    assert lines[:2] == ["# RESULTS", "## Environments"]
+    import espnet
+    import sys as _sys
+    import torch
+    assert f"- espnet version: `espnet {espnet.__version__}`" in lines
+    assert f"- pytorch version: `pytorch {torch.__version__}`" in lines
+    assert f"- python version: `{_sys.version}`" in lines
+    assert "- Pretrained model: `exp/ssl_y/valid.loss.ave.pth`" in lines
+    assert "- extra line" in lines
+    assert any(line.startswith("- date: `") for line in lines)
+    git_line = [line for line in lines if line.startswith("- Git hash: ")][0]
+    if sc._git(project, "rev-parse", "HEAD") is not None:  # a git checkout
+        assert re.match(r"- Git hash: `[0-9a-f]{40}`", git_line), git_line
+    # Not a git checkout: said so, not a made-up hash.
+    assert sc.environments(str(tmp_path), "none").count("not a git checkout") == 1
+    assert "|test|4|14|" in tables.replace("decode/", "")
+    # Without --pretrained_model only the tables are printed (as before).
+    assert sc.main(["results_table", "--exp_dir", str(exp)]) == 0
+    assert capsys.readouterr().out.startswith("## asr_x")

@@ -3,8 +3,8 @@
 
 Fine-tuning must build the same encoder as pre-training (else ``--init_param
 <ckpt>:encoder:encoder`` fails or, worse, half-loads) and must normalise features the
-same way (METHOD.md section 5: a different normalisation between pre-training and
-fine-tuning is a known pitfall). This tool copies ``encoder``, ``encoder_conf``,
+same way (a different normalisation between pre-training and fine-tuning is a known
+pitfall; docs/method.md "Pitfalls the code avoids"). This tool copies ``encoder``, ``encoder_conf``,
 ``preencoder``, ``preencoder_conf``, ``normalize`` and ``normalize_conf`` from the SSL
 experiment's ``config.yaml`` into the ASR config.
 

@@ -12,11 +12,24 @@ whitespace-separated words (``--unit word``) or characters (``--unit char``;
 runs of whitespace become one ``<space>`` token, as ESPnet's char tokenizer
 writes them).
 
-Alignment follows sclite's default: a Levenshtein alignment minimising
+NIST sclite is used when installed (``--use_sclite auto``).  Without it the
+built-in aligner reproduces sclite's: a Levenshtein alignment minimising
 ``4 * #sub + 3 * #del + 3 * #ins`` (sclite's substitution / deletion /
-insertion weights), matching case-insensitively for ASCII letters (sclite's
-default; ``--case_sensitive true`` is sclite's ``-s``).  Errors are counted
-from that alignment, so the totals equal sclite's.
+insertion weights) with sclite's tie-breaking, matching case-insensitively for
+ASCII letters (sclite's default; ``--case_sensitive true`` is sclite's ``-s``).
+Errors are counted from that alignment, so per-utterance and total counts
+equal sclite's (tests/test_score.py compares with sclite when it is installed).
+
+Why not kaldialign: its ``sclite_mode`` uses the same 4/3/3 costs but breaks
+ties between equal-cost alignments differently, and equal cost does not mean
+equal counts (cost ``3N + 3M - 6C - 2S``: one more correct word and three
+fewer substitutions cost the same).  Measured with kaldialign 0.12.0 against
+sclite 2.4.10 on 17,746 random utterances of 0-8 words: 216 (1.2%) got other
+C/S/D/I counts, always with more errors than sclite's, so WER would differ.
+
+With ``--utt2spk`` the outputs also have one row per speaker (sclite's
+``SYSTEM SUMMARY PERCENTAGES by SPEAKER``), in ``result.txt`` and under
+``speakers`` in ``summary.json``.
 
 Outputs in ``out_dir``:
 
@@ -47,7 +60,10 @@ Results table::
 
 prints, for every ``<exp_dir>/<decode_dir>/<test_set>/score_{wer,cer,ter}``,
 an ESPnet ``RESULTS.md`` section (``## <exp>``, ``### WER`` and the
-``|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|`` table).
+``|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|`` table); with
+``--pretrained_model PATH`` ESPnet's ``## Environments`` block (date, python,
+espnet and pytorch versions, this project's git hash, the pre-trained model)
+comes first.
 """
 
 import argparse
@@ -310,19 +326,54 @@ def format_alignment(utt_id: str, ops, counts: Counts) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_summary(total: Counts, name: str) -> str:
-    """sclite-like summary block (percentages and raw counts)."""
-    s = summary_dict(total)
-    return (
-        f"SYSTEM SUMMARY PERCENTAGES ({name})\n"
-        f"| SPKR    | # Snt # Wrd | Corr    Sub    Del    Ins    Err  S.Err |\n"
-        f"| Sum/Avg | {total.snt:5d} {total.wrd:5d} | "
-        f"{s['Corr']:4.1f} {s['Sub']:6.1f} {s['Del']:6.1f} {s['Ins']:6.1f} "
-        f"{s['Err']:6.1f} {s['S.Err']:6.1f} |\n"
-        f"| Sum     | {total.snt:5d} {total.wrd:5d} | "
-        f"{total.corr:4d} {total.sub:6d} {total.dele:6d} {total.ins:6d} "
-        f"{total.err:6d} {total.serr:6d} |\n"
+def format_summary(
+    total: Counts, name: str, speakers: Optional[Dict[str, Counts]] = None
+) -> str:
+    """sclite-like summary block: per-speaker and total percentages, then counts."""
+    speakers = speakers or {}
+    width = max([7] + [len(spk) for spk in speakers])
+
+    def pct_row(label: str, c: Counts) -> str:
+        s = summary_dict(c)
+        return (
+            f"| {label:<{width}} | {c.snt:5d} {c.wrd:5d} | "
+            f"{s['Corr']:4.1f} {s['Sub']:6.1f} {s['Del']:6.1f} {s['Ins']:6.1f} "
+            f"{s['Err']:6.1f} {s['S.Err']:6.1f} |\n"
+        )
+
+    def count_row(label: str, c: Counts) -> str:
+        return (
+            f"| {label:<{width}} | {c.snt:5d} {c.wrd:5d} | "
+            f"{c.corr:4d} {c.sub:6d} {c.dele:6d} {c.ins:6d} "
+            f"{c.err:6d} {c.serr:6d} |\n"
+        )
+
+    title = "SYSTEM SUMMARY PERCENTAGES"
+    if speakers:
+        title += " by SPEAKER"
+    header = (
+        f"| {'SPKR':<{width}} | # Snt # Wrd | Corr    Sub    Del    Ins    Err  S.Err |\n"
     )
+    return (
+        f"{title} ({name})\n"
+        + header
+        + "".join(pct_row(spk, c) for spk, c in speakers.items())
+        + pct_row("Sum/Avg", total)
+        + "".join(count_row(spk, c) for spk, c in speakers.items())
+        + count_row("Sum", total)
+    )
+
+
+def speaker_counts(
+    per_utt: Dict[str, Counts], utt2spk: Dict[str, str]
+) -> Dict[str, Counts]:
+    """Per-speaker sums of per-utterance counts, speakers sorted by name."""
+    out: Dict[str, Counts] = {}
+    for utt, c in per_utt.items():
+        if utt not in utt2spk:
+            raise ScoreError(f"utterance '{utt}' is not in utt2spk")
+        out.setdefault(utt2spk[utt], Counts()).add(c)
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------------
@@ -444,10 +495,17 @@ def parse_sclite_pra(text: str) -> Dict[str, Tuple[int, int, int, int]]:
     return out
 
 
+# Debian/Ubuntu's ``sctk`` package installs sclite here, off PATH.
+_DEBIAN_SCLITE = "/usr/lib/sctk/bin/sclite"
+
+
 def find_sclite(sclite: Optional[str]) -> Optional[str]:
     if sclite:
         return sclite if os.path.isfile(sclite) else shutil.which(sclite)
-    return shutil.which("sclite")
+    found = shutil.which("sclite")
+    if found is None and os.access(_DEBIAN_SCLITE, os.X_OK):
+        found = _DEBIAN_SCLITE
+    return found
 
 
 def score_sclite(
@@ -535,19 +593,23 @@ def score_files(
                 f"({sclite or 'sclite'} on PATH); install NIST SCTK"
             )
     if exe is not None:
-        total, _, result = score_sclite(
+        total, per_utt, result = score_sclite(
             pairs, unit, out_dir, exe, utt2spk, case_sensitive
         )
+        speakers = speaker_counts(per_utt, utt2spk) if utt2spk is not None else {}
         scorer = "sclite"
     else:
-        total, _, aligned = score_python(pairs, unit, case_sensitive)
+        total, per_utt, aligned = score_python(pairs, unit, case_sensitive)
+        speakers = speaker_counts(per_utt, utt2spk) if utt2spk is not None else {}
         result = (
-            format_summary(total, hyp_path)
+            format_summary(total, hyp_path, speakers)
             + "\n\nDUMP OF SYSTEM ALIGNMENT STRUCTURE\n\n"
             + aligned
         )
         scorer = "python"
     summary = summary_dict(total)
+    if speakers:
+        summary["speakers"] = {spk: summary_dict(c) for spk, c in speakers.items()}
     summary.update(
         {
             "unit": unit,
@@ -615,6 +677,55 @@ def read_score_dir(score_dir: str) -> Optional[List[str]]:
     return None
 
 
+def _git(project_dir: str, *args: str) -> Optional[str]:
+    try:
+        proc = subprocess.run(
+            ["git", "-C", project_dir, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError:  # git not installed
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def environments(
+    project_dir: str, pretrained_model: str, notes: Sequence[str] = ()
+) -> str:
+    """ESPnet's ``## Environments`` block of ``RESULTS.md``.
+
+    Same fields as ESPnet's ``show_asr_result.sh`` (date, python, espnet and
+    pytorch versions, git hash and commit date), the hash being this project's
+    (``project_dir``), plus the pre-trained (SSL) model the ASR model started
+    from.  A checkout with uncommitted changes is marked as such, since the hash
+    alone would not reproduce it.
+    """
+    import time
+
+    import espnet
+    import torch
+
+    lines = [
+        "## Environments",
+        f"- date: `{time.strftime('%a %b %d %H:%M:%S %Z %Y')}`",  # like `LC_ALL=C date`
+        f"- python version: `{sys.version}`",
+        f"- espnet version: `espnet {espnet.__version__}`",
+        f"- pytorch version: `pytorch {torch.__version__}`",
+    ]
+    git_hash = _git(project_dir, "rev-parse", "HEAD")
+    if git_hash is None:
+        lines.append(f"- Git hash: unknown ({project_dir} is not a git checkout)")
+    else:
+        dirty = _git(project_dir, "status", "--porcelain", "--untracked-files=no")
+        note = " (with uncommitted changes)" if dirty else ""
+        lines.append(f"- Git hash: `{git_hash}`{note}")
+        lines.append(f"  - Commit date: `{_git(project_dir, 'log', '-1', '--format=%cd')}`")
+    lines.append(f"- Pretrained model: `{pretrained_model}`")
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
 def results_table(exp_dirs: Sequence[str], metrics=("wer", "cer", "ter")) -> str:
     """ESPnet ``RESULTS.md`` sections for the given experiment directories."""
     out = []
@@ -673,8 +784,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 description="Print ESPnet RESULTS.md sections to stdout.",
             )
             p.add_argument("--exp_dir", nargs="+", required=True)
+            p.add_argument(
+                "--pretrained_model",
+                default=None,
+                help="print ESPnet's '## Environments' block first, naming this "
+                "pre-trained model ('none' when trained from scratch)",
+            )
+            p.add_argument(
+                "--project_dir",
+                default=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                help="git checkout whose hash goes into the Environments block",
+            )
+            p.add_argument(
+                "--note", action="append", default=[],
+                help="extra line for the Environments block (repeatable)",
+            )
             args = p.parse_args(argv[1:])
             text = results_table(args.exp_dir)
+            if args.pretrained_model is not None:
+                print("# RESULTS")
+                print(environments(args.project_dir, args.pretrained_model, args.note))
             if text:
                 print(text)
             return 0

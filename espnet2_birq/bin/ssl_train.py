@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Train an SSL model (BEST-RQ, BiRQ) with ESPnet's trainer.
 
-    python -m espnet2_birq.bin.ssl_train --config conf/tuning/train_ssl_birq_conformer.yaml ...
+    python -m espnet2_birq.bin.ssl_train --config conf/train_ssl_birq_conformer.yaml ...
+
+ssl.sh stage 5 runs it through ``espnet2.bin.launch``; every option: ``--help``.
 """
 
 from espnet2_birq.tasks.ssl import BirqSSLTask

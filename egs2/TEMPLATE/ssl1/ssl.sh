@@ -11,6 +11,8 @@
 #   6 ASR fine-tuning (encoder from stage 5) -> exp/asr_<tag>/
 #   7 decoding of every test set
 #   8 scoring (WER, CER) and exp/asr_<tag>/RESULTS.md
+#   9 packing (espnet2.bin.pack): exp/ssl_<tag>/*.zip (SSL model) and exp/asr_<tag>/*.zip (ASR model)
+#  10 upload of the packed models to the Hugging Face Hub (only with --hf_repo / --hf_ssl_repo)
 set -euo pipefail
 
 log() {
@@ -77,6 +79,10 @@ inference_model=auto # model file in asr_exp; auto: valid.acc.ave.pth, valid.cer
 inference_tag=       # decode directory name; default: <config name, decode_ prefixed if needed>_asr_model_<model>
 inference_args=      # extra arguments for espnet2_birq.bin.asr_decode
 
+# Packing and upload options
+hf_repo=             # stage 10: Hugging Face Hub repository for the packed ASR model, e.g. user/birq_asr
+hf_ssl_repo=         # stage 10: Hugging Face Hub repository for the packed SSL model
+
 help_message=$(cat << EOF
 Usage: $0 [options]
 SSL pre-training (BEST-RQ/BiRQ) and ASR fine-tuning, ESPnet egs2 style.
@@ -90,6 +96,8 @@ Stages:
   6 ASR fine-tuning (${expdir}/asr_<tag>)
   7 decoding of the test sets
   8 scoring (WER/CER) and ${expdir}/asr_<tag>/RESULTS.md
+  9 packing: ${expdir}/ssl_<tag>/ssl_<tag>_valid.loss.ave.zip, ${expdir}/asr_<tag>/asr_<tag>_<model>.zip
+ 10 upload of the packed models to the Hugging Face Hub (needs --hf_repo or --hf_ssl_repo)
 
 Options (default):
   General:
@@ -140,6 +148,9 @@ Options (default):
                        # valid.cer_ctc.ave.pth or valid.loss.ave.pth, the first that exists)
     --inference_tag    # decode dir name (default: decode_<config>_asr_model_<model>)
     --inference_args   # extra arguments for espnet2_birq.bin.asr_decode (default: "${inference_args}")
+  Packing and upload:
+    --hf_repo          # stage 10: Hub repository for the ASR model, e.g. user/birq_asr (default: "${hf_repo}")
+    --hf_ssl_repo      # stage 10: Hub repository for the SSL model (default: "${hf_ssl_repo}")
 
 Every stage can be re-run: finished work is skipped (marker files .done) or redone
 deterministically. Delete the marker (printed in the skip message) to force a re-run.
@@ -261,6 +272,17 @@ mark_done() {  # atomic marker
     date > "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"
 }
 num_lines() { wc -l < "$1" | tr -d ' '; }
+write_rerun() {  # write_rerun DIR STAGE: executable DIR/run.sh repeating this command from STAGE (as ESPnet's exp/*/run.sh)
+    mkdir -p "$1"
+    {
+        echo "#!/usr/bin/env bash"
+        echo "# Re-runs the command that made this directory, from stage $2 on (extra options are appended)."
+        echo "# Finished stages are skipped: remove their .done marker to redo them."
+        echo "cd $(printf '%q' "${PWD}") || exit 1"
+        echo "${run_args}--stage $2 \"\$@\"; exit \$?"
+    } > "$1/run.sh"
+    chmod +x "$1/run.sh"
+}
 
 # ---------------------------------------------------------------------------
 if run_stage 1; then
@@ -336,7 +358,9 @@ if run_stage 3; then
         if [ "${token_type}" = bpe ]; then
             cut -f 2- -d " " "data/${train_set}/text" > "${token_dir}/train.txt"
             # shellcheck disable=SC2086
-            # what ESPnet's espnet2.bin.spm_train does (not shipped with every ESPnet release)
+            # ESPnet's asr.sh runs an `spm_train` command from an ESPnet source checkout (the espnet
+            # wheel has no such command or espnet2.bin module); this is the same call through
+            # sentencepiece's Python API.
             ${python} -c 'import sys, sentencepiece as spm; spm.SentencePieceTrainer.Train(" ".join(sys.argv[1:]))' \
                 --input="${token_dir}/train.txt" --vocab_size="${nbpe}" --model_type="${bpemode}" \
                 --model_prefix="${token_dir}/bpe" --character_coverage="${bpe_char_cover}" \
@@ -432,8 +456,7 @@ if run_stage 5; then
             need "${cmvn_stats}" 2
             _opts+=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
         fi
-        mkdir -p "${ssl_exp}"
-        echo "${run_args}" > "${ssl_exp}/run.sh"
+        write_rerun "${ssl_exp}" 5
         log "SSL training started; log: ${ssl_exp}/train.log (tail -f it to follow progress)"
         # shellcheck disable=SC2086
         ${python} -m espnet2.bin.launch \
@@ -513,8 +536,7 @@ if run_stage 6; then
             need "${cmvn_stats}" 2
             _cmvn_opts=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
         fi
-        mkdir -p "${asr_exp}"
-        echo "${run_args}" > "${asr_exp}/run.sh"
+        write_rerun "${asr_exp}" 6
         ${python} -m espnet2_birq.bin.make_finetune_config \
             --ssl_config "${_arch_config}" --asr_config "${asr_config}" --out "${asr_exp}/train_asr.yaml"
         _init=()
@@ -614,18 +636,76 @@ if run_stage 8; then
                 --missing_hyp empty
         done
     done
-    ${python} -m espnet2_birq.bin.score results_table --exp_dir "${asr_exp}" > "${asr_exp}/RESULTS.md.tmp"
-    {
-        echo "<!-- Generated by $0 -->"
-        echo "# RESULTS"
-        echo "- date: \`$(date)\`"
-        echo "- pre-training: ${ssl_exp} (config: ${ssl_config}), pretrained: ${pretrained}"
-        echo "- fine-tuning config: ${asr_config}; decoding: ${inference_config}, model ${inference_model}"
-        echo
-        cat "${asr_exp}/RESULTS.md.tmp"
-    } > "${asr_exp}/RESULTS.md"
-    rm -f "${asr_exp}/RESULTS.md.tmp"
+    # ESPnet's Environments block (date, versions, this project's git hash) and the score tables
+    echo "<!-- Generated by $0 -->" > "${asr_exp}/RESULTS.md.tmp"
+    ${python} -m espnet2_birq.bin.score results_table --exp_dir "${asr_exp}" \
+        --project_dir "$(cd -P "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../.." && pwd)" \
+        --pretrained_model "${init_ckpt:-none (trained from scratch)}" \
+        --note "pre-training: ${ssl_exp} (config: ${ssl_config}), --pretrained ${pretrained}" \
+        --note "fine-tuning config: ${asr_config}; decoding: ${inference_config}, model ${inference_model}" \
+        >> "${asr_exp}/RESULTS.md.tmp" || die "writing ${asr_exp}/RESULTS.md failed"
+    mv -f "${asr_exp}/RESULTS.md.tmp" "${asr_exp}/RESULTS.md"
     cat "${asr_exp}/RESULTS.md"
+fi
+
+# ---------------------------------------------------------------------------
+ssl_packed=${ssl_exp}/${ssl_exp##*/}_valid.loss.ave.zip
+asr_packed=${asr_exp}/${asr_exp##*/}_${inference_model%.*}.zip
+pack_model() {  # pack_model ARCHIVE MODEL_FILE PACK_ARGS...: (re)pack when the archive is older than MODEL_FILE
+    local out=$1 model=$2
+    shift 2
+    if [ -f "${out}" ] && [ "${out}" -nt "$(readlink -f "${model}")" ]; then
+        log "packing ${out}: already done, skipping (remove it to redo)"
+        return 0
+    fi
+    ${python} -m espnet2.bin.pack "$@" --outpath "${out}.tmp.zip" > "${out%.zip}.pack.log" 2>&1 \
+        || die "packing ${out} failed; see ${out%.zip}.pack.log"
+    mv -f "${out}.tmp.zip" "${out}"
+    log "packed: ${out}"
+}
+
+if run_stage 9; then
+    log "Stage 9: packing -> ${asr_packed}, ${ssl_packed}"
+    _pack_opts=()
+    [ "${global_cmvn}" = true ] && _pack_opts+=(--option "${cmvn_stats}")
+    [ "${token_type}" = bpe ] && _pack_opts+=(--option "${bpemodel}")
+    # The SSL model: its encoder initialises fine-tuning elsewhere (--pretrained <unpacked>/...pth).
+    if [ "${pretrained}" = auto ]; then
+        need "${ssl_exp}/valid.loss.ave.pth" 5
+        _rerun=()
+        [ -f "${ssl_exp}/run.sh" ] && _rerun=(--option "${ssl_exp}/run.sh")
+        pack_model "${ssl_packed}" "${ssl_exp}/valid.loss.ave.pth" ssl \
+            --ssl_train_config "${ssl_exp}/config.yaml" --ssl_model_file "${ssl_exp}/valid.loss.ave.pth" \
+            "${_pack_opts[@]}" "${_rerun[@]}"
+    else
+        log "no SSL model of this run to pack (--pretrained ${pretrained})"
+    fi
+    need "${asr_exp}/${inference_model}" 6
+    _extra=()
+    for f in "${asr_exp}/RESULTS.md" "${asr_exp}/run.sh"; do
+        [ -f "${f}" ] && _extra+=(--option "${f}")
+    done
+    pack_model "${asr_packed}" "${asr_exp}/${inference_model}" asr \
+        --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${asr_exp}/${inference_model}" \
+        "${_pack_opts[@]}" "${_extra[@]}"
+fi
+
+if run_stage 10; then
+    if [ -z "${hf_repo}" ] && [ -z "${hf_ssl_repo}" ]; then
+        log "Stage 10: no --hf_repo / --hf_ssl_repo given: nothing uploaded"
+    fi
+    if [ -n "${hf_repo}" ]; then
+        log "Stage 10: uploading ${asr_packed} to the Hugging Face Hub: ${hf_repo}"
+        need "${asr_packed}" 9
+        ${python} -m espnet2_birq.bin.hf_upload --archive "${asr_packed}" --repo_id "${hf_repo}" \
+            --task asr --results "${asr_exp}/RESULTS.md" || die "upload to ${hf_repo} failed"
+    fi
+    if [ -n "${hf_ssl_repo}" ]; then
+        log "Stage 10: uploading ${ssl_packed} to the Hugging Face Hub: ${hf_ssl_repo}"
+        need "${ssl_packed}" 9
+        ${python} -m espnet2_birq.bin.hf_upload --archive "${ssl_packed}" --repo_id "${hf_ssl_repo}" \
+            --task ssl || die "upload to ${hf_ssl_repo} failed"
+    fi
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # mini_synth demo: BiRQ pre-training + CTC fine-tuning on synthetic espeak-ng speech, on CPU.
-#   ./run.sh                      # default size (about 10-15 min on 2 CPU cores)
-#   ./run.sh --demo_size tiny     # smallest size, for CI (a few minutes; WER not meaningful)
+#   ./run.sh                      # default size (README.md gives the measured time)
+#   ./run.sh --demo_size tiny     # smallest size, for CI (WER not meaningful)
 #   ./run.sh --ssl_config conf/train_ssl_best_rq_tiny.yaml   # BEST-RQ instead of BiRQ
-# Every other option goes to ssl.sh (./ssl.sh --help).
+# --demo_size may come anywhere; every other option goes to ssl.sh (./ssl.sh --help).
+# The audio of each size is kept apart (${MINI_SYNTH}/<size>), but data/, dump/ and exp/
+# hold one size at a time: switching sizes needs --demo_reset true (removes them).
 set -euo pipefail
 
 demo_size=default   # default or tiny
-if [ "${1:-}" = --demo_size ] || [ "${1:-}" = --demo-size ]; then
-    demo_size=${2:?--demo_size needs a value}
-    shift 2
-fi
+demo_reset=false    # true: remove data/ dump/ exp/ made with another --demo_size first
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --demo_size|--demo-size) demo_size=${2:?--demo_size needs a value}; shift 2 ;;
+        --demo_size=*|--demo-size=*) demo_size=${1#*=}; shift ;;
+        --demo_reset|--demo-reset) demo_reset=${2:?--demo_reset needs true or false}; shift 2 ;;
+        --demo_reset=*|--demo-reset=*) demo_reset=${1#*=}; shift ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+case "${demo_reset}" in true|false) ;; *) echo "$0: --demo_reset must be true or false, got '${demo_reset}'" >&2; exit 1 ;; esac
 
 pretrain_set=pretrain
 train_set=train
@@ -38,6 +48,36 @@ case "${demo_size}" in
         ;;
 esac
 
+# One size at a time in data/ dump/ exp/ (ssl.sh would otherwise keep features and models
+# of the other size as done).
+size_stamp=data/.demo_size
+held=
+if [ -f "${size_stamp}" ]; then
+    held=$(cat "${size_stamp}")
+elif [ -f data/.mini_synth.done ]; then
+    held="unrecorded (made before data/.demo_size existed)"
+fi
+if [ -n "${held}" ] && [ "${held}" != "${demo_size}" ]; then
+    if [ "${demo_reset}" = true ]; then
+        echo "$0: removing data/ dump/ exp/ of the ${held} demo"
+        rm -rf data dump exp
+    else
+        echo "$0: data/, dump/ and exp/ hold the ${held} demo; to run the ${demo_size} demo" \
+             "here instead, add --demo_reset true (removes them), or use another copy of this directory" >&2
+        exit 1
+    fi
+fi
+for arg in ${args[@]+"${args[@]}"}; do
+    if [ "${arg}" = --help ] || [ "${arg}" = -h ]; then
+        exec ./ssl.sh --help
+    fi
+done
+mkdir -p data
+echo "${demo_size}" > "${size_stamp}"
+
+[ -f ./db.sh ] && . ./db.sh
+local_data_opts+=" --audio_dir ${MINI_SYNTH}/${demo_size}"
+
 ./ssl.sh \
     --ngpu 0 \
     --nj 2 \
@@ -54,4 +94,4 @@ esac
     --inference_config "${inference_config}" \
     --ssl_args "${ssl_args}" \
     --asr_args "${asr_args}" \
-    "$@"
+    ${args[@]+"${args[@]}"}
