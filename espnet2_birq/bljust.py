@@ -240,17 +240,20 @@ class BlJustASRModel(ESPnetASRModel):
                 "with the BL-JUST task's data loader (--unlabelled_data_path_and_name_and_type)"
             )
         gamma = schedule.gamma()
+        # One weight for every phase (the labelled batch is always there), so the
+        # reporter's weighted epoch averages of gamma and phase are plain averages.
+        weight = torch.tensor(speech.shape[0], device=speech.device)
         stats: Dict[str, Optional[torch.Tensor]] = {}
         loss_sup = loss_ssl = None
         if phase != EXPLORATION:
-            loss_sup, sup_stats, weight = super().forward(
+            loss_sup, sup_stats, _ = super().forward(
                 speech, speech_lengths, text, text_lengths, **kwargs
             )
             loss_sup = loss_sup.reshape(())
             stats.update(sup_stats)
         if phase != FINAL:
             self.bljust.ssl.encoder_grad_scale = 1.0 if phase == EXPLORATION else gamma
-            loss_ssl, ssl_stats, ssl_weight = self.bljust.ssl(
+            loss_ssl, ssl_stats, _ = self.bljust.ssl(
                 unlabelled_speech, unlabelled_speech_lengths
             )
             loss_ssl = loss_ssl.reshape(())
@@ -258,8 +261,6 @@ class BlJustASRModel(ESPnetASRModel):
             if clash:
                 raise RuntimeError(f"SSL and ASR statistics clash: {sorted(clash)}")
             stats.update({k: v for k, v in ssl_stats.items() if k != "loss"})
-            if phase == EXPLORATION:
-                weight = ssl_weight
         stats["loss_sup"] = None if loss_sup is None else loss_sup.detach()
         stats["loss_ssl"] = None if loss_ssl is None else loss_ssl.detach()
         stats["gamma"] = torch.tensor(gamma if phase == JOINT else 0.0)
@@ -278,7 +279,7 @@ class BlJustASRModel(ESPnetASRModel):
             loss = shown = loss_sup
         stats["loss"] = shown.detach()
         loss, stats, weight = force_gatherable(
-            (loss, stats, weight.reshape(-1)[0]), loss.device
+            (loss, stats, weight), loss.device
         )
         return loss, stats, weight
 

@@ -359,8 +359,6 @@ class BlJustTask(ASRTask):
             max_cache_fd=args.max_cache_fd,
             allow_multi_rates=args.allow_multi_rates,
         )
-        if len(dataset) == 0:
-            raise ValueError(f"the unlabelled set is empty: {paths[0][0]}")
         return dataset, batches
 
 
