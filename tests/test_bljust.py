@@ -27,6 +27,8 @@ from espnet2_birq.bljust import (
 from espnet2_birq.losses.birq import LabelPass
 from espnet2_birq.tasks.bljust import BlJustTask, PairedIterFactory
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -381,3 +383,67 @@ def test_training_run_writes_an_asr_model_that_espnet_decodes(tmp_path, caplog):
     )
     hyps = (out / "1best_recog" / "text").read_text().splitlines()
     assert sorted(line.split()[0] for line in hyps) == ["dev00", "dev01"]
+
+
+# ---------------------------------------------------------------------- configs
+BLJUST_CONFIGS = sorted(REPO.glob("egs2/*/ssl1/conf/train_bljust_*.yaml"))
+
+
+def test_every_recipe_has_a_bljust_config():
+    names = {c.parts[-4] for c in BLJUST_CONFIGS}
+    assert names == {"librispeech", "ami", "yodas", "mini_synth"}
+
+
+def test_print_config_lists_the_bljust_keys():
+    import io
+
+    buffer = io.StringIO()
+    BlJustTask.print_config(file=buffer)  # what --print_config writes
+    printed = yaml.safe_load(buffer.getvalue())
+    assert printed["model"] == "espnet"
+    assert printed["ssl_loss"] == [{"name": "best_rq", "conf": {}}]
+    for key in ("bljust_conf", "ssl_util", "unlabelled_data_path_and_name_and_type",
+                "unlabelled_shape_file", "unlabelled_batch_bins",
+                "unlabelled_max_input_length"):
+        assert key in printed, key
+
+
+@pytest.mark.parametrize("config", BLJUST_CONFIGS, ids=lambda c: c.parts[-4])
+def test_bljust_config_dry_run(config, tmp_path):
+    """--dry_run with ssl.sh's arguments; the model matches the recipe's SSL config."""
+    from espnet2_birq.bin import bljust_train
+
+    stats = tmp_path / "cmvn.npz"
+    x = np.random.default_rng(0).standard_normal((100, 80))
+    np.savez(stats, count=np.array(100), sum=x.sum(0), sum_square=(x**2).sum(0))
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("\n".join(TOKENS) + "\n")
+    common = ["--config", str(config), "--input_size", "80", "--token_list", str(tokens),
+              "--normalize", "global_mvn", "--normalize_conf", f"stats_file={stats}"]
+    bljust_train.main([*common, "--dry_run", "true", "--output_dir", str(tmp_path / "exp"),
+                       "--ngpu", "0"])
+    written = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
+    assert written["bljust_conf"] == yaml.safe_load(config.read_text())["bljust_conf"]
+
+    args = BlJustTask.get_parser().parse_args(common)
+    model = BlJustTask.build_model(args)
+    assert isinstance(model, BlJustASRModel)
+    # The encoder and the SSL loss are those of the recipe's BiRQ pre-training config.
+    ssl_config = config.parent / (
+        "train_ssl_birq_tiny.yaml" if "tiny" in config.name else "train_ssl_birq_conformer.yaml"
+    )
+    ssl = yaml.safe_load(ssl_config.read_text())
+    mine = yaml.safe_load(config.read_text())
+    skip = {"dropout_rate", "positional_dropout_rate", "attention_dropout_rate"}
+    assert {k: v for k, v in mine["encoder_conf"].items() if k not in skip} == {
+        k: v for k, v in ssl["encoder_conf"].items() if k not in skip
+    }
+    assert [x["name"] for x in mine["ssl_loss"]] == [x["name"] for x in ssl["loss"]]
+    schedules = {"warmup_steps", "gamma_ramp_steps", "gamma_step_interval", "tau_decay"}
+    for a, b in zip(mine["ssl_loss"], ssl["loss"]):
+        assert {k: v for k, v in a["conf"].items() if k not in schedules} == {
+            k: v for k, v in b["conf"].items() if k not in schedules
+        }
+    assert mine["ssl_util"] == ssl["util"]
+    assert mine["optim"] == "adamw" and mine["exclude_weight_decay"] is True
+    assert mine["best_model_criterion"] == [["valid", "cer_ctc", "min"]]
