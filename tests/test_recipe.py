@@ -223,7 +223,7 @@ def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
     """Stage 6 calls bljust_train with the labelled train set and the unlabelled pretrain set."""
     recipe = make_recipe(tmp_path)
     (recipe / "conf").mkdir()
-    (recipe / "conf" / "train_bljust.yaml").write_text("{}\n")
+    (recipe / "conf" / "train_bljust_conformer.yaml").write_text("{}\n")
     py = fake_python(tmp_path)
     needed = [
         "data/token_list/char/tokens.txt",
@@ -243,14 +243,14 @@ def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
     train = [c for c in calls.splitlines() if "espnet2_birq.bin.bljust_train" in c]
     assert len(train) == 1, calls
     call = train[0]
-    assert "--config conf/train_bljust.yaml" in call
-    assert "--output_dir exp/asr_train_bljust_scratch" in call
+    assert "--config conf/train_bljust_conformer.yaml" in call
+    assert "--output_dir exp/asr_train_bljust_conformer_scratch" in call
     assert "--train_data_path_and_name_and_type dump/fbank/train/feats.scp,speech,kaldi_ark" in call
     assert "--unlabelled_data_path_and_name_and_type dump/fbank/pretrain/feats.scp,speech,kaldi_ark" in call
     assert "--unlabelled_shape_file exp/ssl_stats_fbank/train/speech_shape" in call
     assert "--normalize_conf stats_file=dump/fbank/pretrain/cmvn.npz" in call
     assert call.rstrip().endswith("--max_epoch 3") and "--init_param" not in call
-    assert (recipe / "exp" / "asr_train_bljust_scratch" / ".done").is_file()
+    assert (recipe / "exp" / "asr_train_bljust_conformer_scratch" / ".done").is_file()
 
 
 # --------------------------------------------------------------------------

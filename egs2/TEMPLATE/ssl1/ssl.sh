@@ -75,7 +75,7 @@ freeze_encoder_epochs=0  # >0: first train N epochs with the encoder frozen, the
 
 # BL-JUST options (--train_mode bljust)
 train_mode=pretrain_finetune  # pretrain_finetune: stages 5 + 6; bljust: one joint stage 6 (no stage 5)
-bljust_config=conf/train_bljust.yaml  # BL-JUST config (encoder, CTC head, SSL loss, schedule)
+bljust_config=conf/train_bljust_conformer.yaml  # BL-JUST config (encoder, CTC head, SSL loss, schedule)
 bljust_args=         # extra arguments for espnet2_birq.bin.bljust_train
 
 # Decoding options
