@@ -124,13 +124,13 @@ def make_batches(ssl_conf, asr_conf, bljust_conf, frames, generator):
     }, dict(pretrain=n_ssl, finetune=n_asr, bljust=f"{n_lab}+{n_unl}", bljust_final=n_lab)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
     parser.add_argument("--frames", type=int, default=200, help="frames per utterance (2 s)")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -447,3 +447,17 @@ def test_bljust_config_dry_run(config, tmp_path):
     assert mine["ssl_util"] == ssl["util"]
     assert mine["optim"] == "adamw" and mine["exclude_weight_decay"] is True
     assert mine["best_model_criterion"] == [["valid", "cer_ctc", "min"]]
+
+
+def test_cost_bench_prints_the_ratios(capsys):
+    """bench/bljust_cost.py at one repetition: it runs and prints what BENCHMARKS.md quotes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bljust_cost", REPO / "bench" / "bljust_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--reps", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    for kind in ("pretrain", "finetune", "bljust", "bljust_final"):
+        assert re.search(rf"^{kind}\s+\S+\s+\d+\.\d{{3}}", out, re.M), out
+    assert re.search(r"^bljust / \(pretrain \+ finetune\) = \d+\.\d\d$", out, re.M), out
