@@ -217,6 +217,9 @@ def test_bljust_mode_options_are_checked(tmp_path):
     result = run_ssl(recipe, *SETS, "--train_mode", "bljust", "--feats_type", "raw", "--stage", "9")
     assert result.returncode != 0
     assert "--train_mode bljust needs --feats_type fbank" in result.stderr
+    result = run_ssl(recipe, *SETS, "--train_mode", "bljust", "--freeze_encoder_epochs", "2",
+                     "--stage", "9")
+    assert result.returncode != 0 and "--freeze_encoder_epochs applies to fine-tuning" in result.stderr
 
 
 def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):

@@ -198,6 +198,9 @@ for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epo
     [[ ${!x} =~ ^[0-9]+$ ]] || die "--${x} must be a non-negative integer, got '${!x}'"
 done
 [ "${nj}" -ge 1 ] || die "--nj must be >= 1"
+if [ "${train_mode}" = bljust ] && [ "${freeze_encoder_epochs}" -gt 0 ]; then
+    die "--freeze_encoder_epochs applies to fine-tuning; BL-JUST trains the encoder from its first update (--train_mode bljust)"
+fi
 [ "${inference_nj}" -ge 1 ] || die "--inference_nj must be >= 1"
 
 export PYTHONIOENCODING=UTF-8
