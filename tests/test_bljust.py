@@ -384,6 +384,21 @@ def test_training_run_writes_an_asr_model_that_espnet_decodes(tmp_path, caplog):
     hyps = (out / "1best_recog" / "text").read_text().splitlines()
     assert sorted(line.split()[0] for line in hyps) == ["dev00", "dev01"]
 
+    # Resume: the same run stopped after epoch 2 and resumed gives the same model. The
+    # stopped run has max_epoch 2 and no final epoch, so its epochs 1-2 are those above.
+    resumed = tmp_path / "exp_resumed"
+    common = ["--config", str(tmp_path / "conf.yaml"), "--output_dir", str(resumed),
+              "--input_size", "80", "--token_type", "char",
+              "--token_list", str(tmp_path / "tokens.txt"), "--ngpu", "0",
+              *data_args(labelled, valid, unlabelled)]
+    bljust_train.main([*common, "--max_epoch", "2", "--bljust_conf", "final_epochs=0"])
+    bljust_train.main([*common, "--max_epoch", "3", "--resume", "true"])
+    uninterrupted = torch.load(exp / "latest.pth", map_location="cpu")
+    after_resume = torch.load(resumed / "latest.pth", map_location="cpu")
+    assert uninterrupted.keys() == after_resume.keys()
+    for key, value in uninterrupted.items():
+        assert torch.equal(value, after_resume[key]), key
+
 
 # ---------------------------------------------------------------------- configs
 BLJUST_CONFIGS = sorted(REPO.glob("egs2/*/ssl1/conf/train_bljust_*.yaml"))
