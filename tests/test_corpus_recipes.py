@@ -63,6 +63,7 @@ def _id(path: Path) -> str:
 SSL_CONFIGS = shipped("train_ssl_*.yaml")
 ASR_CONFIGS = shipped("train_asr*.yaml")
 DECODE_CONFIGS = shipped("decode*.yaml")
+BLJUST_CONFIGS = shipped("train_bljust_*.yaml")  # dry runs in tests/test_bljust.py
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_configs_found():
         # every shipped YAML is covered by one of the dry runs below
         for f in conf.iterdir():
             if f.suffix in (".yaml", ".yml"):
-                assert f in SSL_CONFIGS + ASR_CONFIGS + DECODE_CONFIGS, f
+                assert f in SSL_CONFIGS + ASR_CONFIGS + DECODE_CONFIGS + BLJUST_CONFIGS, f
 
 
 @pytest.mark.parametrize("config", SSL_CONFIGS, ids=_id)

@@ -150,7 +150,7 @@ def test_own_corpus_recipe_end_to_end(tmp_path):
     assert "## Environments" in head
     for field in ("- date: `", "- python version: `", "- espnet version: `espnet ",
                   "- pytorch version: `pytorch ", "- Git hash: ",
-                  f"- Pretrained model: `{ssl_exp.relative_to(recipe)}/valid.loss.ave.pth`"):
+                  f"- Pretrained model: `{ssl_exp.relative_to(recipe)}/valid.best_rq_acc.ave.pth`"):
         assert field in head, field
     assert "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|" in results
     assert "speakers" in json.loads(next(exp.glob("decode_*/test/score_wer/summary.json")).read_text())
@@ -163,7 +163,7 @@ def test_own_corpus_recipe_end_to_end(tmp_path):
         assert "--hf_ssl_repo me/my_ssl" in text and text.startswith("#!/usr/bin/env bash")
     # Stage 9 archives; stage 10 uploaded them (to the stand-in) with a model card.
     asr_zip = next(exp.glob("*.zip"))
-    ssl_zip = ssl_exp / f"{ssl_exp.name}_valid.loss.ave.zip"
+    ssl_zip = ssl_exp / f"{ssl_exp.name}_valid.best_rq_acc.ave.zip"
     assert ssl_zip.is_file()
     calls = [json.loads(line) for line in (hub / "calls.jsonl").read_text().splitlines()]
     assert [(c["call"], c["repo_id"]) for c in calls] == [
@@ -180,7 +180,7 @@ def test_own_corpus_recipe_end_to_end(tmp_path):
     test_utt = (recipe / "data" / "test" / "wav.scp").read_text().split()[0]
     wav = dict(line.split(" ", 1) for line in (recipe / "data" / "test" / "wav.scp").read_text().splitlines())[test_utt]
     asr_pth = (exp / "valid.cer_ctc.ave.pth").resolve()
-    ssl_pth = (ssl_exp / "valid.loss.ave.pth").resolve()
+    ssl_pth = (ssl_exp / "valid.best_rq_acc.ave.pth").resolve()
     # the statistics the model was trained with (exp's config.yaml, relative to the recipe)
     cmvn = recipe / yaml.safe_load((exp / "config.yaml").read_text())["normalize_conf"]["stats_file"]
     env_fresh = {k: v for k, v in env.items() if k != "PYTHONPATH"}

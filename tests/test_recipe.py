@@ -178,7 +178,7 @@ def test_skip_stages(tmp_path):
         (6, "data/token_list/char/tokens.txt", 3),
         (7, "exp/asr_train_asr_ctc_train_ssl_birq_conformer/config.yaml", 6),
         (8, "decode_ctc_greedy_asr_model_valid.loss.ave/dev/text", 7),
-        (9, "exp/ssl_train_ssl_birq_conformer/valid.loss.ave.pth", 5),
+        (9, "exp/ssl_train_ssl_birq_conformer/valid.best_rq_acc.ave.pth", 5),
     ],
 )
 def test_missing_prerequisite_names_the_stage(tmp_path, stage, missing, first):
@@ -217,6 +217,57 @@ def test_raw_features_refuse_a_segmented_pretraining_set(tmp_path):
                      "--stage", "2", "--stop_stage", "2")
     assert result.returncode != 0
     assert "segments" in result.stderr and "--feats_type fbank" in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------
+# BL-JUST mode (--train_mode bljust)
+# --------------------------------------------------------------------------
+
+
+def test_bljust_mode_options_are_checked(tmp_path):
+    recipe = make_recipe(tmp_path)
+    result = run_ssl(recipe, *SETS, "--train_mode", "joint", "--stage", "9")
+    assert result.returncode != 0 and "--train_mode must be pretrain_finetune or bljust" in result.stderr
+    result = run_ssl(recipe, *SETS, "--train_mode", "bljust", "--feats_type", "raw", "--stage", "9")
+    assert result.returncode != 0
+    assert "--train_mode bljust needs --feats_type fbank" in result.stderr
+    result = run_ssl(recipe, *SETS, "--train_mode", "bljust", "--freeze_encoder_epochs", "2",
+                     "--stage", "9")
+    assert result.returncode != 0 and "--freeze_encoder_epochs applies to fine-tuning" in result.stderr
+
+
+def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
+    """Stage 6 calls bljust_train with the labelled train set and the unlabelled pretrain set."""
+    recipe = make_recipe(tmp_path)
+    (recipe / "conf").mkdir()
+    (recipe / "conf" / "train_bljust_conformer.yaml").write_text("{}\n")
+    py = fake_python(tmp_path)
+    needed = [
+        "data/token_list/char/tokens.txt",
+        "exp/asr_stats_fbank_char/train/text_shape.char",
+        "exp/ssl_stats_fbank/train/speech_shape",
+        "dump/fbank/pretrain/cmvn.npz",
+    ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev", "pretrain")]
+    for name in needed:
+        (recipe / name).parent.mkdir(parents=True, exist_ok=True)
+        (recipe / name).write_text("x\n")
+    result = run_ssl(recipe, *SETS, "--python", py, "--ngpu", "0", "--train_mode", "bljust",
+                     "--stage", "5", "--stop_stage", "6", "--bljust_args", "--max_epoch 3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Stage 5: skipped (--train_mode bljust" in result.stdout
+    calls = (tmp_path / "python_calls.txt").read_text()
+    assert "espnet2_birq.bin.ssl_train" not in calls
+    train = [c for c in calls.splitlines() if "espnet2_birq.bin.bljust_train" in c]
+    assert len(train) == 1, calls
+    call = train[0]
+    assert "--config conf/train_bljust_conformer.yaml" in call
+    assert "--output_dir exp/asr_train_bljust_conformer_scratch" in call
+    assert "--train_data_path_and_name_and_type dump/fbank/train/feats.scp,speech,kaldi_ark" in call
+    assert "--unlabelled_data_path_and_name_and_type dump/fbank/pretrain/feats.scp,speech,kaldi_ark" in call
+    assert "--unlabelled_shape_file exp/ssl_stats_fbank/train/speech_shape" in call
+    assert "--normalize_conf stats_file=dump/fbank/pretrain/cmvn.npz" in call
+    assert call.rstrip().endswith("--max_epoch 3") and "--init_param" not in call
+    assert (recipe / "exp" / "asr_train_bljust_conformer_scratch" / ".done").is_file()
 
 
 # --------------------------------------------------------------------------
@@ -263,6 +314,23 @@ def test_demo_recipe_tiny_end_to_end(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("already done, skipping") >= 4  # ssl, asr, dev, test
+    # BL-JUST on the same data (stages 1-4 reused): one joint stage 6, then stages 7-8
+    # decode its model with ESPnet's inference unchanged.
+    result = subprocess.run(
+        ["./run.sh", "--demo_size", "tiny", "--python", "python3", "--stage", "5",
+         "--train_mode", "bljust"],
+        cwd=recipe, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, (result.stdout[-5000:], result.stderr[-5000:])
+    assert "Stage 5: skipped (--train_mode bljust" in result.stdout
+    exp = recipe / "exp" / "asr_train_bljust_tiny_scratch"
+    log = (exp / "train.log").read_text()
+    assert "espnet2_birq.bin.bljust_train" in log and "2epoch results" in log
+    assert re.search(r"1epoch results: \[train\] .*loss_ssl=.*phase=", log)
+    text = (exp / "RESULTS.md").read_text()
+    assert "BL-JUST" in text and "### CER" in text
+    for dset in ("dev", "test"):
+        assert len(list(exp.glob(f"decode_*/{dset}/score_cer/result.txt"))) == 1, dset
 
 
 def test_demo_size_anywhere_and_switching_sizes(tmp_path):

@@ -45,7 +45,11 @@ def load_state(ckpt: Path) -> Dict:
 
 
 def verify(
-    ckpt: Path, asr_config: Path, token_list: Path, extra_args: List[str]
+    ckpt: Path,
+    asr_config: Path,
+    token_list: Path,
+    extra_args: List[str],
+    task: str = "asr",
 ) -> int:
     """Load ``ckpt`` into the ASR model as stage 6 does; return the tensors loaded.
 
@@ -71,6 +75,8 @@ def verify(
             f"{ckpt} has no 'encoder.*' tensors: --init_param {ckpt}:encoder:encoder "
             f"would load nothing and fine-tune from scratch.{hint}"
         )
+    if task == "bljust":  # BL-JUST configs carry keys ASRTask does not parse
+        from espnet2_birq.tasks.bljust import BlJustTask as ASRTask
     args = ASRTask.get_parser().parse_args(
         ["--config", str(asr_config), "--token_list", str(token_list), *extra_args]
     )
@@ -115,13 +121,17 @@ def main(argv=None) -> None:
     check.add_argument("--ckpt", type=Path, required=True)
     check.add_argument("--asr_config", type=Path, required=True)
     check.add_argument("--token_list", type=Path, required=True)
+    check.add_argument(
+        "--task", choices=("asr", "bljust"), default="asr",
+        help="task that reads --asr_config (bljust: a BL-JUST config)",
+    )
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (check_init) %(message)s")
     if args.command == "name":
         print(checkpoint_name(args.ssl_config))
         return
     try:
-        count = verify(args.ckpt, args.asr_config, args.token_list, extra)
+        count = verify(args.ckpt, args.asr_config, args.token_list, extra, args.task)
     except (RuntimeError, ValueError, FileNotFoundError) as err:
         sys.exit(f"check_init: {err}")
     logging.info(

@@ -7,8 +7,10 @@
 #   2 features: 80-dim fbank -> dump/fbank/<set>, global CMVN stats of the pre-training set
 #   3 token list (char or bpe) from the labelled training text
 #   4 shape files for SSL and ASR training
-#   5 SSL pre-training                      -> exp/ssl_<tag>/valid.loss.ave.pth
+#   5 SSL pre-training                      -> exp/ssl_<tag>/valid.<criterion>.ave.pth
 #   6 ASR fine-tuning (encoder from stage 5) -> exp/asr_<tag>/
+#     (--train_mode bljust: stage 5 is skipped and stage 6 trains BL-JUST, supervised
+#      and self-supervised at once, on the train set and the unlabelled pre-training set)
 #   7 decoding of every test set
 #   8 scoring (WER, CER) and exp/asr_<tag>/RESULTS.md
 #   9 packing (espnet2.bin.pack): exp/ssl_<tag>/*.zip (SSL model) and exp/asr_<tag>/*.zip (ASR model)
@@ -73,6 +75,11 @@ asr_args=            # extra arguments for espnet2.bin.asr_train
 pretrained=auto      # auto: <ssl_exp>/valid.<criterion>.ave.pth (the SSL config's best_model_criterion); none: from scratch; or a model file
 freeze_encoder_epochs=0  # >0: first train N epochs with the encoder frozen, then max_epoch epochs unfrozen
 
+# BL-JUST options (--train_mode bljust)
+train_mode=pretrain_finetune  # pretrain_finetune: stages 5 + 6; bljust: one joint stage 6 (no stage 5)
+bljust_config=conf/train_bljust_conformer.yaml  # BL-JUST config (encoder, CTC head, SSL loss, schedule)
+bljust_args=         # extra arguments for espnet2_birq.bin.bljust_train
+
 # Decoding options
 inference_config=conf/decode_ctc_greedy.yaml  # decoding config
 inference_model=auto # model file in asr_exp; auto: valid.acc.ave.pth, valid.cer_ctc.ave.pth or valid.loss.ave.pth
@@ -96,7 +103,7 @@ Stages:
   6 ASR fine-tuning (${expdir}/asr_<tag>)
   7 decoding of the test sets
   8 scoring (WER/CER) and ${expdir}/asr_<tag>/RESULTS.md
-  9 packing: ${expdir}/ssl_<tag>/ssl_<tag>_valid.loss.ave.zip, ${expdir}/asr_<tag>/asr_<tag>_<model>.zip
+  9 packing: ${expdir}/ssl_<tag>/ssl_<tag>_valid.<criterion>.ave.zip, ${expdir}/asr_<tag>/asr_<tag>_<model>.zip
  10 upload of the packed models to the Hugging Face Hub (needs --hf_repo or --hf_ssl_repo)
 
 Options (default):
@@ -142,6 +149,13 @@ Options (default):
                       # best_model_criterion), none (from scratch, same architecture)
                       # or a checkpoint path (default: ${pretrained})
     --freeze_encoder_epochs # train N epochs with a frozen encoder first (default: ${freeze_encoder_epochs})
+  BL-JUST (joint training):
+    --train_mode      # pretrain_finetune (stages 5 + 6) or bljust: stage 6 trains BL-JUST on
+                      # --train_set (labelled) and --pretrain_set (unlabelled) at once, stage 5 is
+                      # skipped; --pretrained auto means from scratch, a model file initialises the
+                      # encoder (default: ${train_mode})
+    --bljust_config   # BL-JUST config (default: ${bljust_config})
+    --bljust_args     # extra arguments for espnet2_birq.bin.bljust_train (default: "${bljust_args}")
   Decoding:
     --inference_config # decoding config (default: ${inference_config})
     --inference_model  # model file in the ASR exp dir (default: ${inference_model}: valid.acc.ave.pth,
@@ -186,10 +200,18 @@ fi
 [ -n "${test_sets}" ] || die "--test_sets is required"
 case "${feats_type}" in fbank|raw) ;; *) die "--feats_type must be fbank or raw, got '${feats_type}'" ;; esac
 case "${token_type}" in char|bpe) ;; *) die "--token_type must be char or bpe, got '${token_type}'" ;; esac
+case "${train_mode}" in pretrain_finetune|bljust) ;; *) die "--train_mode must be pretrain_finetune or bljust, got '${train_mode}'" ;; esac
+if [ "${train_mode}" = bljust ] && [ "${feats_type}" != fbank ]; then
+    # The unlabelled set goes through the ASR model's input path, which reads fbank.
+    die "--train_mode bljust needs --feats_type fbank (the unlabelled set is read as fbank features)"
+fi
 for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs; do
     [[ ${!x} =~ ^[0-9]+$ ]] || die "--${x} must be a non-negative integer, got '${!x}'"
 done
 [ "${nj}" -ge 1 ] || die "--nj must be >= 1"
+if [ "${train_mode}" = bljust ] && [ "${freeze_encoder_epochs}" -gt 0 ]; then
+    die "--freeze_encoder_epochs applies to fine-tuning; BL-JUST trains the encoder from its first update (--train_mode bljust)"
+fi
 [ "${inference_nj}" -ge 1 ] || die "--inference_nj must be >= 1"
 
 export PYTHONIOENCODING=UTF-8
@@ -231,13 +253,19 @@ if [ -f "${ssl_config}" ]; then
         || die "cannot read best_model_criterion from ${ssl_config}"
     [ -n "${ssl_model_file}" ] || die "no best_model_criterion found in ${ssl_config}"
 fi
+# BL-JUST: from scratch unless a model file is given.
+if [ "${train_mode}" = bljust ] && [ "${pretrained}" = auto ]; then pretrained=none; fi
 case "${pretrained}" in
     auto) init_ckpt=${ssl_exp}/${ssl_model_file}; init_name=${ssl_tag} ;;
     none) init_ckpt=; init_name=scratch ;;
     *) init_ckpt=${pretrained}; init_name=init_$(basename "$(dirname "${pretrained}")") ;;
 esac
 if [ -z "${asr_tag}" ]; then
-    asr_tag=$(basename "${asr_config}" .yaml)_${init_name}
+    if [ "${train_mode}" = bljust ]; then
+        asr_tag=$(basename "${bljust_config}" .yaml)_${init_name}
+    else
+        asr_tag=$(basename "${asr_config}" .yaml)_${init_name}
+    fi
     [ "${token_type}" = bpe ] && asr_tag+=_bpe${nbpe}
     [ "${freeze_encoder_epochs}" -gt 0 ] && asr_tag+=_freeze${freeze_encoder_epochs}
 fi
@@ -434,7 +462,9 @@ PYEOF
 fi
 
 # ---------------------------------------------------------------------------
-if run_stage 5; then
+if run_stage 5 && [ "${train_mode}" = bljust ]; then
+    log "Stage 5: skipped (--train_mode bljust: stage 6 trains on the unlabelled ${pretrain_set} and the labelled ${train_set} at once)"
+elif run_stage 5; then
     log "Stage 5: SSL pre-training: ${ssl_exp} (config: ${ssl_config})"
     if ! is_done "${ssl_exp}/.done" "SSL pre-training ${ssl_exp}"; then
         [ -f "${ssl_config}" ] || die "--ssl_config ${ssl_config} not found"
@@ -515,7 +545,67 @@ asr_train() {  # asr_train OUTPUT_DIR [extra args]: one asr_train run through la
         || die "ASR training failed; see ${out}/train.log"
 }
 
-if run_stage 6; then
+# --------------------------------------------------------------- BL-JUST stage 6
+if run_stage 6 && [ "${train_mode}" = bljust ]; then
+    log "Stage 6: BL-JUST: ${asr_exp} (config: ${bljust_config}, labelled: ${train_set}, unlabelled: ${pretrain_set}, pretrained: ${pretrained})"
+    if ! is_done "${asr_exp}/.done" "BL-JUST training ${asr_exp}"; then
+        [ -f "${bljust_config}" ] || die "--bljust_config ${bljust_config} not found"
+        need "${token_list}" 3
+        need "${asr_stats_dir}/train/text_shape.${token_type}" 4
+        need "${ssl_stats_dir}/train/speech_shape" 4
+        for dset in "${train_set}" "${valid_set}" "${pretrain_set}"; do
+            need "${fbank_dir}/${dset}/feats.scp" 2
+        done
+        _cmvn_opts=()
+        if [ "${global_cmvn}" = true ]; then
+            need "${cmvn_stats}" 2
+            _cmvn_opts=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
+        fi
+        _init=()
+        if [ -n "${init_ckpt}" ]; then
+            need "${init_ckpt}" 5
+            ${python} -m espnet2_birq.bin.check_init verify --task bljust --ckpt "${init_ckpt}" \
+                --asr_config "${bljust_config}" --token_list "${token_list}" \
+                --input_size 80 --token_type "${token_type}" --bpemodel "${bpemodel}" \
+                "${_cmvn_opts[@]}" || die "the pre-trained encoder ${init_ckpt} does not load (see above)"
+            _init=(--init_param "${init_ckpt}:encoder:encoder")
+        fi
+        mkdir -p "${asr_exp}"
+        echo "${run_args}" > "${asr_exp}/run.sh"
+        log "BL-JUST training started; log: ${asr_exp}/train.log (tail -f it to follow progress)"
+        # shellcheck disable=SC2086
+        ${python} -m espnet2.bin.launch \
+            --cmd "${cuda_cmd} --name ${asr_exp##*/}" \
+            --log "${asr_exp}/train.log" \
+            --ngpu "${ngpu}" \
+            --num_nodes "${num_nodes}" \
+            --init_file_prefix "${asr_exp}/.dist_init_" \
+            --multiprocessing_distributed true -- \
+            ${python} -m espnet2_birq.bin.bljust_train \
+                --config "${bljust_config}" \
+                --output_dir "${asr_exp}" \
+                --resume true \
+                --input_size 80 \
+                --use_preprocessor true \
+                --token_type "${token_type}" \
+                --token_list "${token_list}" \
+                --bpemodel "${bpemodel}" \
+                --train_data_path_and_name_and_type "${fbank_dir}/${train_set}/feats.scp,speech,kaldi_ark" \
+                --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
+                --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/feats.scp,speech,kaldi_ark" \
+                --valid_data_path_and_name_and_type "data/${valid_set}/text,text,text" \
+                --train_shape_file "${asr_stats_dir}/train/speech_shape" \
+                --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
+                --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
+                --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
+                --unlabelled_data_path_and_name_and_type "${fbank_dir}/${pretrain_set}/feats.scp,speech,kaldi_ark" \
+                --unlabelled_shape_file "${ssl_stats_dir}/train/speech_shape" \
+                "${_cmvn_opts[@]}" "${_init[@]}" ${bljust_args} \
+            || die "BL-JUST training failed; see ${asr_exp}/train.log"
+        mark_done "${asr_exp}/.done"
+        log "BL-JUST training finished: ${asr_exp}"
+    fi
+elif run_stage 6; then
     log "Stage 6: ASR fine-tuning: ${asr_exp} (config: ${asr_config}, pretrained: ${pretrained})"
     if ! is_done "${asr_exp}/.done" "ASR fine-tuning ${asr_exp}"; then
         [ -f "${asr_config}" ] || die "--asr_config ${asr_config} not found"
@@ -637,19 +727,25 @@ if run_stage 8; then
         done
     done
     # ESPnet's Environments block (date, versions, this project's git hash) and the score tables
+    if [ "${train_mode}" = bljust ]; then
+        _notes=(--note "BL-JUST (joint) training: config ${bljust_config}, labelled ${train_set}, unlabelled ${pretrain_set}, --pretrained ${pretrained}"
+                --note "decoding: ${inference_config}, model ${inference_model}")
+    else
+        _notes=(--note "pre-training: ${ssl_exp} (config: ${ssl_config}), --pretrained ${pretrained}"
+                --note "fine-tuning config: ${asr_config}; decoding: ${inference_config}, model ${inference_model}")
+    fi
     echo "<!-- Generated by $0 -->" > "${asr_exp}/RESULTS.md.tmp"
     ${python} -m espnet2_birq.bin.score results_table --exp_dir "${asr_exp}" \
         --project_dir "$(cd -P "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../.." && pwd)" \
         --pretrained_model "${init_ckpt:-none (trained from scratch)}" \
-        --note "pre-training: ${ssl_exp} (config: ${ssl_config}), --pretrained ${pretrained}" \
-        --note "fine-tuning config: ${asr_config}; decoding: ${inference_config}, model ${inference_model}" \
+        "${_notes[@]}" \
         >> "${asr_exp}/RESULTS.md.tmp" || die "writing ${asr_exp}/RESULTS.md failed"
     mv -f "${asr_exp}/RESULTS.md.tmp" "${asr_exp}/RESULTS.md"
     cat "${asr_exp}/RESULTS.md"
 fi
 
 # ---------------------------------------------------------------------------
-ssl_packed=${ssl_exp}/${ssl_exp##*/}_valid.loss.ave.zip
+ssl_packed=${ssl_exp}/${ssl_exp##*/}_${ssl_model_file%.pth}.zip
 asr_packed=${asr_exp}/${asr_exp##*/}_${inference_model%.*}.zip
 pack_model() {  # pack_model ARCHIVE MODEL_FILE PACK_ARGS...: (re)pack when the archive is older than MODEL_FILE
     local out=$1 model=$2
@@ -671,11 +767,11 @@ if run_stage 9; then
     [ "${token_type}" = bpe ] && _pack_opts+=(--option "${bpemodel}")
     # The SSL model: its encoder initialises fine-tuning elsewhere (--pretrained <unpacked>/...pth).
     if [ "${pretrained}" = auto ]; then
-        need "${ssl_exp}/valid.loss.ave.pth" 5
+        need "${ssl_exp}/${ssl_model_file}" 5
         _rerun=()
         [ -f "${ssl_exp}/run.sh" ] && _rerun=(--option "${ssl_exp}/run.sh")
-        pack_model "${ssl_packed}" "${ssl_exp}/valid.loss.ave.pth" ssl \
-            --ssl_train_config "${ssl_exp}/config.yaml" --ssl_model_file "${ssl_exp}/valid.loss.ave.pth" \
+        pack_model "${ssl_packed}" "${ssl_exp}/${ssl_model_file}" ssl \
+            --ssl_train_config "${ssl_exp}/config.yaml" --ssl_model_file "${ssl_exp}/${ssl_model_file}" \
             "${_pack_opts[@]}" "${_rerun[@]}"
     else
         log "no SSL model of this run to pack (--pretrained ${pretrained})"

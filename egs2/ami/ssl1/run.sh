@@ -43,6 +43,7 @@ test_sets="${mic}_dev ${mic}_eval"
 ssl_config=conf/train_ssl_birq_conformer.yaml
 asr_config=conf/train_asr_ctc.yaml
 inference_config=conf/decode_ctc_greedy.yaml
+bljust_config=conf/train_bljust_conformer.yaml  # --train_mode bljust (joint training, needs --feats_type fbank)
 
 ngpu=8                            # the configs' batches are sized for 8 GPUs (README.md)
 feats_type=fbank                  # utterances are segments of long recordings: dump fbank
@@ -63,6 +64,8 @@ Recipe settings (passed to ssl.sh; override any of them on the command line):
   --valid_set ${valid_set}          --test_sets "${test_sets}"
   --ssl_config ${ssl_config}   (BEST-RQ: conf/train_ssl_best_rq_conformer.yaml)
   --asr_config ${asr_config}   --inference_config ${inference_config}
+  --bljust_config ${bljust_config}   (BL-JUST instead of pre-training + fine-tuning:
+      $0 --train_mode bljust --feats_type fbank)
   --ngpu ${ngpu}   --feats_type ${feats_type}   --token_type ${token_type}   --nbpe ${nbpe}   --bpemode unigram
   --local_data_opts "${local_data_opts}"   (options of local/data.sh: --mic, --download true|false,
       --split_dir, --skip_bad true|false)
@@ -89,4 +92,5 @@ done
     --ssl_config "${ssl_config}" \
     --asr_config "${asr_config}" \
     --inference_config "${inference_config}" \
+    --bljust_config "${bljust_config}" \
     ${args[@]+"${args[@]}"}

@@ -3,6 +3,7 @@
 #   ./run.sh                      # default size (README.md gives the measured time)
 #   ./run.sh --demo_size tiny     # smallest size, for CI (WER not meaningful)
 #   ./run.sh --ssl_config conf/train_ssl_best_rq_tiny.yaml   # BEST-RQ instead of BiRQ
+#   ./run.sh --train_mode bljust  # BL-JUST: one joint supervised + self-supervised run instead of stages 5-6
 # --demo_size may come anywhere; every other option goes to ssl.sh (./ssl.sh --help).
 # The audio of each size is kept apart (${MINI_SYNTH}/<size>), but data/, dump/ and exp/
 # hold one size at a time: switching sizes needs --demo_reset true (removes them).
@@ -30,17 +31,20 @@ test_sets="dev test"
 ssl_config=conf/train_ssl_birq_tiny.yaml
 asr_config=conf/train_asr_ctc_tiny.yaml
 inference_config=conf/decode_ctc_greedy.yaml
+bljust_config=conf/train_bljust_tiny.yaml
 
 case "${demo_size}" in
     default)
         local_data_opts="--num_pretrain 4000 --train_fraction 0.1 --num_dev 100 --num_test 200 --nj 2"
         ssl_args=""
         asr_args=""
+        bljust_args=""
         ;;
     tiny)
         local_data_opts="--num_pretrain 120 --train_fraction 0.5 --num_dev 12 --num_test 12 --nj 2"
         ssl_args="--max_epoch 1 --num_iters_per_epoch 5"
         asr_args="--max_epoch 1"
+        bljust_args="--max_epoch 2 --bljust_conf final_epochs=1 --bljust_conf exploration_updates=1"
         ;;
     *)
         echo "$0: --demo_size must be default or tiny, got '${demo_size}'" >&2
@@ -94,4 +98,6 @@ local_data_opts+=" --audio_dir ${MINI_SYNTH}/${demo_size}"
     --inference_config "${inference_config}" \
     --ssl_args "${ssl_args}" \
     --asr_args "${asr_args}" \
+    --bljust_config "${bljust_config}" \
+    --bljust_args "${bljust_args}" \
     ${args[@]+"${args[@]}"}
