@@ -523,6 +523,8 @@ def test_shipped_configs_train_on_argmax_labels():
     ):
         conf = parse(path).loss[0]["conf"]
         assert conf["label_noise"] == 0.0, path
+        assert conf["stop_gradient_labels"] is True, path
+        assert conf["label_norm"] == "instance", path
 
 
 @pytest.mark.parametrize("label_norm", ["instance", "layer"])

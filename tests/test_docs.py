@@ -43,5 +43,5 @@ def test_why_not_lhotse_is_said_once():
 
 def test_config_paths_in_tool_docstrings_exist():
     for tool in sorted((REPO / "espnet2_birq" / "bin").glob("*.py")):
-        for path in re.findall(r"--config (conf/[\w./-]+\.yaml)", tool.read_text()):
+        for path in re.findall(r"--config ((?:egs2/[\w./-]+/)?conf/[\w./-]+\.yaml)", tool.read_text()):
             assert (REPO / path).is_file(), f"{tool.name}: {path}"

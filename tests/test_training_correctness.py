@@ -34,6 +34,9 @@ ASR_CONFIGS = sorted(
     glob.glob(str(REPO / "conf" / "train_asr_*.yaml"))
     + glob.glob(str(REPO / "egs2" / "*" / "ssl1" / "conf" / "train_asr_*.yaml"))
 )
+BLJUST_CONFIGS = sorted(
+    glob.glob(str(REPO / "egs2" / "*" / "ssl1" / "conf" / "train_bljust_*.yaml"))
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -57,11 +60,23 @@ def _decay_by_parameter(optimizer, model):
     return decay
 
 
+def _task_of(config):
+    if "train_ssl_" in config:
+        return BirqSSLTask
+    if "train_bljust_" in config:
+        from espnet2_birq.tasks.bljust import BlJustTask
+
+        return BlJustTask
+    return ASRTask
+
+
 @pytest.mark.parametrize(
-    "config", SSL_CONFIGS + ASR_CONFIGS, ids=lambda c: str(Path(c).relative_to(REPO))
+    "config",
+    SSL_CONFIGS + ASR_CONFIGS + BLJUST_CONFIGS,
+    ids=lambda c: str(Path(c).relative_to(REPO)),
 )
 def test_shipped_configs_use_decoupled_weight_decay(config):
-    task = BirqSSLTask if "train_ssl_" in config else ASRTask
+    task = _task_of(config)
     args = task.get_parser().parse_args(["--config", config])
     assert args.optim == "adamw", config
     assert args.exclude_weight_decay is True, config
@@ -215,7 +230,7 @@ def test_rank_stream_is_reproducible():
 # -------------------------------------------------------------- fine-tuning
 @pytest.mark.parametrize(
     "config",
-    [c for c in ASR_CONFIGS if "specaug:" in Path(c).read_text()],
+    [c for c in ASR_CONFIGS + BLJUST_CONFIGS if "specaug:" in Path(c).read_text()],
     ids=lambda c: str(Path(c).relative_to(REPO)),
 )
 def test_specaug_fills_masks_with_the_mean(config):

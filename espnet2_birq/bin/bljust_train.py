@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train an ESPnet ASR model with BL-JUST (labelled + unlabelled data, one run).
 
-    python -m espnet2_birq.bin.bljust_train --config conf/train_bljust_tiny.yaml ...
+    python -m espnet2_birq.bin.bljust_train --config egs2/mini_synth/ssl1/conf/train_bljust_tiny.yaml ...
 """
 
 from espnet2_birq.tasks.bljust import BlJustTask
@@ -16,7 +16,7 @@ def main(cmd=None):
 
     Example:
         % python -m espnet2_birq.bin.bljust_train --print_config
-        % python -m espnet2_birq.bin.bljust_train --config conf/train_bljust_tiny.yaml \
+        % python -m espnet2_birq.bin.bljust_train --config egs2/mini_synth/ssl1/conf/train_bljust_tiny.yaml \
             --unlabelled_data_path_and_name_and_type dump/fbank/pretrain/feats.scp,speech,kaldi_ark \
             --unlabelled_shape_file exp/ssl_stats_fbank/train/speech_shape ...
     """
