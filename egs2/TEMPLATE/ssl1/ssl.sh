@@ -49,7 +49,7 @@ test_sets=           # sets to decode and score, e.g. "dev test"
 feats_type=fbank     # fbank: pre-compute fbank for all sets; raw: SSL reads waveforms (kaldi_fbank frontend)
 global_cmvn=true     # normalise with global CMVN of the pre-training set (false: keep the configs' normalize)
 fs=16000             # sampling rate
-skip_bad_audio=false # drop unreadable/too short utterances in feature extraction instead of failing
+skip_bad_audio=false # drop (and list) unreadable, empty, too short or non-finite audio in stages 1-2 instead of failing
 
 # Token options
 token_type=char      # char or bpe
@@ -114,7 +114,8 @@ Options (default):
                       # waveforms with the in-model kaldi_fbank frontend (identical features)
     --global_cmvn     # global CMVN from the pre-training set for SSL and ASR (default: ${global_cmvn})
     --fs              # sampling rate (default: ${fs})
-    --skip_bad_audio  # skip unreadable / too short audio in stage 2 (default: ${skip_bad_audio})
+    --skip_bad_audio  # drop unreadable/empty recordings in stage 1 (data/<set>/bad_audio) and bad audio in
+                      # stage 2 (dump/<fbank|raw>/<set>/bad_utts); later stages never see them (default: ${skip_bad_audio})
   Tokens:
     --token_type      # char or bpe (default: ${token_type})
     --nbpe            # BPE vocabulary size (default: ${nbpe})
@@ -142,6 +143,8 @@ Options (default):
 
 Every stage can be re-run: finished work is skipped (marker files .done) or redone
 deterministically. Delete the marker (printed in the skip message) to force a re-run.
+Markers record their inputs: stages 2-3 redo changed work, stages 5-6 refuse it.
+One run at a time per dump/ and experiment directory (a lock; a second run refuses).
 Commands run through \${train_cmd}, \${cuda_cmd} and \${decode_cmd} from cmd.sh.
 EOF
 )
