@@ -49,6 +49,13 @@ def write_corpus(data: Path, audio_dir: Path, names, bad=None, text=True, seed=0
             path.write_bytes(b"RIFF\x00\x00garbage" * 10)
         elif kind == "empty":
             soundfile.write(path, np.zeros(0, dtype=np.float32), 16000, subtype="PCM_16")
+        elif kind == "nolength":  # FLAC whose STREAMINFO says 0 total samples ("unknown")
+            path = path.with_suffix(".flac")
+            soundfile.write(path, synth_utterance(rng, 0.6), 16000, format="FLAC")
+            header = bytearray(path.read_bytes())
+            header[21] &= 0xF0
+            header[22:26] = b"\0\0\0\0"
+            path.write_bytes(bytes(header))
         wav.append(f"{name} {path}")
         utt2spk.append(f"{name} {name.split('-')[0]}")
         txt.append(f"{name} A B")
@@ -136,20 +143,21 @@ rm -rf data/train
 cp -r {recipe}/../corpus_src data/train
 """
     write_corpus(recipe / ".." / "corpus_src", recipe / "audio", ["s0-a", "s1-b"],
-                 bad={"s9-corrupt": "corrupt", "s9-empty": "empty"})
+                 bad={"s9-corrupt": "corrupt", "s9-empty": "empty", "s9-nolength": "nolength"})
     local_data_sh(recipe, body)
     args = [*ONE_SET, "--python", PYTHON, "--nj", "1", "--stage", "1", "--stop_stage", "1"]
     result = run_ssl(recipe, *args)
     assert result.returncode != 0
-    assert "2 recording(s) could not be read or are empty" in result.stderr
-    assert "s9-corrupt" in result.stderr and "s9-empty" in result.stderr
+    assert "3 recording(s) could not be read or are empty" in result.stderr
+    assert "s9-corrupt" in result.stderr and "s9-empty" in result.stderr and "s9-nolength" in result.stderr
+    assert "header gives no length" in result.stderr
     assert "--skip_bad_audio true" in result.stderr
     for _ in range(2):  # re-running stage 1 rebuilds data/ and drops them again: no loop
         result = run_ssl(recipe, *args, "--skip_bad_audio", "true")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert keys(recipe / "data" / "train" / "wav.scp") == ["s0-a", "s1-b"]
         assert keys(recipe / "data" / "train" / "text") == ["s0-a", "s1-b"]
-        assert keys(recipe / "data" / "train" / "bad_audio") == ["s9-corrupt", "s9-empty"]
+        assert keys(recipe / "data" / "train" / "bad_audio") == ["s9-corrupt", "s9-empty", "s9-nolength"]
         durations = [float(line.split()[1]) for line in (recipe / "data" / "train" / "utt2dur").read_text().splitlines()]
         assert all(0 < d < 1 for d in durations)
 

@@ -121,6 +121,9 @@ def job_suffix(name: str) -> str:
 
 _ARK_OFFSET_RE = re.compile(r"^(.+):(\d+)$")
 
+# libsndfile's frame count (SF_COUNT_MAX) for a header without a length
+_UNKNOWN_FRAMES = 2**62
+
 # Bit depth of integer samples -> divisor giving floats in [-1, 1].
 _INT_SCALE = {np.dtype("int16"): 32768.0, np.dtype("int32"): 2147483648.0}
 
@@ -186,10 +189,17 @@ def load_audio(spec: str) -> Tuple[np.ndarray, int]:
             raise BadAudioError(f"command '{spec[:-1].strip()}' failed with exit code {code}")
         if len(payload) == 0:
             raise BadAudioError(f"command '{spec[:-1].strip()}' produced no output")
+    what = f"output of '{spec[:-1].strip()}'" if is_pipe else f"audio file '{spec}'"
     try:
-        data, rate = soundfile.read(io.BytesIO(payload), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(payload)) as f:
+            if f.frames >= _UNKNOWN_FRAMES:
+                raise BadAudioError(f"{what}: the header gives no length (libsndfile reports 2^63 frames); "
+                                    "re-encode the file")
+            data = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except BadAudioError:
+        raise
     except Exception as e:  # libsndfile raises several types
-        what = f"output of '{spec[:-1].strip()}'" if is_pipe else f"audio file '{spec}'"
         raise BadAudioError(f"cannot decode {what}: {e}") from e
     return data, rate
 

@@ -421,8 +421,8 @@ def fix(data_dir: Path) -> Tuple[int, Counter, List[str]]:
 # --------------------------------------------------------------------------
 
 
-# soundfile reports this many frames (SF_COUNT_MAX) when a header does not say
-# the length (e.g. an empty FLAC stream): the samples are then counted.
+# soundfile reports this many frames (SF_COUNT_MAX) when a header does not say the
+# length (a FLAC STREAMINFO with 0 total samples): 160 billion hours in utt2dur.
 _UNKNOWN_FRAMES = 2**62
 
 
@@ -450,8 +450,11 @@ def audio_duration(value: str) -> float:
     else:
         info = soundfile.info(paths[0])
         rate, frames = info.samplerate, info.frames
-        if frames <= 0 or frames >= _UNKNOWN_FRAMES:
-            frames = soundfile.read(paths[0], always_2d=True)[0].shape[0]
+        if frames >= _UNKNOWN_FRAMES:
+            raise ValueError(
+                "the header gives no length (e.g. a FLAC stream with 0 total samples in STREAMINFO; "
+                "libsndfile then reports 2^63 frames and cannot read it): re-encode the file"
+            )
     if frames <= 0:
         raise ValueError("the audio has no samples")
     return frames / rate
