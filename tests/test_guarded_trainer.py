@@ -141,7 +141,8 @@ def trainer_options(tmp_path):
 def test_skipped_updates_restore_buffers_and_stop_after_the_limit(trainer_options):
     model = BatchNormThenInf()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train_epoch(model, trainer_options, num_batches=3)  # 3 skipped in a row: at the limit, allowed
+    with pytest.raises(NonFiniteError, match="no update of this epoch"):
+        train_epoch(model, trainer_options, num_batches=3)  # 3 skipped in a row: at the limit, allowed
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} changed although every update was skipped"
     with pytest.raises(NonFiniteError, match="4 updates in a row were skipped"):
@@ -216,3 +217,9 @@ def test_check_command_names_non_finite_tensors(tmp_path, capsys):
     assert main(["check", str(tmp_path / "good.pth")]) == 0
     assert main(["check", str(tmp_path / "good.pth"), str(tmp_path / "bad.pth")]) == 1
     assert "bad.pth: 1 tensor(s) hold NaN or inf, first: bn.running_var" in capsys.readouterr().err
+
+
+def test_an_epoch_without_any_applied_update_is_an_error(trainer_options):
+    """ESPnet stops such a run with a warning only; the recipe would go on with an untrained model."""
+    with pytest.raises(NonFiniteError, match="no update of this epoch was applied"):
+        train_epoch(BatchNormThenInf(), trainer_options, num_batches=2)

@@ -317,7 +317,7 @@ class GuardedTrainer(Trainer):
         guard = _UpdateGuard(model, optimizers[0], max_skipped)
         guard.install()
         try:
-            return super().train_one_epoch(
+            all_steps_are_invalid = super().train_one_epoch(
                 model=model,
                 iterator=_CheckedIterator(iterator, "training", guard.before_batch),
                 optimizers=optimizers,
@@ -330,6 +330,12 @@ class GuardedTrainer(Trainer):
             )
         finally:
             guard.uninstall()
+        if all_steps_are_invalid and not options.no_forward_run:
+            # ESPnet only logs this, stops, and the run ends "successfully" with an untrained model
+            raise NonFiniteError(
+                "no update of this epoch was applied (every gradient norm was NaN/inf); training stopped"
+            )
+        return all_steps_are_invalid
 
     @classmethod
     def validate_one_epoch(cls, model, iterator, reporter, options, distributed_option) -> None:
