@@ -335,7 +335,8 @@ keep_utts() {  # keep_utts OUT DATA: OUT/{text,utt2spk} = DATA's, for the uttera
         awk 'NR == FNR {keep[$1] = 1; next} $1 in keep' "${kept}" "${data}/${f}" > "${out}/${f}.tmp"
         mv -f "${out}/${f}.tmp" "${out}/${f}"
     done
-    n_bad=$(num_lines "${out}/bad_utts")
+    n_bad=0
+    [ -f "${out}/bad_utts" ] && n_bad=$(num_lines "${out}/bad_utts")
     if [ "${n_bad}" -gt 0 ]; then
         log "WARNING: ${n_bad} of $(num_lines "${data}/utt2spk") utterances of ${data} skipped (bad audio), listed in ${out}/bad_utts; every later stage uses ${out}/ without them"
     fi
@@ -386,7 +387,11 @@ if run_stage 2; then
         need "data/${dset}/wav.scp" 1
         out=${fbank_dir}/${dset}
         _inputs=("data/${dset}/wav.scp" "data/${dset}/segments" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}")
-        is_done "${out}/.done" "fbank ${dset}" "${_inputs[@]}" && continue
+        if is_done "${out}/.done" "fbank ${dset}" "${_inputs[@]}"; then
+            # features of an older ssl.sh: add the kept utterances' text and utt2spk
+            [ -f "data/${dset}/text" ] && [ ! -f "${out}/text" ] && keep_utts "${out}" "data/${dset}"
+            continue
+        fi
         n_utt=$(num_lines "data/${dset}/utt2spk")
         _nj=$(min "${nj}" "${n_utt}")
         mkdir -p "${out}/log"
