@@ -327,3 +327,20 @@ def test_path_with_spaces_is_read(tmp_path):
     ef.extract(str(d), str(tmp_path / "dump"), "feats.1")
     feats = dict(kaldiio.load_scp(str(tmp_path / "dump" / "feats.1.scp")))
     assert torch.equal(torch.from_numpy(feats["u1"].copy()), direct_fbank(audio))
+
+
+def test_audio_shorter_than_min_frames_is_bad_audio(tmp_path):
+    """0.1 s gives 8 frames: fine for the filterbank, too short for conv2d8 subsampling
+    (ESPnet's TooShortUttError in the middle of training, naming no utterance)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_wav(tmp_path / "brief.wav", 0.1)
+    write_wav(tmp_path / "ok.wav", 0.5)
+    write_map(d / "wav.scp", [("brief", tmp_path / "brief.wav"), ("ok", tmp_path / "ok.wav")])
+    assert ef.extract(str(d), str(tmp_path / "dump"), "feats.1")["done"] == 2  # default: one frame is enough
+    with pytest.raises(ef.BadAudioError, match=r"brief.*shorter than 15 frames \(--min_frames"):
+        ef.extract(str(d), str(tmp_path / "dump"), "feats.1", min_frames=15)
+    assert ef.main(["check", "--data_dir", str(d), "--out_dir", str(tmp_path / "raw"), "--name", "wav.1",
+                    "--min_frames", "15", "--skip_bad_audio", "true"]) == 0
+    assert (tmp_path / "raw" / "wav.1.scp").read_text().split()[0] == "ok"
+    assert (tmp_path / "raw" / "bad_utts.1").read_text().startswith("brief\t")

@@ -326,7 +326,8 @@ def check_waveform(wav: np.ndarray, rate: int, min_frames: int = 1) -> Optional[
     if num_frames(len(wav), rate) < min_frames:
         return (
             f"audio is {len(wav)} samples long, shorter than "
-            + ("one 25 ms analysis window (no frames)" if min_frames <= 1 else f"{min_frames} frames")
+            + ("one 25 ms analysis window (no frames)" if min_frames <= 1
+               else f"{min_frames} frames (--min_frames: the encoder's subsampling needs them)")
         )
     if not bool(np.isfinite(wav).all()):
         return "audio holds NaN or inf samples"
@@ -362,6 +363,7 @@ def extract(
     num_mel_bins: int = 80,
     skip_bad_audio: bool = False,
     log_interval: int = 500,
+    min_frames: int = 1,
 ) -> Dict[str, int]:
     """Extract features for one (split) data dir; see the module docstring.
 
@@ -407,7 +409,7 @@ def extract(
                 if fatal:
                     err = wrong_rate_message(rate, fs, utt.spec)
                 elif err is None:
-                    err = check_waveform(wav, rate)
+                    err = check_waveform(wav, rate, min_frames)
                 feats = None
                 if err is None:
                     feats = kaldi_fbank(
@@ -470,6 +472,7 @@ def check_raw(
     name: str,
     fs: int = 16000,
     skip_bad_audio: bool = False,
+    min_frames: int = 1,
 ) -> Dict[str, int]:
     """Check the audio that SSL training will read raw (``--feats_type raw``).
 
@@ -519,7 +522,7 @@ def check_raw(
             elif data.shape[1] != 1:
                 err = f"audio has {data.shape[1]} channels, expected 1"
             else:
-                err = check_waveform(data[:, 0], rate)
+                err = check_waveform(data[:, 0], rate, min_frames)
         if err is None:
             good.append((utt.utt_id, utt.spec, data.shape[0]))
         elif fatal or not skip_bad_audio:
@@ -669,6 +672,7 @@ def get_parser(sub: str) -> argparse.ArgumentParser:
         p.add_argument("--name", required=True, help="e.g. wav.2 for job 2")
         p.add_argument("--fs", type=int, default=16000)
         p.add_argument("--skip_bad_audio", type=str2bool, default=False)
+        p.add_argument("--min_frames", type=int, default=1, help="shorter audio (in 10 ms frames) is bad audio")
         return p
     p = argparse.ArgumentParser(
         prog="python -m espnet2_birq.bin.extract_fbank",
@@ -681,6 +685,7 @@ def get_parser(sub: str) -> argparse.ArgumentParser:
     p.add_argument("--n_mels", type=int, default=80)
     p.add_argument("--skip_bad_audio", type=str2bool, default=False)
     p.add_argument("--log_interval", type=int, default=500)
+    p.add_argument("--min_frames", type=int, default=1, help="shorter audio (in 10 ms frames) is bad audio")
     return p
 
 
@@ -698,7 +703,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if sub == "merge":
             merge(args.out_dir, args.nj, args.data_dir, args.prefix, args.n_mels, args.kind)
         elif sub == "check":
-            check_raw(args.data_dir, args.out_dir, args.name, fs=args.fs, skip_bad_audio=args.skip_bad_audio)
+            check_raw(args.data_dir, args.out_dir, args.name, fs=args.fs, skip_bad_audio=args.skip_bad_audio,
+                      min_frames=args.min_frames)
         else:
             extract(
                 args.data_dir,
@@ -708,6 +714,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 num_mel_bins=args.n_mels,
                 skip_bad_audio=args.skip_bad_audio,
                 log_interval=args.log_interval,
+                min_frames=args.min_frames,
             )
     except (BadAudioError, DataDirError) as e:
         logger.error("%s", e)

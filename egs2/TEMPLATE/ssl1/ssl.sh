@@ -49,6 +49,7 @@ test_sets=           # sets to decode and score, e.g. "dev test"
 feats_type=fbank     # fbank: pre-compute fbank for all sets; raw: SSL reads waveforms (kaldi_fbank frontend)
 global_cmvn=true     # normalise with global CMVN of the pre-training set (false: keep the configs' normalize)
 fs=16000             # sampling rate
+min_frames=15        # shorter audio (10 ms frames) is bad audio: conv2d/conv2d6/conv2d8 subsampling needs 7/11/15
 skip_bad_audio=false # drop (and list) unreadable, empty, too short or non-finite audio in stages 1-2 instead of failing
 
 # Token options
@@ -114,6 +115,8 @@ Options (default):
                       # waveforms with the in-model kaldi_fbank frontend (identical features)
     --global_cmvn     # global CMVN from the pre-training set for SSL and ASR (default: ${global_cmvn})
     --fs              # sampling rate (default: ${fs})
+    --min_frames      # audio shorter than this many 10 ms frames is bad audio (default: ${min_frames});
+                      # the encoder's subsampling fails on shorter input (conv2d: 7, conv2d6: 11, conv2d8: 15)
     --skip_bad_audio  # drop unreadable/empty recordings in stage 1 (data/<set>/bad_audio) and bad audio in
                       # stage 2 (dump/<fbank|raw>/<set>/bad_utts); later stages never see them (default: ${skip_bad_audio})
   Tokens:
@@ -177,7 +180,7 @@ fi
 [ -n "${test_sets}" ] || die "--test_sets is required"
 case "${feats_type}" in fbank|raw) ;; *) die "--feats_type must be fbank or raw, got '${feats_type}'" ;; esac
 case "${token_type}" in char|bpe) ;; *) die "--token_type must be char or bpe, got '${token_type}'" ;; esac
-for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs; do
+for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs min_frames; do
     [[ ${!x} =~ ^[0-9]+$ ]] || die "--${x} must be a non-negative integer, got '${!x}'"
 done
 [ "${nj}" -ge 1 ] || die "--nj must be >= 1"
@@ -386,7 +389,7 @@ if run_stage 2; then
     for dset in ${fbank_sets}; do
         need "data/${dset}/wav.scp" 1
         out=${fbank_dir}/${dset}
-        _inputs=("data/${dset}/wav.scp" "data/${dset}/segments" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}")
+        _inputs=("data/${dset}/wav.scp" "data/${dset}/segments" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
         if is_done "${out}/.done" "fbank ${dset}" "${_inputs[@]}"; then
             # features of an older ssl.sh: add the kept utterances' text and utt2spk
             [ -f "data/${dset}/text" ] && [ ! -f "${out}/text" ] && keep_utts "${out}" "data/${dset}"
@@ -402,7 +405,7 @@ if run_stage 2; then
         ${train_cmd} JOB=1:"${_nj}" "${out}/log/extract_fbank.JOB.log" \
             ${python} -m espnet2_birq.bin.extract_fbank \
                 --data_dir "data/${dset}/split${_nj}/JOB" --out_dir "${out}" --name feats.JOB \
-                --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" \
+                --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" --min_frames "${min_frames}" \
             || die "feature extraction of ${dset} failed (cause above; every bad utterance: grep -h 'bad audio' -A 1000 ${out}/log/extract_fbank.*.log)"
         ${python} -m espnet2_birq.bin.extract_fbank merge --out_dir "${out}" --nj "${_nj}" --data_dir "data/${dset}"
         keep_utts "${out}" "data/${dset}"
@@ -414,7 +417,7 @@ if run_stage 2; then
         for dset in $(echo "${pretrain_set} ${valid_set}" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
             need "data/${dset}/wav.scp" 1
             out=${raw_dir}/${dset}
-            _inputs=("data/${dset}/wav.scp" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}")
+            _inputs=("data/${dset}/wav.scp" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
             is_done "${out}/.done" "raw audio check ${dset}" "${_inputs[@]}" && continue
             n_utt=$(num_lines "data/${dset}/utt2spk")
             _nj=$(min "${nj}" "${n_utt}")
@@ -426,7 +429,7 @@ if run_stage 2; then
             ${train_cmd} JOB=1:"${_nj}" "${out}/log/check_audio.JOB.log" \
                 ${python} -m espnet2_birq.bin.extract_fbank check \
                     --data_dir "data/${dset}/split${_nj}/JOB" --out_dir "${out}" --name wav.JOB \
-                    --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" \
+                    --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" --min_frames "${min_frames}" \
                 || die "audio check of ${dset} failed (cause above)"
             ${python} -m espnet2_birq.bin.extract_fbank merge --kind raw --prefix wav \
                 --out_dir "${out}" --nj "${_nj}" --data_dir "data/${dset}"
