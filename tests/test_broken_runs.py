@@ -263,3 +263,32 @@ def test_failed_job_prints_its_log_tail(recipe):
     assert "last" in result.stderr and "extract_fbank.1.log" in result.stderr
     assert "s9-x" in result.stderr  # the cause, from the job log, on the console
     assert "Successfully finished" not in result.stdout
+
+
+def test_a_non_finite_pretrained_model_fails_stage_5(recipe, tmp_path):
+    """Even when training exits 0 (e.g. a trainer without the guards), the stage checks its model."""
+    (recipe / "conf").mkdir()
+    (recipe / "conf" / "train_ssl_birq_conformer.yaml").write_text("{}\n")
+    stats = recipe / "exp" / "ssl_stats_fbank"
+    for split in ("train", "valid"):
+        (stats / split).mkdir(parents=True)
+        (stats / split / "speech_shape").write_text("u 5,80\n")
+    (recipe / "dump" / "fbank" / "train").mkdir(parents=True)
+    (recipe / "dump" / "fbank" / "train" / "feats.scp").write_text("u x.ark:5\n")
+    # the "training" writes a model with a NaN BatchNorm statistic; everything else is the real python
+    wrapper = tmp_path / "python_nan_training"
+    wrapper.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$2" = espnet2.bin.launch ]; then\n'
+        f'  exec {PYTHON} -c "import torch; torch.save({{\'bn.running_var\': torch.tensor([float(\'nan\')])}}, '
+        "'exp/ssl_train_ssl_birq_conformer/valid.loss.ave.pth')\"\n"
+        "fi\n"
+        f'exec {PYTHON} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    result = run_ssl(recipe, *ONE_SET, "--python", wrapper, "--global_cmvn", "false", "--stage", "5", "--stop_stage", "5")
+    assert result.returncode != 0
+    assert "valid.loss.ave.pth: 1 tensor(s) hold NaN or inf, first: bn.running_var" in result.stderr
+    assert "pre-training diverged" in result.stderr
+    assert not (recipe / "exp" / "ssl_train_ssl_birq_conformer" / ".done").exists()
+    assert "Successfully finished" not in result.stdout
