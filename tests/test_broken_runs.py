@@ -262,6 +262,8 @@ def test_failed_job_prints_its_log_tail(recipe):
     assert result.returncode != 0
     assert "last" in result.stderr and "extract_fbank.1.log" in result.stderr
     assert "s9-x" in result.stderr  # the cause, from the job log, on the console
+    assert "1 utterance(s) of this set with bad audio" in result.stderr
+    assert (recipe / "dump" / "fbank" / "train" / "bad_audio_errors").read_text().startswith("s9-x\t")
     assert "Successfully finished" not in result.stdout
 
 

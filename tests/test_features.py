@@ -157,7 +157,8 @@ def test_wrong_sample_rate_names_utterance(tmp_path):
     assert "utt_8k" in msg and "low.wav" in msg and "8000" in msg
     # Nothing half-written remains.
     assert not (tmp_path / "dump" / "feats.1.scp").exists()
-    assert os.listdir(tmp_path / "dump") == []
+    assert os.listdir(tmp_path / "dump") == ["bad_audio_errors.1"]  # the list of bad utterances only
+    assert (tmp_path / "dump" / "bad_audio_errors.1").read_text().startswith("utt_8k\t")
 
 
 def test_segments(tmp_path):

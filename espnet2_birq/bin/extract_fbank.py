@@ -337,6 +337,16 @@ def check_waveform(wav: np.ndarray, rate: int, min_frames: int = 1) -> Optional[
 MAX_LISTED_ERRORS = 50
 
 
+def write_error_list(out_dir: str, job: str, errors) -> str:
+    """``out_dir/bad_audio_errors.<job>``: every bad utterance of a failed job
+    (``utt<TAB>audio<TAB>reason``), for the recipe to show all of a set's at once."""
+    path = os.path.join(out_dir, f"bad_audio_errors.{job}")
+    with open(path, "w", encoding="utf-8") as f:
+        for utt, err, _ in errors:
+            f.write(f"{utt.utt_id}\t{utt.spec}\t{err}\n".replace("\n", " ").rstrip() + "\n")
+    return path
+
+
 def describe_errors(errors, skip_bad_audio: bool) -> str:
     """One message for every bad utterance of a job, with the fixes that work."""
     lines = [f"  {utt.describe()}: {err}" for utt, err, _ in errors[:MAX_LISTED_ERRORS]]
@@ -445,6 +455,7 @@ def extract(
                         skipped,
                     )
         if errors:
+            write_error_list(out_dir, job, errors)
             raise BadAudioError(describe_errors(errors, skip_bad_audio))
         for k in ("ark", "scp", "u2nf", "bad"):
             os.replace(tmp[k], final[k])
@@ -531,6 +542,7 @@ def check_raw(
             logger.warning("skipping %s: %s", utt.describe(), err)
             bad.append((utt.utt_id, err))
     if errors:
+        write_error_list(out_dir, job, errors)
         raise BadAudioError(describe_errors(errors, skip_bad_audio))
     contents = {
         "scp": "".join(f"{u} {spec}\n" for u, spec, _ in good),

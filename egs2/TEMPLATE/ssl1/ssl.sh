@@ -307,6 +307,17 @@ die_with_log() {  # die_with_log LOG MESSAGE: the log's last lines on the consol
     fi
     die "$2"
 }
+die_bad_audio() {  # die_bad_audio OUT MESSAGE: list every bad utterance of all jobs of a set, then die
+    local out=$1 list
+    list=$(cat "${out}"/bad_audio_errors.* 2> /dev/null | LC_ALL=C sort || true)
+    if [ -n "${list}" ]; then
+        cat "${out}"/bad_audio_errors.* | LC_ALL=C sort > "${out}/bad_audio_errors"
+        echo "---- $(echo "${list}" | wc -l) utterance(s) of this set with bad audio (utterance, audio, reason; also in ${out}/bad_audio_errors) ----" >&2
+        echo "${list}" | head -n 500 >&2
+        die "$2: repair or remove the audio above, or re-run with --skip_bad_audio true to drop and list it (a wrong sample rate is never dropped: resample)"
+    fi
+    die "$2 (cause above)"
+}
 # One run of ssl.sh at a time per directory it writes (a second run refuses).
 # The lock is an flock on DIR/.ssl.sh.lock held by this shell and the jobs it
 # starts, and released when they end, however they end; the file names the pid.
@@ -398,7 +409,7 @@ if run_stage 2; then
         n_utt=$(num_lines "data/${dset}/utt2spk")
         _nj=$(min "${nj}" "${n_utt}")
         mkdir -p "${out}/log"
-        rm -f "${out}"/feats.*.ark "${out}"/feats.*.scp "${out}"/utt2num_frames.* "${out}"/bad_utts.*
+        rm -f "${out}"/feats.*.ark "${out}"/feats.*.scp "${out}"/utt2num_frames.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.*
         utils/split_data.sh "data/${dset}" "${_nj}" > /dev/null
         log "fbank ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${out}/log/extract_fbank.*.log"
         # shellcheck disable=SC2086
@@ -406,7 +417,7 @@ if run_stage 2; then
             ${python} -m espnet2_birq.bin.extract_fbank \
                 --data_dir "data/${dset}/split${_nj}/JOB" --out_dir "${out}" --name feats.JOB \
                 --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" --min_frames "${min_frames}" \
-            || die "feature extraction of ${dset} failed (cause above; every bad utterance: grep -h 'bad audio' -A 1000 ${out}/log/extract_fbank.*.log)"
+            || die_bad_audio "${out}" "feature extraction of ${dset} failed"
         ${python} -m espnet2_birq.bin.extract_fbank merge --out_dir "${out}" --nj "${_nj}" --data_dir "data/${dset}"
         keep_utts "${out}" "data/${dset}"
         mark_done "${out}/.done" "${_inputs[@]}"
@@ -422,7 +433,7 @@ if run_stage 2; then
             n_utt=$(num_lines "data/${dset}/utt2spk")
             _nj=$(min "${nj}" "${n_utt}")
             mkdir -p "${out}/log"
-            rm -f "${out}"/wav.*.scp "${out}"/utt2num_samples.* "${out}"/bad_utts.*
+            rm -f "${out}"/wav.*.scp "${out}"/utt2num_samples.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.*
             utils/split_data.sh "data/${dset}" "${_nj}" > /dev/null
             log "raw audio check ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${out}/log/check_audio.*.log"
             # shellcheck disable=SC2086
@@ -430,7 +441,7 @@ if run_stage 2; then
                 ${python} -m espnet2_birq.bin.extract_fbank check \
                     --data_dir "data/${dset}/split${_nj}/JOB" --out_dir "${out}" --name wav.JOB \
                     --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" --min_frames "${min_frames}" \
-                || die "audio check of ${dset} failed (cause above)"
+                || die_bad_audio "${out}" "audio check of ${dset} failed"
             ${python} -m espnet2_birq.bin.extract_fbank merge --kind raw --prefix wav \
                 --out_dir "${out}" --nj "${_nj}" --data_dir "data/${dset}"
             keep_utts "${out}" "data/${dset}"
