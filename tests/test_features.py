@@ -157,7 +157,8 @@ def test_wrong_sample_rate_names_utterance(tmp_path):
     assert "utt_8k" in msg and "low.wav" in msg and "8000" in msg
     # Nothing half-written remains.
     assert not (tmp_path / "dump" / "feats.1.scp").exists()
-    assert os.listdir(tmp_path / "dump") == []
+    assert os.listdir(tmp_path / "dump") == ["bad_audio_errors.1"]  # the list of bad utterances only
+    assert (tmp_path / "dump" / "bad_audio_errors.1").read_text().startswith("utt_8k\t")
 
 
 def test_segments(tmp_path):
@@ -285,3 +286,62 @@ def test_wav_scp_ark_offset_entries(tmp_path):
     feats = dict(kaldiio.load_scp(str(tmp_path / "dump" / "feats.1.scp")))
     for k, v in int16.items():
         assert torch.equal(torch.from_numpy(feats[k].copy()), direct_fbank(v)), k
+
+
+def test_every_bad_utterance_of_a_job_is_listed_at_once(tmp_path):
+    """Not only the first: a user fixes them all in one go."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_wav(tmp_path / "ok.wav", 0.5)
+    write_wav(tmp_path / "short.wav", 0.005)
+    nan = make_int16(0.5).astype(np.float32) / 32768
+    nan[10] = np.nan
+    soundfile.write(str(tmp_path / "nan.wav"), nan, 16000, subtype="FLOAT")
+    write_wav(tmp_path / "low.wav", 0.5, sr=8000)
+    write_map(d / "wav.scp", [("a_nan", tmp_path / "nan.wav"), ("b_short", tmp_path / "short.wav"),
+                              ("c_ok", tmp_path / "ok.wav"), ("d_low", tmp_path / "low.wav"),
+                              ("e_missing", tmp_path / "missing.wav")])
+    with pytest.raises(ef.BadAudioError) as exc:
+        ef.extract(str(d), str(tmp_path / "dump"), "feats.1")
+    msg = str(exc.value)
+    assert msg.startswith("4 utterance(s) with bad audio")
+    for utt in ("a_nan", "b_short", "d_low", "e_missing"):
+        assert utt in msg
+    assert "NaN or inf samples" in msg
+    assert "sox " in msg and "-r 16000 - |" in msg  # the wrong rate's fix
+    assert "--skip_bad_audio true" in msg
+    # with the skip option the NaN, short and missing ones are dropped; the rate still stops
+    with pytest.raises(ef.BadAudioError, match="1 utterance\\(s\\) with bad audio:\n  utterance 'd_low'"):
+        ef.extract(str(d), str(tmp_path / "dump"), "feats.1", skip_bad_audio=True)
+    write_map(d / "wav.scp", [("a_nan", tmp_path / "nan.wav"), ("c_ok", tmp_path / "ok.wav")])
+    assert ef.extract(str(d), str(tmp_path / "dump"), "feats.1", skip_bad_audio=True)["skipped"] == 1
+    assert (tmp_path / "dump" / "bad_utts.1").read_text().startswith("a_nan\taudio holds NaN or inf samples")
+
+
+def test_path_with_spaces_is_read(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    odd = tmp_path / "a dir with spaces"
+    odd.mkdir()
+    audio = write_wav(odd / "x y.wav", 0.3)
+    write_map(d / "wav.scp", [("u1", odd / "x y.wav")])
+    ef.extract(str(d), str(tmp_path / "dump"), "feats.1")
+    feats = dict(kaldiio.load_scp(str(tmp_path / "dump" / "feats.1.scp")))
+    assert torch.equal(torch.from_numpy(feats["u1"].copy()), direct_fbank(audio))
+
+
+def test_audio_shorter_than_min_frames_is_bad_audio(tmp_path):
+    """0.1 s gives 8 frames: fine for the filterbank, too short for conv2d8 subsampling
+    (ESPnet's TooShortUttError in the middle of training, naming no utterance)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_wav(tmp_path / "brief.wav", 0.1)
+    write_wav(tmp_path / "ok.wav", 0.5)
+    write_map(d / "wav.scp", [("brief", tmp_path / "brief.wav"), ("ok", tmp_path / "ok.wav")])
+    assert ef.extract(str(d), str(tmp_path / "dump"), "feats.1")["done"] == 2  # default: one frame is enough
+    with pytest.raises(ef.BadAudioError, match=r"brief.*shorter than 15 frames \(--min_frames"):
+        ef.extract(str(d), str(tmp_path / "dump"), "feats.1", min_frames=15)
+    assert ef.main(["check", "--data_dir", str(d), "--out_dir", str(tmp_path / "raw"), "--name", "wav.1",
+                    "--min_frames", "15", "--skip_bad_audio", "true"]) == 0
+    assert (tmp_path / "raw" / "wav.1.scp").read_text().split()[0] == "ok"
+    assert (tmp_path / "raw" / "bad_utts.1").read_text().startswith("brief\t")

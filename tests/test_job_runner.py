@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,33 @@ def test_espnet_launch_multi_node_through_slurm_pl(fake_slurm):
     trainer_args = (work / "trainer_args.txt").read_text()
     assert "--dist_launcher slurm" in trainer_args and "--dist_backend gloo" in trainer_args
     assert f"--dist_init_method file://{work}/exp/.dist_init_" in trainer_args
+
+
+def test_failed_job_log_tail_is_printed(tmp_path):
+    """The cause of a failure is on the console, not only in the log file."""
+    result = run([RUN_PL, "JOB=1:2", "log/x.JOB.log", "echo", "cause-of-job-JOB", "&&", "test", "JOB", "=", "1"],
+                 tmp_path)
+    assert result.returncode == 1
+    assert "last" in result.stderr and "log/x.2.log" in result.stderr
+    assert "| cause-of-job-2" in result.stderr
+    assert "cause-of-job-1" not in result.stderr  # only failed jobs are shown
+
+
+def test_jobs_die_with_the_recipe_that_started_them(tmp_path):
+    """A recipe killed with SIGKILL cannot stop its jobs; the runner notices and does."""
+    recipe = subprocess.Popen(["sleep", "60"])
+    env = dict(os.environ, RECIPE_PID=str(recipe.pid))
+    runner = subprocess.Popen([sys.executable, str(RUN_PL), "log/train.log", "sleep", "30", "&&", "touch", "finished"],
+                              cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    recipe.kill()
+    recipe.wait()
+    try:
+        _, stderr = runner.communicate(timeout=10)
+    finally:
+        runner.kill()
+    assert runner.returncode != 0
+    assert f"the recipe (pid {recipe.pid}) is gone" in stderr
+    assert not (tmp_path / "finished").exists()
+    log = (tmp_path / "log" / "train.log").read_text()
+    assert "killed by SIGTERM" in log or "Ended (code 143)" in log or "Ended" not in log

@@ -203,3 +203,42 @@ def test_data_sh_end_to_end(tmp_path):
     assert r.returncode != 0 and "not found" in (r.stdout + r.stderr)
     r = run_data_sh(rdir, env, "--no_such_option", "1")
     assert r.returncode != 0
+
+
+def test_part_of_the_corpus_prepares_the_sets_it_makes(tmp_path, caplog):
+    corpus = make_corpus(tmp_path / "corpus")
+    import shutil
+
+    for subset in ("train-clean-360", "train-other-500", "dev-other", "test-other"):
+        shutil.rmtree(corpus / subset)
+    counts = ls.prepare_librispeech(corpus, tmp_path / "data")
+    assert sorted(counts) == ["dev_clean", "test_clean", "train_clean_100"]
+    assert "not preparing pretrain_960: subset(s) train-clean-360 train-other-500" in caplog.text
+    # the recipe's local/data.sh does the same, and validates what it prepared
+    rdir = make_recipe_sandbox(tmp_path, "librispeech")
+    r = run_data_sh(rdir, {"LIBRISPEECH": str(tmp_path / "corpus")}, "--download", "false")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (rdir / "data" / "train_clean_100" / "wav.scp").is_file()
+    assert not (rdir / "data" / "pretrain_960").exists()
+
+
+def test_duplicate_utterance_id_across_subsets_names_both(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    import shutil
+
+    shutil.copytree(corpus / "train-clean-100" / "19", corpus / "train-clean-360" / "19")
+    with pytest.raises(ls.LibriSpeechError, match=r"19-198-0000 is in two subsets: train-clean-100 .* train-clean-360"):
+        ls.prepare_librispeech(corpus, tmp_path / "data", dirs=["pretrain_960"])
+
+
+def test_transcripts_are_upper_cased_and_odd_characters_reported(tmp_path, caplog):
+    corpus = make_corpus(tmp_path / "corpus")
+    trans = corpus / "dev-clean" / "84" / "121123" / "84-121123.trans.txt"
+    lines = trans.read_text().splitlines()
+    lines[0] = lines[0].split(" ", 1)[0] + " hello café"
+    trans.write_text("\n".join(lines) + "\n")
+    ls.prepare_librispeech(corpus, tmp_path / "data", dirs=["dev_clean"])
+    text = _lines(tmp_path / "data" / "dev_clean" / "text")
+    assert text[0].endswith(" HELLO CAFÉ")
+    assert "dev_clean: characters outside A-Z, apostrophe and space" in caplog.text
+    assert "'É' in 1 (first 84-121123-0000)" in caplog.text

@@ -208,6 +208,7 @@ def report_failures(program: str, request: JobRequest, failures: List[Tuple[Opti
     if request.job_variable is None:
         index, reason = failures[0]
         print(f"{program}: job failed ({reason}), log is in {request.log_path(index)}", file=sys.stderr)
+        print_log_tails(program, [request.log_path(index)])
         return
     shown = failures[:20]
     print(
@@ -220,6 +221,67 @@ def report_failures(program: str, request: JobRequest, failures: List[Tuple[Opti
         print(f"{program}:   {request.log_path(index)} ({reason})", file=sys.stderr)
     if len(failures) > len(shown):
         print(f"{program}:   ... and {len(failures) - len(shown)} more", file=sys.stderr)
+    print_log_tails(program, [request.log_path(index) for index, _ in failures])
+
+
+LOG_TAIL_LINES = 20
+LOGS_SHOWN = 3
+
+
+def print_log_tails(program: str, log_paths: List[str]) -> None:
+    """Print the last lines of failed jobs' logs: the cause is usually there."""
+    for path in log_paths[:LOGS_SHOWN]:
+        try:
+            with open(path, "rb") as log:
+                lines = log.read().decode("utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        lines = [line for line in lines if not FOOTER_RE.match(line) and not line.startswith("# Accounting:")]
+        print(f"{program}: ---- last {min(LOG_TAIL_LINES, len(lines))} lines of {path} ----", file=sys.stderr)
+        for line in lines[-LOG_TAIL_LINES:]:
+            print(f"{program}: | {line}", file=sys.stderr)
+    if len(log_paths) > LOGS_SHOWN:
+        print(f"{program}: (logs of {len(log_paths) - LOGS_SHOWN} more failed jobs not shown)", file=sys.stderr)
+
+
+# The recipe exports its pid as RECIPE_PID: when the recipe dies (even by
+# SIGKILL, which it cannot trap), the runner stops its jobs instead of leaving
+# them running unsupervised, e.g. a trainer writing into an experiment
+# directory that a re-run of the recipe is about to use.
+RECIPE_PID_VARIABLE = "RECIPE_PID"
+WATCH_SECONDS = 1.0
+
+
+def process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (dead, not yet reaped) counts as dead
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def watch_recipe(stop) -> None:
+    """Call ``stop(signal.SIGTERM, None)`` once the recipe (RECIPE_PID) or our parent is gone."""
+    value = os.environ.get(RECIPE_PID_VARIABLE, "")
+    recipe_pid = int(value) if value.isdigit() else None
+    parent = os.getppid()
+
+    def loop():
+        while True:
+            time.sleep(WATCH_SECONDS)
+            gone = os.getppid() != parent or (recipe_pid is not None and not process_is_alive(recipe_pid))
+            if gone:
+                print(f"the recipe (pid {recipe_pid or parent}) is gone; stopping its jobs", file=sys.stderr)
+                stop(signal.SIGTERM, None)
+                return
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def describe_exit_code(code: int) -> str:
@@ -295,6 +357,7 @@ class LocalRunner:
     def run(self) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self.stop_all)
+        watch_recipe(self.stop_all)
         indices = self.request.indices
         with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(indices))) as pool:
             codes = list(pool.map(self.run_one, indices))
@@ -566,6 +629,7 @@ class SlurmRunner:
     def run(self) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self.cancel)
+        watch_recipe(self.cancel)
         self.job_id = self.submit()
         while self.job_in_queue():
             time.sleep(self.poll_seconds)

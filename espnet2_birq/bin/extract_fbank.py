@@ -47,7 +47,6 @@ import io
 import logging
 import os
 import re
-import subprocess
 import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -122,9 +121,33 @@ def job_suffix(name: str) -> str:
 
 _ARK_OFFSET_RE = re.compile(r"^(.+):(\d+)$")
 
+# libsndfile's frame count (SF_COUNT_MAX) for a header without a length
+_UNKNOWN_FRAMES = 2**62
+
+# Bit depth of integer samples -> divisor giving floats in [-1, 1].
+_INT_SCALE = {np.dtype("int16"): 32768.0, np.dtype("int32"): 2147483648.0}
+
+
+def _ints_to_float(arr: np.ndarray, spec: str) -> np.ndarray:
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    if arr.dtype == np.uint8:  # 8-bit PCM is unsigned
+        return (arr.astype(np.float32) - 128.0) / 128.0
+    if arr.dtype in _INT_SCALE:
+        return (arr.astype(np.float64) / _INT_SCALE[arr.dtype]).astype(np.float32)
+    raise BadAudioError(f"'{spec}': unsupported sample type {arr.dtype}")
+
 
 def load_audio(spec: str) -> Tuple[np.ndarray, int]:
     """Load a ``wav.scp`` value as a float32 waveform in ``[-1, 1]``.
+
+    The entry is opened by kaldiio, as ESPnet and Kaldi read ``wav.scp``:
+    ``kaldiio.load_mat`` for ``file.ark:offset`` entries and
+    ``kaldiio.open_like_kaldi`` for audio paths (spaces included) and pipe
+    commands (``sox a.flac -t wav - |``).  The bytes are decoded by soundfile
+    (libsndfile) because kaldiio's own WAV decoder reads 8/16-bit PCM only
+    (no 24-bit or float WAV); kaldiio does not check a pipe's exit status, so
+    it is checked here.
 
     Args:
         spec: A path, a Kaldi pipe command ending in ``|`` or ``ark:offset``.
@@ -136,26 +159,8 @@ def load_audio(spec: str) -> Tuple[np.ndarray, int]:
         BadAudioError: if the audio cannot be obtained or decoded.
     """
     spec = spec.strip()
-    if spec.endswith("|"):
-        cmd = spec[:-1].strip()
-        proc = subprocess.run(
-            cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        if proc.returncode != 0:
-            err = proc.stderr.decode("utf-8", "replace").strip()[-500:]
-            raise BadAudioError(
-                f"command '{cmd}' failed with exit code {proc.returncode}: {err}"
-            )
-        if len(proc.stdout) == 0:
-            raise BadAudioError(f"command '{cmd}' produced no output")
-        try:
-            data, rate = soundfile.read(
-                io.BytesIO(proc.stdout), dtype="float32", always_2d=True
-            )
-        except Exception as e:  # libsndfile raises several types
-            raise BadAudioError(f"cannot decode output of '{cmd}': {e}") from e
-        return data, rate
-    if not os.path.exists(spec):
+    is_pipe = spec.endswith("|")
+    if not is_pipe and not os.path.exists(spec):
         m = _ARK_OFFSET_RE.match(spec)
         if m is not None and os.path.isfile(m.group(1)):
             try:
@@ -165,21 +170,37 @@ def load_audio(spec: str) -> Tuple[np.ndarray, int]:
             if not isinstance(loaded, tuple):
                 raise BadAudioError(f"'{spec}' is a matrix, not audio")
             rate, arr = loaded
-            arr = np.asarray(arr)
-            if arr.dtype == np.int16:
-                arr = arr.astype(np.float32) / 32768.0
-            elif arr.dtype.kind == "i":
-                raise BadAudioError(
-                    f"'{spec}': unsupported integer sample type {arr.dtype}"
-                )
+            arr = _ints_to_float(np.asarray(arr), spec)
             if arr.ndim == 1:
                 arr = arr[:, None]
-            return arr.astype(np.float32), int(rate)
+            return arr, int(rate)
         raise BadAudioError(f"audio file '{spec}' does not exist")
     try:
-        data, rate = soundfile.read(spec, dtype="float32", always_2d=True)
-    except Exception as e:
+        stream = kaldiio.open_like_kaldi(spec, "rb")
+        try:
+            payload = stream.read()
+        finally:
+            status = stream.close()
+    except OSError as e:
         raise BadAudioError(f"cannot read audio file '{spec}': {e}") from e
+    if is_pipe:
+        if status:  # kaldiio returns the exit status shifted as os.popen does
+            code = status >> 8
+            raise BadAudioError(f"command '{spec[:-1].strip()}' failed with exit code {code}")
+        if len(payload) == 0:
+            raise BadAudioError(f"command '{spec[:-1].strip()}' produced no output")
+    what = f"output of '{spec[:-1].strip()}'" if is_pipe else f"audio file '{spec}'"
+    try:
+        with soundfile.SoundFile(io.BytesIO(payload)) as f:
+            if f.frames >= _UNKNOWN_FRAMES:
+                raise BadAudioError(f"{what}: the header gives no length (libsndfile reports 2^63 frames); "
+                                    "re-encode the file")
+            data = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except BadAudioError:
+        raise
+    except Exception as e:  # libsndfile raises several types
+        raise BadAudioError(f"cannot decode {what}: {e}") from e
     return data, rate
 
 
@@ -291,6 +312,59 @@ def iter_waveforms(
         yield utt, wav, rate, None
 
 
+def wrong_rate_message(rate: int, fs: int, spec: str) -> str:
+    """Why audio at another sampling rate is refused, and the fixes that work."""
+    return (
+        f"sample rate is {rate} Hz but --fs {fs} was requested. Resample the audio to "
+        f"{fs} Hz (e.g. sox IN -r {fs} OUT), or with --feats_type fbank let wav.scp "
+        f"resample on the fly: '<id> sox {spec.rstrip('|').strip()} -t wav -r {fs} - |'"
+    )
+
+
+def check_waveform(wav: np.ndarray, rate: int, min_frames: int = 1) -> Optional[str]:
+    """Why a mono waveform is unusable (too short, non-finite samples), or None."""
+    if num_frames(len(wav), rate) < min_frames:
+        return (
+            f"audio is {len(wav)} samples long, shorter than "
+            + ("one 25 ms analysis window (no frames)" if min_frames <= 1
+               else f"{min_frames} frames (--min_frames: the encoder's subsampling needs them)")
+        )
+    if not bool(np.isfinite(wav).all()):
+        return "audio holds NaN or inf samples"
+    return None
+
+
+MAX_LISTED_ERRORS = 50
+
+
+def write_error_list(out_dir: str, job: str, errors) -> str:
+    """``out_dir/bad_audio_errors.<job>``: every bad utterance of a failed job
+    (``utt<TAB>audio<TAB>reason``), for the recipe to show all of a set's at once."""
+    path = os.path.join(out_dir, f"bad_audio_errors.{job}")
+    with open(path, "w", encoding="utf-8") as f:
+        for utt, err, _ in errors:
+            f.write(f"{utt.utt_id}\t{utt.spec}\t{err}\n".replace("\n", " ").rstrip() + "\n")
+    return path
+
+
+def describe_errors(errors, skip_bad_audio: bool) -> str:
+    """One message for every bad utterance of a job, with the fixes that work."""
+    lines = [f"  {utt.describe()}: {err}" for utt, err, _ in errors[:MAX_LISTED_ERRORS]]
+    if len(errors) > MAX_LISTED_ERRORS:
+        lines.append(f"  ... and {len(errors) - MAX_LISTED_ERRORS} more")
+    skippable = [e for e in errors if not e[2]]
+    advice = []
+    if skippable and not skip_bad_audio:
+        advice.append("re-run with --skip_bad_audio true to drop and list the unreadable, "
+                      "too short or non-finite ones")
+    if len(skippable) < len(errors):
+        advice.append("a wrong sample rate is never skipped (see the fix above)")
+    return (
+        f"{len(errors)} utterance(s) with bad audio:\n" + "\n".join(lines)
+        + ("\n" + "; ".join(advice) if advice else "")
+    )
+
+
 def extract(
     data_dir: str,
     out_dir: str,
@@ -299,6 +373,7 @@ def extract(
     num_mel_bins: int = 80,
     skip_bad_audio: bool = False,
     log_interval: int = 500,
+    min_frames: int = 1,
 ) -> Dict[str, int]:
     """Extract features for one (split) data dir; see the module docstring.
 
@@ -332,6 +407,7 @@ def extract(
     tmp = {k: v + f".tmp{os.getpid()}" for k, v in final.items()}
     done = 0
     skipped = 0
+    errors: List[Tuple[Utterance, str, bool]] = []
     try:
         with open(tmp["ark"], "wb") as ark, open(
             tmp["scp"], "w", encoding="utf-8"
@@ -339,32 +415,31 @@ def extract(
             tmp["bad"], "w", encoding="utf-8"
         ) as bad:
             for i, (utt, wav, rate, err) in enumerate(iter_waveforms(utts), 1):
-                if rate is not None and rate != fs:
-                    raise BadAudioError(
-                        f"{utt.describe()}: sample rate is {rate} Hz but "
-                        f"--fs {fs} was requested; resample the data first"
+                fatal = rate is not None and rate != fs
+                if fatal:
+                    err = wrong_rate_message(rate, fs, utt.spec)
+                elif err is None:
+                    err = check_waveform(wav, rate, min_frames)
+                feats = None
+                if err is None:
+                    feats = kaldi_fbank(
+                        torch.from_numpy(np.ascontiguousarray(wav)),
+                        rate,
+                        num_mel_bins=num_mel_bins,
+                        expected_sample_rate=fs,
                     )
-                if err is None and num_frames(len(wav), rate) == 0:
-                    err = (
-                        f"audio is {len(wav)} samples long, shorter than one "
-                        f"25 ms analysis window (no frames)"
-                    )
+                    if not bool(torch.isfinite(feats).all()):
+                        err = "its features hold NaN or inf values"
                 if err is not None:
-                    msg = f"{utt.describe()}: {err}"
-                    if not skip_bad_audio:
-                        raise BadAudioError(
-                            msg + " (pass --skip_bad_audio true to skip it)"
-                        )
-                    logger.warning("skipping %s", msg)
+                    if fatal or not skip_bad_audio:
+                        errors.append((utt, err, fatal))
+                        continue
+                    logger.warning("skipping %s: %s", utt.describe(), err)
                     bad.write(f"{utt.utt_id}\t{err}\n")
                     skipped += 1
                     continue
-                feats = kaldi_fbank(
-                    torch.from_numpy(np.ascontiguousarray(wav)),
-                    rate,
-                    num_mel_bins=num_mel_bins,
-                    expected_sample_rate=fs,
-                )
+                if errors:  # failing anyway: only look for more bad audio
+                    continue
                 key_bytes = (utt.utt_id + " ").encode("utf-8")
                 offset = ark.tell() + len(key_bytes)
                 kaldiio.save_ark(ark, {utt.utt_id: feats.numpy()})
@@ -379,6 +454,9 @@ def extract(
                         len(utts),
                         skipped,
                     )
+        if errors:
+            write_error_list(out_dir, job, errors)
+            raise BadAudioError(describe_errors(errors, skip_bad_audio))
         for k in ("ark", "scp", "u2nf", "bad"):
             os.replace(tmp[k], final[k])
     finally:
@@ -399,12 +477,94 @@ def extract(
     return {"done": done, "skipped": skipped, "total": len(utts)}
 
 
+def check_raw(
+    data_dir: str,
+    out_dir: str,
+    name: str,
+    fs: int = 16000,
+    skip_bad_audio: bool = False,
+    min_frames: int = 1,
+) -> Dict[str, int]:
+    """Check the audio that SSL training will read raw (``--feats_type raw``).
+
+    ESPnet's ``sound`` loader opens plain audio files and ignores their sampling
+    rate, so everything the feature extraction would refuse is checked here
+    before training: plain-path entries only (no pipes, arks or segments), the
+    sampling rate, one channel, at least one analysis window, finite samples.
+    Writes ``out_dir/wav.<job>.scp`` (the usable entries, unchanged),
+    ``out_dir/utt2num_samples.<job>`` and ``out_dir/bad_utts.<job>`` (skipped,
+    ``utt<TAB>reason``); ``merge --kind raw`` joins them.
+
+    Raises:
+        DataDirError: a segments file (raw mode reads whole files).
+        BadAudioError: bad audio (a wrong rate or a pipe always; the rest unless
+            ``skip_bad_audio``), listing every bad utterance of the job.
+    """
+    if os.path.exists(os.path.join(data_dir, "segments")):
+        raise DataDirError(
+            f"{data_dir}: has a segments file; --feats_type raw reads whole files (use --feats_type fbank)"
+        )
+    utts = list_utterances(data_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    job = job_suffix(name)
+    final = {
+        "scp": os.path.join(out_dir, f"{name}.scp"),
+        "u2ns": os.path.join(out_dir, f"utt2num_samples.{job}"),
+        "bad": os.path.join(out_dir, f"bad_utts.{job}"),
+    }
+    errors: List[Tuple[Utterance, str, bool]] = []
+    good: List[Tuple[str, str, int]] = []
+    bad: List[Tuple[str, str]] = []
+    for utt in utts:
+        spec = utt.spec.strip()
+        if spec.endswith("|") or not os.path.isfile(spec) and _ARK_OFFSET_RE.match(spec):
+            errors.append((utt, "--feats_type raw reads plain audio files only (ESPnet's sound loader); "
+                                "use --feats_type fbank for pipes and ark entries", True))
+            continue
+        try:
+            data, rate = load_audio(spec)
+        except BadAudioError as e:
+            err, fatal = str(e), False
+        else:
+            fatal = rate != fs
+            if fatal:
+                err = wrong_rate_message(rate, fs, spec).replace(
+                    "or with --feats_type fbank let", "or use --feats_type fbank and let")
+            elif data.shape[1] != 1:
+                err = f"audio has {data.shape[1]} channels, expected 1"
+            else:
+                err = check_waveform(data[:, 0], rate, min_frames)
+        if err is None:
+            good.append((utt.utt_id, utt.spec, data.shape[0]))
+        elif fatal or not skip_bad_audio:
+            errors.append((utt, err, fatal))
+        else:
+            logger.warning("skipping %s: %s", utt.describe(), err)
+            bad.append((utt.utt_id, err))
+    if errors:
+        write_error_list(out_dir, job, errors)
+        raise BadAudioError(describe_errors(errors, skip_bad_audio))
+    contents = {
+        "scp": "".join(f"{u} {spec}\n" for u, spec, _ in good),
+        "u2ns": "".join(f"{u} {n}\n" for u, _, n in good),
+        "bad": "".join(f"{u}\t{err}\n" for u, err in bad),
+    }
+    for key, text in contents.items():
+        tmp = final[key] + f".tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, final[key])
+    logger.info("%s: %d usable utterances, %d skipped", name, len(good), len(bad))
+    return {"done": len(good), "skipped": len(bad), "total": len(utts)}
+
+
 def merge(
     out_dir: str,
     nj: int,
     data_dir: Optional[str] = None,
     prefix: str = "feats",
     feat_dim: int = 80,
+    kind: str = "fbank",
 ) -> Dict[str, int]:
     """Merge per-job outputs into ``feats.scp``, ``utt2num_frames``, ``feats_shape``.
 
@@ -424,13 +584,15 @@ def merge(
         DataDirError: on missing job files, duplicate utterances, scp and
             utt2num_frames disagreeing, or utterances missing from the output.
     """
+    # fbank: feats.<j>.scp + utt2num_frames.<j>; raw (check_raw): wav.<j>.scp + utt2num_samples.<j>
+    lengths_name = "utt2num_frames" if kind == "fbank" else "utt2num_samples"
     scp: Dict[str, str] = {}
     u2nf: Dict[str, str] = {}
     bad: Dict[str, str] = {}
     for j in range(1, nj + 1):
         for path, target, min_fields in (
             (os.path.join(out_dir, f"{prefix}.{j}.scp"), scp, 2),
-            (os.path.join(out_dir, f"utt2num_frames.{j}"), u2nf, 2),
+            (os.path.join(out_dir, f"{lengths_name}.{j}"), u2nf, 2),
             (os.path.join(out_dir, f"bad_utts.{j}"), bad, 2),
         ):
             for key, value in read_kaldi_map(path, min_fields=min_fields):
@@ -440,7 +602,7 @@ def merge(
     if set(scp) != set(u2nf):
         diff = sorted(set(scp) ^ set(u2nf))
         raise DataDirError(
-            f"{out_dir}: {prefix}.*.scp and utt2num_frames.* disagree on "
+            f"{out_dir}: {prefix}.*.scp and {lengths_name}.* disagree on "
             f"{len(diff)} utterances, e.g. {diff[:5]}"
         )
     both = sorted(set(scp) & set(bad))
@@ -464,11 +626,20 @@ def merge(
                 f"e.g. {extra[:10]}"
             )
     keys = sorted(scp)
-    outputs = {
-        "feats.scp": [f"{k} {scp[k]}\n" for k in keys],
-        "utt2num_frames": [f"{k} {u2nf[k]}\n" for k in keys],
-        "feats_shape": [f"{k} {u2nf[k]},{feat_dim}\n" for k in keys],
-    }
+    if kind == "fbank":
+        outputs = {
+            "feats.scp": [f"{k} {scp[k]}\n" for k in keys],
+            "utt2num_frames": [f"{k} {u2nf[k]}\n" for k in keys],
+            "feats_shape": [f"{k} {u2nf[k]},{feat_dim}\n" for k in keys],
+        }
+    else:  # ESPnet's raw speech_shape is the number of samples
+        outputs = {
+            "wav.scp": [f"{k} {scp[k]}\n" for k in keys],
+            "utt2num_samples": [f"{k} {u2nf[k]}\n" for k in keys],
+            "speech_shape": [f"{k} {u2nf[k]}\n" for k in keys],
+        }
+    # every skipped utterance of every job, in one list (the recipe's count and list file)
+    outputs["bad_utts"] = [f"{k}\t{bad[k]}\n" for k in sorted(bad)]
     for fname, lines in outputs.items():
         final = os.path.join(out_dir, fname)
         tmp = final + f".tmp{os.getpid()}"
@@ -500,6 +671,20 @@ def get_parser(sub: str) -> argparse.ArgumentParser:
         )
         p.add_argument("--prefix", default="feats")
         p.add_argument("--n_mels", type=int, default=80)
+        p.add_argument("--kind", choices=["fbank", "raw"], default="fbank",
+                       help="raw: merge the outputs of 'check' (wav.<j>.scp, utt2num_samples.<j>)")
+        return p
+    if sub == "check":
+        p = argparse.ArgumentParser(
+            prog="python -m espnet2_birq.bin.extract_fbank check",
+            description="Check audio that SSL training reads raw (--feats_type raw).",
+        )
+        p.add_argument("--data_dir", required=True)
+        p.add_argument("--out_dir", required=True)
+        p.add_argument("--name", required=True, help="e.g. wav.2 for job 2")
+        p.add_argument("--fs", type=int, default=16000)
+        p.add_argument("--skip_bad_audio", type=str2bool, default=False)
+        p.add_argument("--min_frames", type=int, default=1, help="shorter audio (in 10 ms frames) is bad audio")
         return p
     p = argparse.ArgumentParser(
         prog="python -m espnet2_birq.bin.extract_fbank",
@@ -512,13 +697,14 @@ def get_parser(sub: str) -> argparse.ArgumentParser:
     p.add_argument("--n_mels", type=int, default=80)
     p.add_argument("--skip_bad_audio", type=str2bool, default=False)
     p.add_argument("--log_interval", type=int, default=500)
+    p.add_argument("--min_frames", type=int, default=1, help="shorter audio (in 10 ms frames) is bad audio")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     sub = "extract"
-    if argv and argv[0] in ("extract", "merge"):
+    if argv and argv[0] in ("extract", "merge", "check"):
         sub = argv.pop(0)
     args = get_parser(sub).parse_args(argv)
     logging.basicConfig(
@@ -527,7 +713,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     try:
         if sub == "merge":
-            merge(args.out_dir, args.nj, args.data_dir, args.prefix, args.n_mels)
+            merge(args.out_dir, args.nj, args.data_dir, args.prefix, args.n_mels, args.kind)
+        elif sub == "check":
+            check_raw(args.data_dir, args.out_dir, args.name, fs=args.fs, skip_bad_audio=args.skip_bad_audio,
+                      min_frames=args.min_frames)
         else:
             extract(
                 args.data_dir,
@@ -537,6 +726,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 num_mel_bins=args.n_mels,
                 skip_bad_audio=args.skip_bad_audio,
                 log_interval=args.log_interval,
+                min_frames=args.min_frames,
             )
     except (BadAudioError, DataDirError) as e:
         logger.error("%s", e)

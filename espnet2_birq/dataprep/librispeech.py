@@ -63,6 +63,7 @@ DATA_DIRS = {
 }
 
 _UTT = re.compile(r"^(\d+)-(\d+)-(\d+)$")
+_UNEXPECTED = re.compile(r"[^A-Z' ]")
 
 
 class LibriSpeechError(RuntimeError):
@@ -159,23 +160,57 @@ def prepare_librispeech(corpus_dir, data_root, dirs: Optional[List[str]] = None,
     corpus_dir = Path(corpus_dir)
     if speaker_level not in ("chapter", "speaker"):
         raise ValueError("speaker_level must be 'chapter' or 'speaker'")
-    dirs = dirs or list(DATA_DIRS)
+    if dirs is None:
+        # Users start with part of the corpus: prepare every set whose subsets are present.
+        dirs = [name for name, subsets in DATA_DIRS.items() if all((corpus_dir / s).is_dir() for s in subsets)]
+        for name, subsets in DATA_DIRS.items():
+            missing = [s for s in subsets if not (corpus_dir / s).is_dir()]
+            if missing:
+                logger.warning("not preparing %s: subset(s) %s not in %s", name, " ".join(missing), corpus_dir)
+        if not dirs:
+            raise LibriSpeechError(
+                f"no LibriSpeech subset found in {corpus_dir} (expected e.g. {corpus_dir / 'train-clean-100'})"
+            )
     cache: Dict[str, dict] = {}
     counts = {}
     for name in dirs:
         wav, utt2spk, text = {}, {}, {}
+        source: Dict[str, str] = {}
         for subset in DATA_DIRS[name]:
             if subset not in cache:
                 cache[subset] = scan_subset(corpus_dir / subset, strict=strict)
             for utt, (path, txt) in cache[subset].items():
+                if utt in wav:
+                    raise LibriSpeechError(
+                        f"{name}: utterance id {utt} is in two subsets: {source[utt]} ({wav[utt]}) and "
+                        f"{subset} ({path}); ids must be unique (remove or rename one copy)"
+                    )
                 spk, chapter, _ = utt.split("-")
                 wav[utt] = str(path)
+                source[utt] = subset
                 utt2spk[utt] = f"{spk}-{chapter}" if speaker_level == "chapter" else spk
                 text[utt] = txt
+        report_unexpected_characters(name, text)
         write_data_dir(Path(data_root) / name, wav, utt2spk, text=text)
         counts[name] = len(wav)
         logger.info("wrote %s: %d utterances", Path(data_root) / name, len(wav))
     return counts
+
+
+def report_unexpected_characters(name: str, text: Dict[str, str]) -> Dict[str, int]:
+    """Warn about characters outside LibriSpeech's ``A-Z``, apostrophe and space.
+
+    Returns ``{character: count of transcripts holding it}``."""
+    found: Dict[str, int] = {}
+    first: Dict[str, str] = {}
+    for utt, txt in text.items():
+        for ch in set(_UNEXPECTED.findall(txt)):
+            found[ch] = found.get(ch, 0) + 1
+            first.setdefault(ch, utt)
+    if found:
+        listed = ", ".join(f"{ch!r} in {n} (first {first[ch]})" for ch, n in sorted(found.items()))
+        logger.warning("%s: characters outside A-Z, apostrophe and space: %s", name, listed)
+    return found
 
 
 def main(argv=None) -> int:
@@ -192,7 +227,8 @@ def main(argv=None) -> int:
     q = sub.add_parser("prepare", help="write Kaldi data dirs")
     q.add_argument("--corpus_dir", required=True, help="the LibriSpeech/ directory")
     q.add_argument("--data_dir", required=True)
-    q.add_argument("--dirs", nargs="+", default=list(DATA_DIRS), choices=list(DATA_DIRS))
+    q.add_argument("--dirs", nargs="+", default=None, choices=list(DATA_DIRS),
+                   help="default: every set whose subsets are in --corpus_dir")
     q.add_argument("--speaker_level", choices=["chapter", "speaker"], default="chapter")
     q.add_argument("--skip_bad", action="store_true",
                    help="skip (and count) bad entries instead of failing")

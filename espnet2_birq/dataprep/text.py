@@ -62,6 +62,8 @@ def normalize_caption(text: str) -> str:
 
 
 def normalize_librispeech(text: str) -> str:
-    """LibriSpeech transcripts are already upper case with only ``A-Z '``;
-    only whitespace is normalised (the text is kept as in the corpus)."""
-    return _SPACES.sub(" ", text).strip()
+    """LibriSpeech's convention: upper case ``A-Z``, apostrophe and single spaces.
+
+    Copies of the corpus edited by hand may hold lower case: it is upper-cased
+    (other characters are kept and reported by the preparer)."""
+    return _SPACES.sub(" ", text).strip().upper()

@@ -29,6 +29,7 @@ from espnet2.iterators.abs_iter_factory import AbsIterFactory
 from espnet2.iterators.sequence_iter_factory import SequenceIterFactory
 from espnet2.samplers.build_batch_sampler import build_batch_sampler
 from espnet2.tasks.asr import ASRTask
+from espnet2_birq.train.trainer import GuardedTrainer
 from espnet2.train.dataset import ESPnetDataset
 from espnet2.train.distributed_utils import DistributedOption
 from espnet2.utils.nested_dict_action import NestedDictAction
@@ -161,6 +162,10 @@ class PairedIterFactory(AbsIterFactory):
 
 class BlJustTask(ASRTask):
     """ASR task trained with BL-JUST (:mod:`espnet2_birq.bljust`)."""
+
+    # Stops on NaN/inf inputs, validation losses and runs of skipped updates, as the
+    # SSL and fine-tuning stages do (espnet2_birq/train/trainer.py).
+    trainer = GuardedTrainer
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser):

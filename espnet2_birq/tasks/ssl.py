@@ -37,6 +37,7 @@ from espnet2_birq.losses.best_rq import BestRQLoss
 from espnet2_birq.losses.birq import BiRQLoss
 from espnet2_birq.masking import FrameSubsampling, SpanMasking
 from espnet2_birq.ssl_model import BirqSSLModel
+from espnet2_birq.train.trainer import GuardedTrainer
 
 frontend_choices = ClassChoices(
     name="frontend",
@@ -76,6 +77,8 @@ DEFAULT_UTIL = [{"name": "span_mask", "conf": {}}]
 
 class BirqSSLTask(SSLTask):
     """SSL pre-training task of espnet2-birq (``python -m espnet2_birq.bin.ssl_train``)."""
+
+    trainer = GuardedTrainer  # stops on NaN/inf (espnet2_birq/train/trainer.py)
 
     class_choices_list = [
         frontend_choices,

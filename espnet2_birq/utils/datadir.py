@@ -117,14 +117,16 @@ def make_spk2utt(utt2spk: Dict[str, str]) -> "OrderedDict[str, str]":
 
 
 def classify_wav_entry(value: str) -> Tuple[str, List[str]]:
-    """('pipe', []) for commands ending in '|', else ('paths', files that must exist)."""
-    if value.rstrip().endswith("|"):
+    """('pipe', []) for commands ending in '|', else ('paths', [the file that must exist]).
+
+    As in Kaldi and ESPnet, the value is the rest of the line: a path may hold
+    spaces.  ``file.ark:offset`` entries name ``file.ark``.
+    """
+    value = value.strip()
+    if value.endswith("|"):
         return "pipe", []
-    paths = []
-    for word in value.split():
-        ark = _KALDI_ARK_RE.match(word)  # ESPnet/Kaldi "file.ark:offset" entries
-        paths.append(ark.group(1) if ark else word)
-    return "paths", paths
+    ark = _KALDI_ARK_RE.match(value)  # ESPnet/Kaldi "file.ark:offset" entries
+    return "paths", [ark.group(1) if ark else value]
 
 
 def parse_segment(value: str) -> Tuple[str, float, float]:
@@ -419,8 +421,17 @@ def fix(data_dir: Path) -> Tuple[int, Counter, List[str]]:
 # --------------------------------------------------------------------------
 
 
+# soundfile reports this many frames (SF_COUNT_MAX) when a header does not say the
+# length (a FLAC STREAMINFO with 0 total samples): 160 billion hours in utt2dur.
+_UNKNOWN_FRAMES = 2**62
+
+
 def audio_duration(value: str) -> float:
-    """Duration in seconds of one wav.scp entry (path, file.ark:offset or pipe)."""
+    """Duration in seconds of one wav.scp entry (path, file.ark:offset or pipe).
+
+    Raises:
+        ValueError: the audio has no samples.
+    """
     import soundfile  # imported here so that validate/fix/split work without it
 
     kind, paths = classify_wav_entry(value)
@@ -430,22 +441,47 @@ def audio_duration(value: str) -> float:
             raise RuntimeError(f"command failed with exit code {result.returncode}: {result.stderr.decode(errors='replace').strip()}")
         # Piped WAV headers often carry a bogus length, so count the samples.
         data, rate = soundfile.read(io.BytesIO(result.stdout), always_2d=True)
-        return data.shape[0] / rate
-    word = value.split()[0]
-    if _KALDI_ARK_RE.match(word):
+        frames = data.shape[0]
+    elif _KALDI_ARK_RE.match(value.strip()):
         import kaldiio
 
-        rate, samples = kaldiio.load_mat(word)
-        return len(samples) / rate
-    info = soundfile.info(word)
-    return info.frames / info.samplerate
+        rate, samples = kaldiio.load_mat(value.strip())
+        frames = len(samples)
+    else:
+        info = soundfile.info(paths[0])
+        rate, frames = info.samplerate, info.frames
+        if frames >= _UNKNOWN_FRAMES:
+            raise ValueError(
+                "the header gives no length (e.g. a FLAC stream with 0 total samples in STREAMINFO; "
+                "libsndfile then reports 2^63 frames and cannot read it): re-encode the file"
+            )
+    if frames <= 0:
+        raise ValueError("the audio has no samples")
+    return frames / rate
 
 
-def compute_utt2dur(data_dir: Path, num_jobs: int = 1) -> int:
-    """Write DIR/utt2dur; raises DataDirError naming unreadable recordings (nothing written)."""
+def drop_recordings(data_dir: Path, bad: Dict[str, str]) -> None:
+    """Remove recordings from DIR/wav.scp, their utterances from every file; list them in DIR/bad_audio."""
+    write_map(data_dir / "bad_audio", {rec: reason.replace("\n", " ") for rec, reason in bad.items()})
+    wav_scp = KaldiMap.read(data_dir / "wav.scp").as_dict()
+    write_map(data_dir / "wav.scp", {rec: value for rec, value in wav_scp.items() if rec not in bad})
+    for name in ("utt2dur",):
+        (data_dir / name).unlink(missing_ok=True)
+    fix(data_dir)
+
+
+def compute_utt2dur(data_dir: Path, num_jobs: int = 1, skip_bad_audio: bool = False) -> Tuple[int, int]:
+    """Write DIR/utt2dur; returns (utterances written, recordings dropped).
+
+    Unreadable or empty recordings are all reported at once (DataDirError,
+    nothing written) or, with ``skip_bad_audio``, dropped from the directory
+    with their utterances and listed in DIR/bad_audio.
+    """
     wav_scp = KaldiMap.read(data_dir / "wav.scp").as_dict()
     durations: Dict[str, float] = {}
     segments_path = data_dir / "segments"
+    (data_dir / "bad_audio").unlink(missing_ok=True)
+    dropped = 0
     if segments_path.is_file():
         bad = []
         for utt, value in KaldiMap.read(segments_path).entries:
@@ -472,15 +508,26 @@ def compute_utt2dur(data_dir: Path, num_jobs: int = 1) -> int:
                     durations[recording] = duration
                 else:
                     failures.append((recording, error))
-        if failures:
-            details = "\n".join(f"  {rec}: {wav_scp[rec]}: {err}" for rec, err in failures[:10])
-            more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+        if failures and skip_bad_audio:
+            if len(failures) == len(wav_scp):
+                raise DataDirError(f"{data_dir / 'wav.scp'}: none of the {len(wav_scp)} recordings can be read, "
+                                   f"e.g. {failures[0][0]}: {wav_scp[failures[0][0]]}: {failures[0][1]}")
+            drop_recordings(data_dir, dict(failures))
+            dropped = len(failures)
+            print(f"get_utt2dur: warning: {data_dir}: dropped {dropped} unreadable or empty recording(s) and their "
+                  f"utterances (--skip_bad_audio true), listed in {data_dir / 'bad_audio'}", file=sys.stderr)
+            kept = set(KaldiMap.read(data_dir / "wav.scp").keys)
+            durations = {rec: dur for rec, dur in durations.items() if rec in kept}
+        elif failures:
+            details = "\n".join(f"  {rec}: {wav_scp[rec]}: {err}" for rec, err in failures)
             raise DataDirError(
-                f"{data_dir / 'wav.scp'}: {len(failures)} recording(s) could not be read; utt2dur not written. "
-                f"Drop them from wav.scp (e.g. remove the lines and run utils/fix_data_dir.sh):\n{details}{more}"
+                f"{data_dir / 'wav.scp'}: {len(failures)} recording(s) could not be read or are empty; "
+                f"utt2dur not written:\n{details}\n"
+                "Re-run with --skip_bad_audio true to drop them (listed in bad_audio of the data dir), "
+                "or repair or remove these files in the corpus."
             )
     write_map(data_dir / "utt2dur", {utt: f"{dur:.3f}" for utt, dur in durations.items()})
-    return len(durations)
+    return len(durations), dropped
 
 
 # --------------------------------------------------------------------------
@@ -549,6 +596,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("data_dir", type=Path)
     p = commands.add_parser("utt2dur", help="write DIR/utt2dur")
     p.add_argument("--nj", type=int, default=4, help="recordings read in parallel (I/O bound)")
+    p.add_argument("--skip_bad_audio", "--skip-bad-audio", choices=["true", "false"], default="false",
+                   help="true: drop unreadable or empty recordings (listed in DIR/bad_audio) instead of failing")
     p.add_argument("data_dir", type=Path)
     p = commands.add_parser("spk2utt", help="utt2spk (file or stdin) -> spk2utt on stdout")
     p.add_argument("utt2spk", nargs="?", help="default: stdin")
@@ -589,7 +638,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     print(f"{program}: error: still invalid: {problem}", file=sys.stderr)
                 return 1
         elif args.command == "utt2dur":
-            count = compute_utt2dur(args.data_dir, args.nj)
+            count, _ = compute_utt2dur(args.data_dir, args.nj, args.skip_bad_audio == "true")
             print(f"{program}: wrote {args.data_dir / 'utt2dur'} ({count} utterances)", file=sys.stderr)
         elif args.command == "spk2utt":
             source = Path(args.utt2spk) if args.utt2spk else Path("/dev/stdin")

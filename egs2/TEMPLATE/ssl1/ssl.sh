@@ -53,7 +53,8 @@ test_sets=           # sets to decode and score, e.g. "dev test"
 feats_type=fbank     # fbank: pre-compute fbank for all sets; raw: SSL reads waveforms (kaldi_fbank frontend)
 global_cmvn=true     # normalise with global CMVN of the pre-training set (false: keep the configs' normalize)
 fs=16000             # sampling rate
-skip_bad_audio=false # drop unreadable/too short utterances in feature extraction instead of failing
+min_frames=15        # shorter audio (10 ms frames) is bad audio: conv2d/conv2d6/conv2d8 subsampling needs 7/11/15
+skip_bad_audio=false # drop (and list) unreadable, empty, too short or non-finite audio in stages 1-2 instead of failing
 
 # Token options
 token_type=char      # char or bpe
@@ -129,7 +130,10 @@ Options (default):
                       # waveforms with the in-model kaldi_fbank frontend (identical features)
     --global_cmvn     # global CMVN from the pre-training set for SSL and ASR (default: ${global_cmvn})
     --fs              # sampling rate (default: ${fs})
-    --skip_bad_audio  # skip unreadable / too short audio in stage 2 (default: ${skip_bad_audio})
+    --min_frames      # audio shorter than this many 10 ms frames is bad audio (default: ${min_frames});
+                      # the encoder's subsampling fails on shorter input (conv2d: 7, conv2d6: 11, conv2d8: 15)
+    --skip_bad_audio  # drop unreadable/empty recordings in stage 1 (data/<set>/bad_audio) and bad audio in
+                      # stage 2 (dump/<fbank|raw>/<set>/bad_utts); later stages never see them (default: ${skip_bad_audio})
   Tokens:
     --token_type      # char or bpe (default: ${token_type})
     --nbpe            # BPE vocabulary size (default: ${nbpe})
@@ -168,6 +172,8 @@ Options (default):
 
 Every stage can be re-run: finished work is skipped (marker files .done) or redone
 deterministically. Delete the marker (printed in the skip message) to force a re-run.
+Markers record their inputs: stages 2-3 redo changed work, stages 5-6 refuse it.
+One run at a time per dump/ and experiment directory (a lock; a second run refuses).
 Commands run through \${train_cmd}, \${cuda_cmd} and \${decode_cmd} from cmd.sh.
 EOF
 )
@@ -205,7 +211,7 @@ if [ "${train_mode}" = bljust ] && [ "${feats_type}" != fbank ]; then
     # The unlabelled set goes through the ASR model's input path, which reads fbank.
     die "--train_mode bljust needs --feats_type fbank (the unlabelled set is read as fbank features)"
 fi
-for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs; do
+for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs min_frames; do
     [[ ${!x} =~ ^[0-9]+$ ]] || die "--${x} must be a non-negative integer, got '${!x}'"
 done
 [ "${nj}" -ge 1 ] || die "--nj must be >= 1"
@@ -228,6 +234,7 @@ else
     fbank_sets=${labelled_sets}
 fi
 fbank_dir=${dumpdir}/fbank
+raw_dir=${dumpdir}/raw  # --feats_type raw: checked wav.scp and speech_shape of the SSL sets
 cmvn_stats=${fbank_dir}/${pretrain_set}/cmvn.npz
 
 if [ "${token_type}" = bpe ]; then
@@ -288,16 +295,97 @@ run_stage() {  # run_stage N: is stage N selected?
 need() {  # need FILE STAGE: stop with a message when a prerequisite is missing
     [ -e "$1" ] || die "$1 missing: run --stage $2 first"
 }
-is_done() {  # is_done MARKER WHAT
-    if [ -f "$1" ]; then
-        log "$2: already done, skipping (remove $1 to redo)"
-        return 0
-    fi
-    return 1
+# Stage markers record what their result was computed from: the checksum of each
+# input file and the options that matter.  A marker whose inputs changed is stale.
+fingerprint() {  # fingerprint INPUT...: one line per input (a file, or a name=value option)
+    local x
+    for x in "$@"; do
+        if [[ ${x} == *=* && ! -e ${x} ]]; then
+            echo "option ${x}"
+        elif [ -f "${x}" ]; then
+            echo "file ${x} $(md5sum < "${x}" | cut -d ' ' -f 1)"
+        else
+            echo "file ${x} absent"
+        fi
+    done
 }
-mark_done() {  # atomic marker
-    mkdir -p "$(dirname "$1")"
-    date > "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"
+marker_changes() {  # marker_changes MARKER INPUT...: the recorded inputs that differ now (empty: none)
+    local recorded
+    grep -q '^# inputs$' "$1" || return 0  # marker of an older ssl.sh: nothing recorded
+    recorded=$(sed -n '/^# inputs$/,$p' "$1" | tail -n +2)
+    shift
+    diff <(echo "${recorded}") <(fingerprint "$@") | sed -n 's/^> /now: /p; s/^< /was: /p' || true
+}
+is_done() {  # is_done MARKER WHAT [INPUT...]: done and its inputs unchanged? (changed: redo)
+    local marker=$1 what=$2 changes
+    shift 2
+    [ -f "${marker}" ] || return 1
+    changes=$(marker_changes "${marker}" "$@")
+    if [ -n "${changes}" ]; then
+        log "${what}: inputs changed since ${marker} was written, redoing:"
+        echo "${changes}" | head -n 10 | sed 's/^/    /'
+        rm -f "${marker}"
+        return 1
+    fi
+    log "${what}: already done, skipping (remove ${marker} to redo)"
+    return 0
+}
+is_done_or_refuse() {  # is_done_or_refuse MARKER WHAT HOWTO [INPUT...]: like is_done; changed inputs are an error
+    local marker=$1 what=$2 howto=$3 changes
+    shift 3
+    [ -f "${marker}" ] || return 1
+    changes=$(marker_changes "${marker}" "$@")
+    if [ -n "${changes}" ]; then
+        echo "${changes}" | head -n 10 | sed 's/^/    /' >&2
+        die "${what}: its inputs changed since ${marker} was written (above). ${howto}"
+    fi
+    log "${what}: already done, skipping (remove ${marker} to redo)"
+    return 0
+}
+mark_done() {  # mark_done MARKER [INPUT...]: atomic marker recording its inputs
+    local marker=$1
+    shift
+    mkdir -p "$(dirname "${marker}")"
+    { date; echo "# inputs"; fingerprint "$@"; } > "${marker}.tmp.$$" && mv -f "${marker}.tmp.$$" "${marker}"
+}
+die_with_log() {  # die_with_log LOG MESSAGE: the log's last lines on the console, then die
+    if [ -f "$1" ]; then
+        echo "---- last 20 lines of $1 ----" >&2
+        tail -n 20 "$1" >&2
+    fi
+    die "$2"
+}
+die_bad_audio() {  # die_bad_audio OUT MESSAGE: list every bad utterance of all jobs of a set, then die
+    local out=$1 list
+    list=$(cat "${out}"/bad_audio_errors.* 2> /dev/null | LC_ALL=C sort || true)
+    if [ -n "${list}" ]; then
+        cat "${out}"/bad_audio_errors.* | LC_ALL=C sort > "${out}/bad_audio_errors"
+        echo "---- $(echo "${list}" | wc -l) utterance(s) of this set with bad audio (utterance, audio, reason; also in ${out}/bad_audio_errors) ----" >&2
+        echo "${list}" | head -n 500 >&2
+        die "$2: repair or remove the audio above, or re-run with --skip_bad_audio true to drop and list it (a wrong sample rate is never dropped: resample)"
+    fi
+    die "$2 (cause above)"
+}
+# One run of ssl.sh at a time per directory it writes (a second run refuses).
+# The lock is an flock on DIR/.ssl.sh.lock held by this shell and the jobs it
+# starts, and released when they end, however they end; the file names the pid.
+declare -A lock_fds=()
+acquire_lock() {  # acquire_lock DIR
+    local dir=$1 fd holder
+    mkdir -p "${dir}"
+    exec {fd}>> "${dir}/.ssl.sh.lock"
+    if ! flock -n "${fd}"; then
+        holder=$(cat "${dir}/.ssl.sh.lock" 2> /dev/null || true)
+        die "${dir} is in use by another run of ssl.sh (${holder:-pid unknown}). Wait for it to finish or stop it (kill that pid); the lock is released when it and its jobs have ended."
+    fi
+    echo "pid $$ on $(hostname), started $(date '+%Y-%m-%dT%H:%M:%S'): ${run_args}" > "${dir}/.ssl.sh.lock"
+    lock_fds[${dir}]=${fd}
+}
+release_lock() {  # release_lock DIR
+    local fd=${lock_fds[$1]:-}
+    [ -n "${fd}" ] || return 0
+    exec {fd}>&-
+    unset "lock_fds[$1]"
 }
 num_lines() { wc -l < "$1" | tr -d ' '; }
 write_rerun() {  # write_rerun DIR STAGE: executable DIR/run.sh repeating this command from STAGE (as ESPnet's exp/*/run.sh)
@@ -311,6 +399,31 @@ write_rerun() {  # write_rerun DIR STAGE: executable DIR/run.sh repeating this c
     } > "$1/run.sh"
     chmod +x "$1/run.sh"
 }
+
+keep_utts() {  # keep_utts OUT DATA: OUT/{text,utt2spk} = DATA's, for the utterances OUT kept
+    local out=$1 data=$2 kept f n_bad
+    kept=${out}/feats.scp
+    [ -f "${kept}" ] || kept=${out}/wav.scp
+    for f in text utt2spk; do
+        [ -f "${data}/${f}" ] || continue
+        awk 'NR == FNR {keep[$1] = 1; next} $1 in keep' "${kept}" "${data}/${f}" > "${out}/${f}.tmp"
+        mv -f "${out}/${f}.tmp" "${out}/${f}"
+    done
+    n_bad=0
+    [ -f "${out}/bad_utts" ] && n_bad=$(num_lines "${out}/bad_utts")
+    if [ "${n_bad}" -gt 0 ]; then
+        log "WARNING: ${n_bad} of $(num_lines "${data}/utt2spk") utterances of ${data} skipped (bad audio), listed in ${out}/bad_utts; every later stage uses ${out}/ without them"
+    fi
+}
+
+# Jobs started through run.pl/slurm.pl stop when this script dies (utils/job_runner.py).
+export RECIPE_PID=$$
+command -v flock > /dev/null || die "flock (util-linux) is needed for the experiment-directory locks"
+if run_stage 1 || run_stage 2 || run_stage 3 || run_stage 4; then
+    acquire_lock "${dumpdir}"  # data/, dump/ and the token list are shared by every experiment
+fi
+run_stage 5 && acquire_lock "${ssl_exp}"
+if run_stage 6 || run_stage 7 || run_stage 8; then acquire_lock "${asr_exp}"; fi
 
 # ---------------------------------------------------------------------------
 if run_stage 1; then
@@ -327,7 +440,10 @@ if run_stage 1; then
         fi
         if [ ! -s "data/${dset}/utt2dur" ] || [ "$(num_lines "data/${dset}/utt2dur")" != "$(num_lines "data/${dset}/utt2spk")" ]; then
             log "computing data/${dset}/utt2dur"
-            utils/get_utt2dur.sh --nj "${nj}" "data/${dset}"
+            # with --skip_bad_audio true, unreadable or empty recordings are dropped from
+            # data/${dset} (listed in data/${dset}/bad_audio) each time stage 1 runs
+            utils/get_utt2dur.sh --nj "${nj}" --skip_bad_audio "${skip_bad_audio}" "data/${dset}" \
+                || die "utt2dur of data/${dset} failed (above)"
         fi
         awk -v d="data/${dset}" '{n++; s+=$2} END {printf "%s: %d utterances, %.2f hours\n", d, n, s/3600}' "data/${dset}/utt2dur"
     done
@@ -344,35 +460,70 @@ if run_stage 2; then
     for dset in ${fbank_sets}; do
         need "data/${dset}/wav.scp" 1
         out=${fbank_dir}/${dset}
-        is_done "${out}/.done" "fbank ${dset}" && continue
+        _inputs=("data/${dset}/wav.scp" "data/${dset}/segments" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
+        if is_done "${out}/.done" "fbank ${dset}" "${_inputs[@]}"; then
+            # features of an older ssl.sh: add the kept utterances' text and utt2spk
+            [ -f "data/${dset}/text" ] && [ ! -f "${out}/text" ] && keep_utts "${out}" "data/${dset}"
+            continue
+        fi
         n_utt=$(num_lines "data/${dset}/utt2spk")
         _nj=$(min "${nj}" "${n_utt}")
         mkdir -p "${out}/log"
-        rm -f "${out}"/feats.*.ark "${out}"/feats.*.scp "${out}"/utt2num_frames.* "${out}"/bad_utts.*
+        rm -f "${out}"/feats.*.ark "${out}"/feats.*.scp "${out}"/utt2num_frames.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.*
         utils/split_data.sh "data/${dset}" "${_nj}" > /dev/null
         log "fbank ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${out}/log/extract_fbank.*.log"
         # shellcheck disable=SC2086
         ${train_cmd} JOB=1:"${_nj}" "${out}/log/extract_fbank.JOB.log" \
             ${python} -m espnet2_birq.bin.extract_fbank \
                 --data_dir "data/${dset}/split${_nj}/JOB" --out_dir "${out}" --name feats.JOB \
-                --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" \
-            || die "feature extraction of ${dset} failed; see ${out}/log/extract_fbank.*.log"
+                --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" --min_frames "${min_frames}" \
+            || die_bad_audio "${out}" "feature extraction of ${dset} failed"
         ${python} -m espnet2_birq.bin.extract_fbank merge --out_dir "${out}" --nj "${_nj}" --data_dir "data/${dset}"
-        mark_done "${out}/.done"
+        keep_utts "${out}" "data/${dset}"
+        mark_done "${out}/.done" "${_inputs[@]}"
     done
+    if [ "${feats_type}" = raw ]; then
+        # SSL reads these sets' waveforms: check them now (ESPnet's sound loader
+        # ignores the sampling rate and crashes on multi-channel or tiny files).
+        for dset in $(echo "${pretrain_set} ${valid_set}" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
+            need "data/${dset}/wav.scp" 1
+            out=${raw_dir}/${dset}
+            _inputs=("data/${dset}/wav.scp" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
+            is_done "${out}/.done" "raw audio check ${dset}" "${_inputs[@]}" && continue
+            n_utt=$(num_lines "data/${dset}/utt2spk")
+            _nj=$(min "${nj}" "${n_utt}")
+            mkdir -p "${out}/log"
+            rm -f "${out}"/wav.*.scp "${out}"/utt2num_samples.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.*
+            utils/split_data.sh "data/${dset}" "${_nj}" > /dev/null
+            log "raw audio check ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${out}/log/check_audio.*.log"
+            # shellcheck disable=SC2086
+            ${train_cmd} JOB=1:"${_nj}" "${out}/log/check_audio.JOB.log" \
+                ${python} -m espnet2_birq.bin.extract_fbank check \
+                    --data_dir "data/${dset}/split${_nj}/JOB" --out_dir "${out}" --name wav.JOB \
+                    --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" --min_frames "${min_frames}" \
+                || die_bad_audio "${out}" "audio check of ${dset} failed"
+            ${python} -m espnet2_birq.bin.extract_fbank merge --kind raw --prefix wav \
+                --out_dir "${out}" --nj "${_nj}" --data_dir "data/${dset}"
+            keep_utts "${out}" "data/${dset}"
+            mark_done "${out}/.done" "${_inputs[@]}"
+        done
+    fi
     if [ "${global_cmvn}" = true ]; then
-        if ! is_done "${cmvn_stats}.done" "CMVN stats ${cmvn_stats}"; then
+        if [ "${feats_type}" = fbank ] || [ -f "${fbank_dir}/${pretrain_set}/feats.scp" ]; then
+            _src=(--feats_scp "${fbank_dir}/${pretrain_set}/feats.scp")
+            _inputs=("${fbank_dir}/${pretrain_set}/feats.scp")
+        else
+            # the checked audio (stage 2 above): the utterances SSL training reads
+            _src=(--data_dir "${raw_dir}/${pretrain_set}" --fs "${fs}" --skip_bad_audio false)
+            _inputs=("${raw_dir}/${pretrain_set}/wav.scp" "fs=${fs}")
+        fi
+        if ! is_done "${cmvn_stats}.done" "CMVN stats ${cmvn_stats}" "${_inputs[@]}"; then
             mkdir -p "$(dirname "${cmvn_stats}")/log"
-            if [ "${feats_type}" = fbank ] || [ -f "${fbank_dir}/${pretrain_set}/feats.scp" ]; then
-                _src=(--feats_scp "${fbank_dir}/${pretrain_set}/feats.scp")
-            else
-                _src=(--data_dir "data/${pretrain_set}" --fs "${fs}" --skip_bad_audio "${skip_bad_audio}")
-            fi
             log "global CMVN stats of ${pretrain_set} -> ${cmvn_stats} (log: $(dirname "${cmvn_stats}")/log/cmvn.log)"
             ${train_cmd} "$(dirname "${cmvn_stats}")/log/cmvn.log" \
                 ${python} -m espnet2_birq.bin.compute_cmvn_stats "${_src[@]}" --out "${cmvn_stats}" \
-                || die "CMVN stats failed; see $(dirname "${cmvn_stats}")/log/cmvn.log"
-            mark_done "${cmvn_stats}.done"
+                || die "CMVN stats failed (cause above; log: $(dirname "${cmvn_stats}")/log/cmvn.log)"
+            mark_done "${cmvn_stats}.done" "${_inputs[@]}"
         fi
     fi
 fi
@@ -381,7 +532,8 @@ fi
 if run_stage 3; then
     log "Stage 3: token list (${token_type}) from data/${train_set}/text -> ${token_list}"
     need "data/${train_set}/text" 1
-    if ! is_done "${token_dir}/.done" "token list ${token_list}"; then
+    _inputs=("data/${train_set}/text" "token_type=${token_type}" "nbpe=${nbpe}" "bpemode=${bpemode}" "bpe_char_cover=${bpe_char_cover}")
+    if ! is_done "${token_dir}/.done" "token list ${token_list}" "${_inputs[@]}"; then
         mkdir -p "${token_dir}"
         if [ "${token_type}" = bpe ]; then
             cut -f 2- -d " " "data/${train_set}/text" > "${token_dir}/train.txt"
@@ -393,16 +545,16 @@ if run_stage 3; then
                 --input="${token_dir}/train.txt" --vocab_size="${nbpe}" --model_type="${bpemode}" \
                 --model_prefix="${token_dir}/bpe" --character_coverage="${bpe_char_cover}" \
                 --input_sentence_size=100000000 > "${token_dir}/spm_train.log" 2>&1 \
-                || die "spm_train failed; see ${token_dir}/spm_train.log"
+                || die_with_log "${token_dir}/spm_train.log" "spm_train failed (e.g. --nbpe ${nbpe} larger than the text allows); see ${token_dir}/spm_train.log"
         fi
         ${python} -m espnet2.bin.tokenize_text \
             --token_type "${token_type}" --bpemodel "${bpemodel}" \
             --input "data/${train_set}/text" --output "${token_list}.tmp" --field 2- \
             --cleaner none --g2p none --write_vocabulary true \
             --add_symbol "<blank>:0" --add_symbol "<unk>:1" --add_symbol "<sos/eos>:-1" \
-            2> "${token_dir}/tokenize_text.log" || die "tokenize_text failed; see ${token_dir}/tokenize_text.log"
+            2> "${token_dir}/tokenize_text.log" || die_with_log "${token_dir}/tokenize_text.log" "tokenize_text failed; see ${token_dir}/tokenize_text.log"
         mv -f "${token_list}.tmp" "${token_list}"
-        mark_done "${token_dir}/.done"
+        mark_done "${token_dir}/.done" "${_inputs[@]}"
     fi
     log "token list: ${token_list} ($(num_lines "${token_list}") tokens)"
 fi
@@ -418,9 +570,9 @@ if run_stage 4; then
             need "${fbank_dir}/${dset}/feats_shape" 2
             cp "${fbank_dir}/${dset}/feats_shape" "${ssl_stats_dir}/${split}/speech_shape.tmp"
         else
-            need "data/${dset}/utt2dur" 1
-            awk -v fs="${fs}" '{printf "%s %d\n", $1, int($2 * fs + 0.5)}' "data/${dset}/utt2dur" \
-                > "${ssl_stats_dir}/${split}/speech_shape.tmp"
+            # the checked audio's sample counts (stage 2), without the skipped utterances
+            need "${raw_dir}/${dset}/speech_shape" 2
+            cp "${raw_dir}/${dset}/speech_shape" "${ssl_stats_dir}/${split}/speech_shape.tmp"
         fi
         mv -f "${ssl_stats_dir}/${split}/speech_shape.tmp" "${ssl_stats_dir}/${split}/speech_shape"
     done
@@ -430,13 +582,13 @@ if run_stage 4; then
     for pair in "train:${train_set}" "valid:${valid_set}"; do
         split=${pair%%:*}; dset=${pair#*:}
         need "${fbank_dir}/${dset}/feats_shape" 2
-        need "data/${dset}/text" 1
+        need "${fbank_dir}/${dset}/text" 2  # data/${dset}/text without the utterances stage 2 skipped
         mkdir -p "${asr_stats_dir}/${split}"
         cp "${fbank_dir}/${dset}/feats_shape" "${asr_stats_dir}/${split}/speech_shape"
     done
     # one tokenizer call for both sets (the ESPnet import is slow)
     _tmp=${asr_stats_dir}/.text_both
-    cat "data/${train_set}/text" "data/${valid_set}/text" > "${_tmp}"
+    cat "${fbank_dir}/${train_set}/text" "${fbank_dir}/${valid_set}/text" > "${_tmp}"
     ${python} - "${token_type}" "${bpemodel}" "${_tmp}" "${_tmp}.ntok" << 'PYEOF'
 import sys
 token_type, bpemodel, src, dst = sys.argv[1:5]
@@ -455,18 +607,24 @@ PYEOF
     for pair in "train:${train_set}" "valid:${valid_set}"; do
         split=${pair%%:*}; dset=${pair#*:}
         awk -v v="${vocab}" 'NR == FNR {n[$1] = $2; next} {print $1, n[$1] "," v}' \
-            "${_tmp}.ntok" "data/${dset}/text" > "${asr_stats_dir}/${split}/text_shape.${token_type}"
+            "${_tmp}.ntok" "${fbank_dir}/${dset}/text" > "${asr_stats_dir}/${split}/text_shape.${token_type}"
     done
     rm -f "${_tmp}" "${_tmp}.ntok"
     log "shape files written"
 fi
+release_lock "${dumpdir}"  # stages 5-8 only read data/ and dump/
 
 # ---------------------------------------------------------------------------
 if run_stage 5 && [ "${train_mode}" = bljust ]; then
     log "Stage 5: skipped (--train_mode bljust: stage 6 trains on the unlabelled ${pretrain_set} and the labelled ${train_set} at once)"
 elif run_stage 5; then
     log "Stage 5: SSL pre-training: ${ssl_exp} (config: ${ssl_config})"
-    if ! is_done "${ssl_exp}/.done" "SSL pre-training ${ssl_exp}"; then
+    _inputs=("${ssl_config}" "${ssl_stats_dir}/train/speech_shape" "${ssl_stats_dir}/valid/speech_shape"
+        "feats_type=${feats_type}" "global_cmvn=${global_cmvn}" "ssl_args=${ssl_args}")
+    [ "${global_cmvn}" = true ] && _inputs+=("${cmvn_stats}")
+    if ! is_done_or_refuse "${ssl_exp}/.done" "SSL pre-training ${ssl_exp}" \
+        "To pre-train on the new inputs, move ${ssl_exp} away or pass another --ssl_tag; to keep this model, restore the inputs." \
+        "${_inputs[@]}"; then
         [ -f "${ssl_config}" ] || die "--ssl_config ${ssl_config} not found"
         need "${ssl_stats_dir}/train/speech_shape" 4
         need "${ssl_stats_dir}/valid/speech_shape" 4
@@ -479,8 +637,8 @@ elif run_stage 5; then
                 --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/feats.scp,speech,kaldi_ark")
         else
             _opts+=(--frontend kaldi_fbank
-                --train_data_path_and_name_and_type "data/${pretrain_set}/wav.scp,speech,sound"
-                --valid_data_path_and_name_and_type "data/${valid_set}/wav.scp,speech,sound")
+                --train_data_path_and_name_and_type "${raw_dir}/${pretrain_set}/wav.scp,speech,sound"
+                --valid_data_path_and_name_and_type "${raw_dir}/${valid_set}/wav.scp,speech,sound")
         fi
         if [ "${global_cmvn}" = true ]; then
             need "${cmvn_stats}" 2
@@ -503,9 +661,11 @@ elif run_stage 5; then
                 --train_shape_file "${ssl_stats_dir}/train/speech_shape" \
                 --valid_shape_file "${ssl_stats_dir}/valid/speech_shape" \
                 "${_opts[@]}" ${ssl_args} \
-            || die "SSL training failed; see ${ssl_exp}/train.log"
+            || die "SSL training failed (cause above; log: ${ssl_exp}/train.log)"
         need "${ssl_exp}/${ssl_model_file}" 5
-        mark_done "${ssl_exp}/.done"
+        ${python} -m espnet2_birq.train.trainer check "${ssl_exp}/${ssl_model_file}" \
+            || die "${ssl_exp}/${ssl_model_file} holds NaN/inf values (above): pre-training diverged; see ${ssl_exp}/train.log"
+        mark_done "${ssl_exp}/.done" "${_inputs[@]}"
         log "SSL pre-training finished: ${ssl_exp}/${ssl_model_file}"
     fi
 fi
@@ -524,7 +684,7 @@ asr_train() {  # asr_train OUTPUT_DIR [extra args]: one asr_train run through la
         --num_nodes "${num_nodes}" \
         --init_file_prefix "${out}/.dist_init_" \
         --multiprocessing_distributed true -- \
-        ${python} -m espnet2.bin.asr_train \
+        ${python} -m espnet2_birq.bin.asr_train \
             --config "${asr_exp}/train_asr.yaml" \
             --output_dir "${out}" \
             --resume true \
@@ -534,15 +694,15 @@ asr_train() {  # asr_train OUTPUT_DIR [extra args]: one asr_train run through la
             --token_list "${token_list}" \
             --bpemodel "${bpemodel}" \
             --train_data_path_and_name_and_type "${fbank_dir}/${train_set}/feats.scp,speech,kaldi_ark" \
-            --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
+            --train_data_path_and_name_and_type "${fbank_dir}/${train_set}/text,text,text" \
             --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/feats.scp,speech,kaldi_ark" \
-            --valid_data_path_and_name_and_type "data/${valid_set}/text,text,text" \
+            --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/text,text,text" \
             --train_shape_file "${asr_stats_dir}/train/speech_shape" \
             --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
             --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
             --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
             "${_cmvn_opts[@]}" "$@" ${asr_args} \
-        || die "ASR training failed; see ${out}/train.log"
+        || die "ASR training failed (cause above; log: ${out}/train.log)"
 }
 
 # --------------------------------------------------------------- BL-JUST stage 6
@@ -570,8 +730,7 @@ if run_stage 6 && [ "${train_mode}" = bljust ]; then
                 "${_cmvn_opts[@]}" || die "the pre-trained encoder ${init_ckpt} does not load (see above)"
             _init=(--init_param "${init_ckpt}:encoder:encoder")
         fi
-        mkdir -p "${asr_exp}"
-        echo "${run_args}" > "${asr_exp}/run.sh"
+        write_rerun "${asr_exp}" 6
         log "BL-JUST training started; log: ${asr_exp}/train.log (tail -f it to follow progress)"
         # shellcheck disable=SC2086
         ${python} -m espnet2.bin.launch \
@@ -591,9 +750,9 @@ if run_stage 6 && [ "${train_mode}" = bljust ]; then
                 --token_list "${token_list}" \
                 --bpemodel "${bpemodel}" \
                 --train_data_path_and_name_and_type "${fbank_dir}/${train_set}/feats.scp,speech,kaldi_ark" \
-                --train_data_path_and_name_and_type "data/${train_set}/text,text,text" \
+                --train_data_path_and_name_and_type "${fbank_dir}/${train_set}/text,text,text" \
                 --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/feats.scp,speech,kaldi_ark" \
-                --valid_data_path_and_name_and_type "data/${valid_set}/text,text,text" \
+                --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/text,text,text" \
                 --train_shape_file "${asr_stats_dir}/train/speech_shape" \
                 --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
                 --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
@@ -607,7 +766,15 @@ if run_stage 6 && [ "${train_mode}" = bljust ]; then
     fi
 elif run_stage 6; then
     log "Stage 6: ASR fine-tuning: ${asr_exp} (config: ${asr_config}, pretrained: ${pretrained})"
-    if ! is_done "${asr_exp}/.done" "ASR fine-tuning ${asr_exp}"; then
+    _inputs=("${asr_config}" "${token_list}" "${asr_stats_dir}/train/speech_shape"
+        "${asr_stats_dir}/train/text_shape.${token_type}" "${asr_stats_dir}/valid/speech_shape"
+        "${asr_stats_dir}/valid/text_shape.${token_type}" "${fbank_dir}/${train_set}/text" "${fbank_dir}/${valid_set}/text"
+        "init=${init_ckpt}" "global_cmvn=${global_cmvn}" "asr_args=${asr_args}" "freeze_encoder_epochs=${freeze_encoder_epochs}")
+    [ -n "${init_ckpt}" ] && _inputs+=("${init_ckpt}")
+    [ "${global_cmvn}" = true ] && _inputs+=("${cmvn_stats}")
+    if ! is_done_or_refuse "${asr_exp}/.done" "ASR fine-tuning ${asr_exp}" \
+        "To fine-tune on the new inputs, move ${asr_exp} away or pass another --asr_tag; to keep this model, restore the inputs." \
+        "${_inputs[@]}"; then
         [ -f "${asr_config}" ] || die "--asr_config ${asr_config} not found"
         need "${token_list}" 3
         need "${asr_stats_dir}/train/text_shape.${token_type}" 4
@@ -652,7 +819,12 @@ elif run_stage 6; then
         else
             asr_train "${asr_exp}" "${_init[@]}"
         fi
-        mark_done "${asr_exp}/.done"
+        _models=$(find "${asr_exp}" -maxdepth 1 -name 'valid.*.ave.pth' | sort)
+        [ -n "${_models}" ] || die "${asr_exp}: no averaged model (valid.*.ave.pth) was written; see ${asr_exp}/train.log"
+        # shellcheck disable=SC2086
+        ${python} -m espnet2_birq.train.trainer check ${_models} \
+            || die "the fine-tuned model holds NaN/inf values (above): training diverged; see ${asr_exp}/train.log"
+        mark_done "${asr_exp}/.done" "${_inputs[@]}"
         log "ASR fine-tuning finished: ${asr_exp}"
     fi
 fi
@@ -718,11 +890,11 @@ if run_stage 8; then
     for dset in ${test_sets}; do
         _dir=${asr_exp}/${inference_tag}/${dset}
         need "${_dir}/text" 7
-        need "data/${dset}/text" 1
+        need "${fbank_dir}/${dset}/text" 2  # without the utterances stage 2 skipped (listed in bad_utts)
         for unit in word char; do
             [ "${unit}" = word ] && metric=wer || metric=cer
-            ${python} -m espnet2_birq.bin.score --ref "data/${dset}/text" --hyp "${_dir}/text" \
-                --unit "${unit}" --out_dir "${_dir}/score_${metric}" --utt2spk "data/${dset}/utt2spk" \
+            ${python} -m espnet2_birq.bin.score --ref "${fbank_dir}/${dset}/text" --hyp "${_dir}/text" \
+                --unit "${unit}" --out_dir "${_dir}/score_${metric}" --utt2spk "${fbank_dir}/${dset}/utt2spk" \
                 --missing_hyp empty
         done
     done

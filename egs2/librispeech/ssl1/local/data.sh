@@ -79,6 +79,8 @@ fi
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     log "Stage 3: validate data dirs"
     for d in ${dirs}; do
+        # a part of the corpus prepares only the sets its subsets make (stage 2 names the others)
+        [ -d "${data_dir}/${d}" ] || { log "${data_dir}/${d} not prepared (its subsets are not in ${LIBRISPEECH}/LibriSpeech)"; continue; }
         PYTHON="${python}" utils/validate_data_dir.sh "${data_dir}/${d}"
     done
 fi

@@ -1,0 +1,1 @@
+"""Training loop additions (ESPnet trainer subclasses)."""

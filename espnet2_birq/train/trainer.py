@@ -1,0 +1,369 @@
+"""ESPnet's trainer with guards against non-finite values and wrong averaging.
+
+:class:`GuardedTrainer` subclasses :class:`espnet2.train.trainer.Trainer` (the
+training loop itself is ESPnet's) and adds what ESPnet's loop does not do:
+
+* a training or validation batch whose floating-point inputs hold NaN or inf is
+  refused before the forward, naming the utterances, so it can never reach a
+  buffer (BatchNorm running statistics, BiRQ's ``v``) or a parameter;
+* a non-finite validation loss stops training, naming the batch's utterances
+  (ESPnet logs it and keeps going, then averages NaN models);
+* ESPnet skips an update whose gradient norm is non-finite and goes on; here
+  more than ``--max_consecutive_skipped_updates`` skipped updates in a row stop
+  training, and the buffers a skipped update's forward passes changed are put
+  back to their values before those forward passes;
+* a buffer that becomes non-finite after an update stops training, naming it;
+* ESPnet's ``average_nbest_models`` sums integer buffers and turns boolean ones
+  into fractions (BiRQ's ``num_updates``, ``v_initialized``): the averaged
+  files get those buffers from the newest averaged checkpoint instead;
+* an averaged model file holding a non-finite tensor is an error.
+
+Every stop raises :class:`NonFiniteError` (a ``RuntimeError``) whose message
+says what was found and where; the training process exits non-zero and the
+recipe stops with it.
+"""
+
+import argparse
+import dataclasses
+import functools
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from espnet2.train.reporter import Reporter
+from espnet2.train.trainer import Trainer, TrainerOptions
+from espnet2.utils.build_dataclass import build_dataclass
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONSECUTIVE_SKIPPED_UPDATES = 5
+SHOWN_UTTS = 10
+
+
+class NonFiniteError(RuntimeError):
+    """Training met NaN/inf in an input, a loss, a buffer or a model file."""
+
+
+@dataclasses.dataclass
+class GuardedTrainerOptions(TrainerOptions):
+    max_consecutive_skipped_updates: int
+
+
+def non_finite_utterances(utt_ids: Sequence[str], batch: Dict[str, torch.Tensor]) -> Dict[str, List[str]]:
+    """``{input name: utterance ids}`` of the rows of floating-point inputs holding NaN or inf."""
+    found: Dict[str, List[str]] = {}
+    for name, value in batch.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        if bool(torch.isfinite(value).all()):
+            continue
+        if value.dim() >= 1 and value.shape[0] == len(utt_ids):
+            bad_rows = (~torch.isfinite(value.reshape(value.shape[0], -1))).any(dim=1)
+            found[name] = [utt_ids[i] for i in bad_rows.nonzero().flatten().tolist()]
+        else:
+            found[name] = list(utt_ids)
+    return found
+
+
+def describe_utts(utt_ids: Sequence[str]) -> str:
+    shown = " ".join(utt_ids[:SHOWN_UTTS])
+    return shown + (f" ... ({len(utt_ids)} in all)" if len(utt_ids) > SHOWN_UTTS else "")
+
+
+class _CheckedIterator:
+    """Wraps a batch iterator: refuses non-finite inputs, calls ``before_batch``.
+
+    Keeps ``len()`` of the wrapped iterator (ESPnet derives its log interval
+    from it).
+    """
+
+    def __init__(self, iterator, phase: str, before_batch=None):
+        self.iterator = iterator
+        self.phase = phase
+        self.before_batch = before_batch
+
+    def __len__(self):
+        return len(self.iterator)
+
+    def __iter__(self):
+        for utt_ids, batch in self.iterator:
+            bad = non_finite_utterances(utt_ids, batch)
+            if bad:
+                details = "; ".join(f"'{name}' of {describe_utts(ids)}" for name, ids in bad.items())
+                raise NonFiniteError(
+                    f"{self.phase} batch holds NaN or inf input values: {details}. "
+                    "Fix or drop these utterances (the recipe's feature extraction refuses them, "
+                    "or drops and lists them with --skip_bad_audio true) and re-run."
+                )
+            if self.before_batch is not None:
+                self.before_batch()
+            yield utt_ids, batch
+
+
+class _ValidLossCheck(torch.nn.Module):
+    """Runs the model and raises when the returned loss is not finite."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        retval = self.model(**batch)
+        loss = retval["loss"] if isinstance(retval, dict) else retval[0]
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+            utt_ids = list(batch.get("utt_id", []))
+            raise NonFiniteError(
+                f"validation loss is {loss.detach().float().mean().item()} on the batch of "
+                f"{describe_utts(utt_ids)}: the model (parameters or buffers) or these inputs "
+                "hold non-finite values. Training stopped; look for NaN/inf in the inputs and "
+                "for skipped updates ('grad norm is nan') in this log."
+            )
+        return retval
+
+
+class _UpdateGuard:
+    """Counts skipped updates in a row and restores buffers a skipped update changed.
+
+    ESPnet's loop calls ``optimizer.step()`` only for finite gradient norms and
+    ``optimizer.zero_grad()`` after every update window, stepped or skipped; so a
+    ``zero_grad`` with no ``step`` since the last one is a skipped update.  The
+    methods are patched on the optimizer instance for one epoch (torch's LR
+    schedulers patch ``step`` the same way) and restored afterwards.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_skipped: int):
+        self.model = model
+        self.optimizer = optimizer
+        self.max_skipped = max_skipped
+        self.skipped_in_a_row = 0
+        self.stepped = False
+        self.snapshot: Optional[Dict[str, torch.Tensor]] = None
+        self._orig_step = optimizer.step
+        self._orig_zero_grad = optimizer.zero_grad
+        # instance attributes present before ours (torch's LR schedulers wrap step there)
+        self._previous = {name: vars(optimizer)[name] for name in ("step", "zero_grad") if name in vars(optimizer)}
+
+    def install(self):
+        guard = self
+
+        # functools.wraps keeps the attributes torch's LR scheduler puts on its own wrapper
+        @functools.wraps(self._orig_step)
+        def step(*args, **kwargs):
+            guard.stepped = True
+            return guard._orig_step(*args, **kwargs)
+
+        @functools.wraps(self._orig_zero_grad)
+        def zero_grad(*args, **kwargs):
+            guard.end_of_update()
+            return guard._orig_zero_grad(*args, **kwargs)
+
+        self.optimizer.step = step
+        self.optimizer.zero_grad = zero_grad
+
+    def uninstall(self):
+        for name in ("step", "zero_grad"):
+            if name in self._previous:
+                setattr(self.optimizer, name, self._previous[name])
+            elif name in vars(self.optimizer):
+                delattr(self.optimizer, name)
+
+    def before_batch(self):
+        """Called before each forward: remember the buffers at the start of an update window."""
+        if self.snapshot is None:
+            self.snapshot = {k: v.detach().clone() for k, v in self.model.named_buffers()}
+
+    def end_of_update(self):
+        if self.stepped:
+            self.skipped_in_a_row = 0
+            bad = [k for k, v in self.model.named_buffers() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                raise NonFiniteError(
+                    f"after an update, buffer(s) {', '.join(bad[:SHOWN_UTTS])} hold NaN or inf; "
+                    "training stopped (the model is unusable from here on)"
+                )
+        else:
+            self.skipped_in_a_row += 1
+            if self.snapshot is not None:
+                with torch.no_grad():
+                    for name, value in self.model.named_buffers():
+                        if name in self.snapshot:
+                            value.copy_(self.snapshot[name])
+            logger.warning(
+                "update skipped (non-finite gradient norm), %d in a row; buffers restored "
+                "to their values before it", self.skipped_in_a_row,
+            )
+            if self.skipped_in_a_row > self.max_skipped:
+                raise NonFiniteError(
+                    f"{self.skipped_in_a_row} updates in a row were skipped because the gradient "
+                    f"norm was not finite (limit --max_consecutive_skipped_updates "
+                    f"{self.max_skipped}); training stopped. The loss or its gradient is NaN/inf: "
+                    "check the inputs, lower the learning rate or disable AMP."
+                )
+        self.stepped = False
+        self.snapshot = None
+
+
+def newest_checkpoint_keeps_non_float(output_dir: Path, best_model_criterion, nbest) -> List[Path]:
+    """Rewrite ESPnet's averaged model files so that integer and boolean tensors
+    come from the newest averaged epoch (ESPnet sums / averages them).
+
+    The epochs behind each ``<phase>.<key>.ave_<n>best.pth`` are found from the
+    reporter state saved in ``checkpoint.pth``, exactly as ESPnet chose them.
+    Returns the files rewritten.
+    """
+    checkpoint = output_dir / "checkpoint.pth"
+    if not checkpoint.exists():
+        return []
+    reporter = Reporter()
+    reporter.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["reporter"])
+    nbests = [nbest] if isinstance(nbest, int) else list(nbest)
+    rewritten = []
+    for phase, key, mode in best_model_criterion:
+        if not reporter.has(phase, key):
+            continue
+        epochs = reporter.sort_epochs(phase, key, mode)
+        for n in nbests:
+            path = output_dir / f"{phase}.{key}.ave_{n}best.pth"
+            if n <= 1 or path.is_symlink() or not path.is_file() or len(epochs) < n:
+                continue
+            newest = max(epochs[:n])
+            newest_file = output_dir / f"{newest}epoch.pth"
+            if not newest_file.exists():
+                raise NonFiniteError(f"{newest_file} (newest of the {n} averaged epochs) is missing; cannot fix {path}")
+            averaged = torch.load(path, map_location="cpu")
+            newest_state = torch.load(newest_file, map_location="cpu")
+            changed = False
+            for name, value in newest_state.items():
+                if isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex():
+                    averaged[name] = value
+                    changed = True
+            if changed:
+                torch.save(averaged, path)
+                rewritten.append(path)
+                logger.info("%s: integer/boolean buffers taken from %s", path, newest_file)
+    return rewritten
+
+
+def non_finite_tensors(path: Path) -> List[str]:
+    """Names of the floating-point tensors of a saved state dict that hold NaN or inf."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return [
+        name for name, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def check_averaged_models(output_dir: Path) -> None:
+    """Raise naming the first averaged model file that holds a non-finite tensor."""
+    for path in sorted(output_dir.glob("*.ave*.pth")):
+        if not path.exists():
+            continue
+        bad = non_finite_tensors(path)
+        if bad:
+            raise NonFiniteError(
+                f"{path}: {len(bad)} tensor(s) hold NaN or inf (first: {', '.join(bad[:5])}); "
+                "this model is unusable"
+            )
+
+
+class GuardedTrainer(Trainer):
+    """ESPnet's :class:`Trainer` that refuses non-finite values (see the module docstring)."""
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser):
+        group = parser.add_argument_group("Non-finite value guards (espnet2_birq)")
+        group.add_argument(
+            "--max_consecutive_skipped_updates",
+            type=int,
+            default=DEFAULT_MAX_CONSECUTIVE_SKIPPED_UPDATES,
+            help="stop training when more than this many updates in a row are skipped "
+            "because the gradient norm is not finite",
+        )
+
+    @classmethod
+    def build_options(cls, args: argparse.Namespace) -> GuardedTrainerOptions:
+        return build_dataclass(GuardedTrainerOptions, args)
+
+    @classmethod
+    def run(cls, model, optimizers, schedulers, train_iter_factory, valid_iter_factory,
+            plot_attention_iter_factory, trainer_options, distributed_option) -> None:
+        super().run(
+            model=model,
+            optimizers=optimizers,
+            schedulers=schedulers,
+            train_iter_factory=train_iter_factory,
+            valid_iter_factory=valid_iter_factory,
+            plot_attention_iter_factory=plot_attention_iter_factory,
+            trainer_options=trainer_options,
+            distributed_option=distributed_option,
+        )
+        if not distributed_option.distributed or distributed_option.dist_rank == 0:
+            output_dir = Path(trainer_options.output_dir)
+            newest_checkpoint_keeps_non_float(
+                output_dir, trainer_options.best_model_criterion, trainer_options.keep_nbest_models
+            )
+            check_averaged_models(output_dir)
+
+    @classmethod
+    def train_one_epoch(cls, model, iterator, optimizers, schedulers, scaler, reporter,
+                        summary_writer, options, distributed_option) -> bool:
+        max_skipped = getattr(options, "max_consecutive_skipped_updates", DEFAULT_MAX_CONSECUTIVE_SKIPPED_UPDATES)
+        # One guard per optimizer would count one skip several times; the first is enough
+        # (ESPnet skips all optimizers of an update together).
+        guard = _UpdateGuard(model, optimizers[0], max_skipped)
+        guard.install()
+        try:
+            all_steps_are_invalid = super().train_one_epoch(
+                model=model,
+                iterator=_CheckedIterator(iterator, "training", guard.before_batch),
+                optimizers=optimizers,
+                schedulers=schedulers,
+                scaler=scaler,
+                reporter=reporter,
+                summary_writer=summary_writer,
+                options=options,
+                distributed_option=distributed_option,
+            )
+        finally:
+            guard.uninstall()
+        if all_steps_are_invalid and not options.no_forward_run:
+            # ESPnet only logs this, stops, and the run ends "successfully" with an untrained model
+            raise NonFiniteError(
+                "no update of this epoch was applied (every gradient norm was NaN/inf); training stopped"
+            )
+        return all_steps_are_invalid
+
+    @classmethod
+    def validate_one_epoch(cls, model, iterator, reporter, options, distributed_option) -> None:
+        return super().validate_one_epoch(
+            model=_ValidLossCheck(model),
+            iterator=_CheckedIterator(iterator, "validation"),
+            reporter=reporter,
+            options=options,
+            distributed_option=distributed_option,
+        )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m espnet2_birq.train.trainer check MODEL.pth...``: exit 1 naming NaN/inf tensors."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m espnet2_birq.train.trainer", description=main.__doc__)
+    parser.add_argument("command", choices=["check"])
+    parser.add_argument("models", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.models:
+        bad = non_finite_tensors(path)
+        if bad:
+            print(f"{path}: {len(bad)} tensor(s) hold NaN or inf, first: {', '.join(bad[:5])}", file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

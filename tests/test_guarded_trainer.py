@@ -1,0 +1,230 @@
+"""GuardedTrainer: NaN/inf never pass silently (issue: recipes that never report
+success on a broken run, item 1), and averaged models keep integer/boolean buffers."""
+
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from espnet2.main_funcs.average_nbest_models import average_nbest_models
+from espnet2.train.distributed_utils import DistributedOption
+from espnet2.train.reporter import Reporter
+from espnet2_birq.bin.asr_train import GuardedASRTask
+from espnet2_birq.tasks.ssl import BirqSSLTask
+from espnet2_birq.train.trainer import (
+    GuardedTrainer,
+    NonFiniteError,
+    _ValidLossCheck,
+    check_averaged_models,
+    newest_checkpoint_keeps_non_float,
+)
+
+from conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+BIRQ_DEBUG = REPO / "conf" / "train_ssl_birq_debug.yaml"
+
+
+def write_feats(root: Path, num_utts=4, poison=None, seed=0):
+    """Random fbank-like features; ``poison=(utt index, value)`` puts one NaN/inf in."""
+    rng = np.random.default_rng(seed)
+    feats = {f"utt{i}": rng.standard_normal((int(rng.integers(90, 160)), 80)).astype(np.float32)
+             for i in range(num_utts)}
+    if poison is not None:
+        index, value = poison
+        feats[f"utt{index}"][17, 5] = value
+    root.mkdir(parents=True, exist_ok=True)
+    kaldiio.save_ark(str(root / "feats.ark"), feats, scp=str(root / "feats.scp"))
+    (root / "feats_shape").write_text("".join(f"{u} {len(a)},80\n" for u, a in sorted(feats.items())))
+    return root
+
+
+def ssl_cmd(train: Path, valid: Path, out: Path, *extra):
+    return [
+        "--config", str(BIRQ_DEBUG), "--input_size", "80", "--output_dir", str(out),
+        "--train_data_path_and_name_and_type", f"{train}/feats.scp,speech,kaldi_ark",
+        "--train_shape_file", f"{train}/feats_shape",
+        "--valid_data_path_and_name_and_type", f"{valid}/feats.scp,speech,kaldi_ark",
+        "--valid_shape_file", f"{valid}/feats_shape",
+        "--ngpu", "0", *extra,
+    ]
+
+
+def test_tasks_use_the_guarded_trainer():
+    from espnet2_birq.tasks.bljust import BlJustTask
+
+    assert BirqSSLTask.trainer is GuardedTrainer
+    assert GuardedASRTask.trainer is GuardedTrainer
+    assert BlJustTask.trainer is GuardedTrainer
+    args = GuardedASRTask.get_parser().parse_args(["--max_consecutive_skipped_updates", "3"])
+    assert GuardedTrainer.build_options(args).max_consecutive_skipped_updates == 3
+
+
+@pytest.mark.parametrize("where", ["train", "valid"])
+def test_nan_input_stops_ssl_training_naming_the_utterance(tmp_path, where):
+    good = write_feats(tmp_path / "good")
+    bad = write_feats(tmp_path / "bad", poison=(2, np.nan))
+    train, valid = (bad, good) if where == "train" else (good, bad)
+    with pytest.raises(NonFiniteError, match=r"NaN or inf input values: 'speech' of utt2\b"):
+        BirqSSLTask.main(cmd=ssl_cmd(train, valid, tmp_path / "exp"))
+    assert not list((tmp_path / "exp").glob("valid.*.ave*.pth"))
+
+
+def test_inf_input_stops_asr_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_feats(tmp_path, poison=(1, np.inf))
+    Path("text").write_text("".join(f"utt{i} AB BA\n" for i in range(4)))
+    Path("text_shape").write_text("".join(f"utt{i} 5\n" for i in range(4)))
+    Path("tokens.txt").write_text("<blank>\n<unk>\n<space>\nA\nB\n<sos/eos>\n")
+    ssl = yaml.safe_load(BIRQ_DEBUG.read_text())
+    config = {"encoder": ssl["encoder"], "encoder_conf": ssl["encoder_conf"], "normalize": "utterance_mvn",
+              "decoder": "none", "model_conf": {"ctc_weight": 1.0}, "optim": "adam", "batch_type": "unsorted",
+              "batch_size": 2, "max_epoch": 1, "num_workers": 0}
+    Path("asr.yaml").write_text(yaml.safe_dump(config))
+    data = []
+    for split in ("train", "valid"):
+        data += [f"--{split}_data_path_and_name_and_type", "feats.scp,speech,kaldi_ark",
+                 f"--{split}_data_path_and_name_and_type", "text,text,text",
+                 f"--{split}_shape_file", "feats_shape", f"--{split}_shape_file", "text_shape"]
+    with pytest.raises(NonFiniteError, match=r"'speech' of utt1\b"):
+        GuardedASRTask.main(cmd=["--config", "asr.yaml", "--output_dir", "exp", "--input_size", "80",
+                                 "--token_type", "char", "--token_list", "tokens.txt", "--ngpu", "0", *data])
+
+
+def test_non_finite_validation_loss_names_the_batch():
+    class NanLoss(torch.nn.Module):
+        def forward(self, speech, speech_lengths, utt_id):
+            loss = torch.tensor(float("nan"))
+            return loss, {"loss": loss}, torch.tensor(1)
+
+    check = _ValidLossCheck(NanLoss())
+    with pytest.raises(NonFiniteError, match="validation loss is nan on the batch of a b"):
+        check(speech=torch.zeros(2, 3), speech_lengths=torch.tensor([3, 3]), utt_id=["a", "b"])
+
+
+class BatchNormThenInf(torch.nn.Module):
+    """Finite inputs, BatchNorm updates its running statistics, gradient is NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(3)
+        self.linear = torch.nn.Linear(3, 1)
+
+    def forward(self, speech, speech_lengths, utt_id):
+        loss = self.linear(self.norm(speech)).sum() * float("inf")
+        return loss, {"loss": loss.detach()}, torch.tensor(speech.shape[0])
+
+
+def train_epoch(model, trainer_options, num_batches):
+    rng = np.random.default_rng(0)
+    batches = [([f"u{i}a", f"u{i}b"], {"speech": torch.from_numpy(rng.standard_normal((2, 3)).astype(np.float32) + 5),
+                                        "speech_lengths": torch.tensor([3, 3])}) for i in range(num_batches)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    reporter = Reporter()
+    reporter.set_epoch(1)
+    with reporter.observe("train") as sub:
+        GuardedTrainer.train_one_epoch(
+            model=model, iterator=batches, optimizers=[optimizer], schedulers=[None], scaler=None,
+            reporter=sub, summary_writer=None, options=trainer_options,
+            distributed_option=DistributedOption(distributed=False, ngpu=0),
+        )
+
+
+@pytest.fixture
+def trainer_options(tmp_path):
+    args = BirqSSLTask.get_parser().parse_args(
+        ["--output_dir", str(tmp_path), "--ngpu", "0", "--max_consecutive_skipped_updates", "3"])
+    return GuardedTrainer.build_options(args)
+
+
+def test_skipped_updates_restore_buffers_and_stop_after_the_limit(trainer_options):
+    model = BatchNormThenInf()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteError, match="no update of this epoch"):
+        train_epoch(model, trainer_options, num_batches=3)  # 3 skipped in a row: at the limit, allowed
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed although every update was skipped"
+    with pytest.raises(NonFiniteError, match="4 updates in a row were skipped"):
+        train_epoch(model, trainer_options, num_batches=4)
+
+
+def test_optimizer_methods_are_restored_after_the_epoch(trainer_options):
+    model = torch.nn.Linear(3, 1)
+
+    class Quadratic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, speech, speech_lengths, utt_id):
+            loss = self.inner(speech).pow(2).mean()
+            return loss, {"loss": loss.detach()}, torch.tensor(speech.shape[0])
+
+    wrapped = Quadratic()
+    train_epoch(wrapped, trainer_options, num_batches=2)
+    # a second epoch would wrap the optimizer again; no attributes may be left over
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert "zero_grad" not in vars(optimizer)
+
+
+def test_non_finite_averaged_model_is_an_error(tmp_path):
+    torch.save({"w": torch.tensor([1.0, float("nan")]), "n": torch.tensor(3)}, tmp_path / "valid.loss.ave_2best.pth")
+    with pytest.raises(NonFiniteError, match=r"valid.loss.ave_2best.pth: 1 tensor\(s\) hold NaN or inf \(first: w\)"):
+        check_averaged_models(tmp_path)
+
+
+def test_averaging_keeps_integer_and_boolean_buffers_of_the_newest_epoch(tmp_path):
+    """ESPnet's average_nbest_models sums integers and averages booleans; the fix takes them
+    from the newest of the averaged epochs, as the averaged file's name implies."""
+    reporter = Reporter()
+    for epoch, (loss, updates) in enumerate([(3.0, 10), (1.0, 20), (2.0, 30)], start=1):
+        reporter.set_epoch(epoch)
+        with reporter.observe("valid") as sub:
+            sub.register({"loss": loss})
+            sub.next()
+        torch.save({"weight": torch.tensor([float(epoch)]), "num_updates": torch.tensor(updates),
+                    "v_initialized": torch.tensor(epoch > 1)}, tmp_path / f"{epoch}epoch.pth")
+    torch.save({"reporter": reporter.state_dict()}, tmp_path / "checkpoint.pth")
+    criterion = [("valid", "loss", "min")]
+    average_nbest_models(output_dir=tmp_path, reporter=reporter, best_model_criterion=criterion, nbest=[2])
+    espnet = torch.load(tmp_path / "valid.loss.ave_2best.pth")
+    assert int(espnet["num_updates"]) == 50  # what ESPnet writes: 20 + 30
+
+    rewritten = newest_checkpoint_keeps_non_float(tmp_path, criterion, [2])
+    assert rewritten == [tmp_path / "valid.loss.ave_2best.pth"]
+    fixed = torch.load(tmp_path / "valid.loss.ave.pth")
+    assert int(fixed["num_updates"]) == 30  # epochs 2 and 3 were averaged; 3 is the newest
+    assert fixed["v_initialized"].dtype == torch.bool and bool(fixed["v_initialized"])
+    assert torch.allclose(fixed["weight"], torch.tensor([2.5]))
+
+
+def test_ssl_training_averages_floats_and_keeps_birq_counters(tmp_path):
+    feats = write_feats(tmp_path / "feats")
+    out = tmp_path / "exp"
+    BirqSSLTask.main(cmd=ssl_cmd(feats, feats, out, "--max_epoch", "2", "--keep_nbest_models", "2"))
+    averaged = torch.load(out / "valid.best_rq_acc.ave_2best.pth")
+    newest = torch.load(out / "2epoch.pth")
+    key = "losses.0.bilevel.num_updates"
+    assert int(newest[key]) > 0
+    assert torch.equal(averaged[key], newest[key])
+    assert averaged["losses.0.bilevel.v_initialized"].dtype == torch.bool
+
+
+def test_check_command_names_non_finite_tensors(tmp_path, capsys):
+    from espnet2_birq.train.trainer import main
+
+    torch.save({"ok": torch.ones(2)}, tmp_path / "good.pth")
+    torch.save({"ok": torch.ones(2), "bn.running_var": torch.tensor([float("inf")])}, tmp_path / "bad.pth")
+    assert main(["check", str(tmp_path / "good.pth")]) == 0
+    assert main(["check", str(tmp_path / "good.pth"), str(tmp_path / "bad.pth")]) == 1
+    assert "bad.pth: 1 tensor(s) hold NaN or inf, first: bn.running_var" in capsys.readouterr().err
+
+
+def test_an_epoch_without_any_applied_update_is_an_error(trainer_options):
+    """ESPnet stops such a run with a warning only; the recipe would go on with an untrained model."""
+    with pytest.raises(NonFiniteError, match="no update of this epoch was applied"):
+        train_epoch(BatchNormThenInf(), trainer_options, num_batches=2)
