@@ -5,12 +5,15 @@ are module-level and closed, so the task declares its own extended lists and its
 ``build_model`` (ESPnet's modules are never patched). Differences from ``SSLTask``:
 
 - choices: ``--frontend kaldi_fbank`` (the project's Kaldi-compatible fbank),
-  ``--model birq`` (:class:`BirqSSLModel`), losses ``best_rq`` / ``birq`` and the util
-  ``span_mask``; ESPnet's own entries stay available;
+  ``--model birq`` (:class:`BirqSSLModel`), losses ``best_rq`` / ``birq`` /
+  ``kmeans_ce`` / ``ema_regression`` (MT4SSL) and the utils ``span_mask`` and ``ema``
+  (EMA teacher); ESPnet's own entries stay available;
 - no token list: targets come from the input, so ``--token_list`` is optional;
 - collation pads (and optionally crops) the input only; per-frame targets are computed
   inside the model from the same cropped input, so they stay aligned with the encoder
-  frames by construction (ESPnet's HuBERT collate trims labels separately).
+  frames by construction (ESPnet's HuBERT collate trims labels separately); an
+  offline per-frame label stream (``frame_labels``, MT4SSL's k-means ids) is cropped
+  with the same window, at encoder-frame resolution.
 """
 
 import argparse
@@ -32,9 +35,11 @@ from espnet2.train.preprocessor import CommonPreprocessor
 from espnet2.utils.types import int_or_none
 from espnet2_birq.bilevel import register_update_hooks
 from espnet2_birq.collate import CropCollateFn
+from espnet2_birq.ema import EMATeacher
 from espnet2_birq.features import KaldiFbankFrontend
 from espnet2_birq.losses.best_rq import BestRQLoss
 from espnet2_birq.losses.birq import BiRQLoss
+from espnet2_birq.losses.mt4ssl import EMARegressionLoss, KMeansCELoss
 from espnet2_birq.masking import FrameSubsampling, SpanMasking
 from espnet2_birq.ssl_model import BirqSSLModel
 
@@ -58,6 +63,8 @@ loss_choices = ClassChoices(
     classes=dict(
         best_rq=BestRQLoss,
         birq=BiRQLoss,
+        kmeans_ce=KMeansCELoss,
+        ema_regression=EMARegressionLoss,
         **espnet_ssl.loss_choices.classes,
     ),
     type_check=AbsSSLLoss,
@@ -65,13 +72,37 @@ loss_choices = ClassChoices(
 )
 util_choices = ClassChoices(
     "util",
-    classes=dict(span_mask=SpanMasking, **espnet_ssl.util_choices.classes),
+    classes=dict(span_mask=SpanMasking, ema=EMATeacher, **espnet_ssl.util_choices.classes),
     type_check=torch.nn.Module,
     default=None,
 )
 
 DEFAULT_LOSS = [{"name": "best_rq", "conf": {}}]
 DEFAULT_UTIL = [{"name": "span_mask", "conf": {}}]
+#: Offline per-encoder-frame label streams the data loader may give (MT4SSL k-means).
+LABEL_STREAMS = ("frame_labels",)
+
+# Encoder input layers (ESPnet's names) and their time subsampling factor, for the
+# collate's label cropping (it runs before any model is built).
+_INPUT_LAYER_FACTORS = {
+    None: 1, "linear": 1, "embed": 1, "conv2d1": 1, "conv1d1": 1,
+    "conv2d": 4, "conv2d2": 2, "conv2d6": 6, "conv2d8": 8, "conv1d2": 2, "conv1d3": 3,
+}  # fmt: skip
+
+
+def label_stride(args: argparse.Namespace) -> int:
+    """Input units (feature frames, or samples for raw audio) per encoder frame."""
+    input_layer = (getattr(args, "encoder_conf", None) or {}).get("input_layer", "conv2d")
+    if input_layer not in _INPUT_LAYER_FACTORS:
+        raise ValueError(
+            f"frame_labels: unknown encoder input_layer {input_layer!r}; known: "
+            f"{sorted(k for k in _INPUT_LAYER_FACTORS if k)}"
+        )
+    stride = _INPUT_LAYER_FACTORS[input_layer]
+    if getattr(args, "input_size", None) is None:  # raw waveforms: samples per frame
+        conf = getattr(args, "frontend_conf", None) or {}
+        stride *= int(conf.get("fs", 16000) * conf.get("frame_shift_ms", 10.0) / 1000)
+    return stride
 
 
 class BirqSSLTask(SSLTask):
@@ -119,14 +150,23 @@ class BirqSSLTask(SSLTask):
         return optimizers
 
     @classmethod
+    def optional_data_names(
+        cls, train: bool = True, inference: bool = False
+    ) -> Tuple[str, ...]:
+        return super().optional_data_names(train, inference) + LABEL_STREAMS
+
+    @classmethod
     @typechecked
     def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable[
         [Collection[Tuple[str, Dict[str, np.ndarray]]]],
         Tuple[List[str], Dict[str, torch.Tensor]],
     ]:
+        max_length = getattr(args, "max_input_length", None) if train else None
         return CropCollateFn(
-            max_length=getattr(args, "max_input_length", None) if train else None,
+            max_length=max_length,
             crop_keys=("speech",),
+            label_keys=LABEL_STREAMS,
+            label_stride=label_stride(args) if max_length is not None else 1,
         )
 
     @classmethod
@@ -217,6 +257,8 @@ class BirqSSLTask(SSLTask):
                     util_conf = dict(conf_obj.get("conf", {}))
             if attr == "mask":
                 util_conf["encoder_embed_dim"] = encoder.output_size()
+            if attr == "ema":
+                util_conf["encoder"] = encoder
             util_modules.update({attr: util_choices.get_class(attr)(**util_conf)})
 
         # 7. Model
@@ -237,6 +279,9 @@ class BirqSSLTask(SSLTask):
         )
         if args.init is not None:
             initialize(model, args.init)
+            if "ema" in util_modules:
+                # The teacher starts as the (re-initialised) student.
+                util_modules["ema"].copy_student()
         return model
 
 
