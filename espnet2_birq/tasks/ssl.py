@@ -34,7 +34,7 @@ from espnet2.train.class_choices import ClassChoices
 from espnet2.train.preprocessor import CommonPreprocessor
 from espnet2.utils.types import int_or_none
 from espnet2_birq.bilevel import register_update_hooks
-from espnet2_birq.collate import CropCollateFn
+from espnet2_birq.collate import CropCollateFn, label_stride
 from espnet2_birq.ema import EMATeacher
 from espnet2_birq.features import KaldiFbankFrontend
 from espnet2_birq.losses.best_rq import BestRQLoss
@@ -81,29 +81,6 @@ DEFAULT_LOSS = [{"name": "best_rq", "conf": {}}]
 DEFAULT_UTIL = [{"name": "span_mask", "conf": {}}]
 #: Offline per-encoder-frame label streams the data loader may give (MT4SSL k-means).
 LABEL_STREAMS = ("frame_labels",)
-
-# Encoder input layers (ESPnet's names) and their time subsampling factor, for the
-# collate's label cropping (it runs before any model is built).
-_INPUT_LAYER_FACTORS = {
-    None: 1, "linear": 1, "embed": 1, "conv2d1": 1, "conv1d1": 1,
-    "conv2d": 4, "conv2d2": 2, "conv2d6": 6, "conv2d8": 8, "conv1d2": 2, "conv1d3": 3,
-}  # fmt: skip
-
-
-def label_stride(args: argparse.Namespace) -> int:
-    """Input units (feature frames, or samples for raw audio) per encoder frame."""
-    input_layer = (getattr(args, "encoder_conf", None) or {}).get("input_layer", "conv2d")
-    if input_layer not in _INPUT_LAYER_FACTORS:
-        raise ValueError(
-            f"frame_labels: unknown encoder input_layer {input_layer!r}; known: "
-            f"{sorted(k for k in _INPUT_LAYER_FACTORS if k)}"
-        )
-    stride = _INPUT_LAYER_FACTORS[input_layer]
-    if getattr(args, "input_size", None) is None:  # raw waveforms: samples per frame
-        conf = getattr(args, "frontend_conf", None) or {}
-        stride *= int(conf.get("fs", 16000) * conf.get("frame_shift_ms", 10.0) / 1000)
-    return stride
-
 
 class BirqSSLTask(SSLTask):
     """SSL pre-training task of espnet2-birq (``python -m espnet2_birq.bin.ssl_train``)."""
