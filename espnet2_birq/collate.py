@@ -1,6 +1,5 @@
 """Collation for input-level SSL objectives: pad, and optionally crop long inputs."""
 
-import argparse
 import random
 from typing import Collection, Dict, List, Optional, Tuple
 
@@ -8,29 +7,6 @@ import numpy as np
 import torch
 
 from espnet2.train.collate_fn import common_collate_fn
-
-# Encoder input layers (ESPnet's names) and their time subsampling factor, for the
-# collate's label cropping (it runs before any model is built).
-INPUT_LAYER_FACTORS = {
-    None: 1, "linear": 1, "embed": 1, "conv2d1": 1, "conv1d1": 1,
-    "conv2d": 4, "conv2d2": 2, "conv2d6": 6, "conv2d8": 8, "conv1d2": 2, "conv1d3": 3,
-}  # fmt: skip
-
-
-def label_stride(args: "argparse.Namespace") -> int:
-    """Input units (feature frames, or samples for raw audio) per encoder frame."""
-    input_layer = (getattr(args, "encoder_conf", None) or {}).get("input_layer", "conv2d")
-    if input_layer not in INPUT_LAYER_FACTORS:
-        raise ValueError(
-            f"frame_labels: unknown encoder input_layer {input_layer!r}; known: "
-            f"{sorted(k for k in INPUT_LAYER_FACTORS if k)}"
-        )
-    stride = INPUT_LAYER_FACTORS[input_layer]
-    if getattr(args, "input_size", None) is None:  # raw waveforms: samples per frame
-        conf = getattr(args, "frontend_conf", None) or {}
-        stride *= int(conf.get("fs", 16000) * conf.get("frame_shift_ms", 10.0) / 1000)
-    return stride
-
 
 class CropCollateFn:
     """Randomly crop sequences to ``max_length`` and pad the batch.

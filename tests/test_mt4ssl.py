@@ -459,3 +459,139 @@ def test_kmeans_wants_reads_the_config(capsys):
     assert capsys.readouterr().out.strip() == "16"
     kmeans_tool.main(["wants", str(REPO / "conf" / "train_ssl_birq_debug.yaml")])
     assert capsys.readouterr().out.strip() == ""
+
+
+# ---------------------------------------------------------------- CLI and resume
+def test_cli_training_reads_labels_and_a_resumed_run_continues_exactly(tmp_path):
+    """ESPnet's trainer with the frame_labels stream (cropped inputs); 2 epochs in one
+    run equal 1 epoch + a resumed epoch, teacher and update counter included."""
+    lengths = [90, 131, 160, 203]
+    scp = write_feats(tmp_path / "feats", lengths)
+    rng = np.random.default_rng(0)
+    labels = tmp_path / "labels.txt"
+    labels.write_text(
+        "".join(
+            f"utt{i:03d} " + " ".join(map(str, rng.integers(0, 16, n // 4))) + "\n"
+            for i, n in enumerate(lengths)
+        )
+    )
+
+    def run(out, max_epoch, resume):
+        BirqSSLTask.main(
+            cmd=[
+                "--config", str(DEBUG), "--output_dir", str(out), "--input_size", "80",
+                "--train_data_path_and_name_and_type", f"{scp},speech,kaldi_ark",
+                "--train_data_path_and_name_and_type", f"{labels},frame_labels,text_int",
+                "--train_shape_file", str(tmp_path / "feats" / "feats_shape"),
+                "--valid_data_path_and_name_and_type", f"{scp},speech,kaldi_ark",
+                "--valid_data_path_and_name_and_type", f"{labels},frame_labels,text_int",
+                "--valid_shape_file", str(tmp_path / "feats" / "feats_shape"),
+                "--max_input_length", "101", "--ngpu", "0", "--max_epoch", str(max_epoch),
+                "--num_iters_per_epoch", "2", "--resume", str(resume).lower(),
+            ]
+        )  # fmt: skip
+
+    run(tmp_path / "straight", 2, False)
+    run(tmp_path / "resumed", 1, False)
+    run(tmp_path / "resumed", 2, True)
+    straight = torch.load(tmp_path / "straight" / "2epoch.pth", map_location="cpu")
+    resumed = torch.load(tmp_path / "resumed" / "2epoch.pth", map_location="cpu")
+    assert int(straight["util_modules.ema.num_updates"]) == 4
+    assert straight.keys() == resumed.keys()
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
+    name = "encoders.0.feed_forward.w_1.weight"
+    teacher, student = straight[f"util_modules.ema.teacher.{name}"], straight[f"encoder.{name}"]
+    assert not torch.equal(teacher, student)  # it moved, slowly, after the student
+
+
+def test_raw_waveform_input_with_labels():
+    """With the in-model fbank, labels count fbank frames // 4 and the collate crops
+    waveforms at multiples of 4 hops (640 samples)."""
+    from espnet2_birq.frame_rate import label_stride
+
+    args = BirqSSLTask.get_parser().parse_args(["--config", str(DEBUG)])
+    assert label_stride(args) == 640
+    args_fbank = BirqSSLTask.get_parser().parse_args(["--config", str(DEBUG), "--input_size", "80"])
+    assert label_stride(args_fbank) == 4
+    model = BirqSSLTask.build_model(args)
+    torch.manual_seed(0)
+    wav = torch.randn(2, 16000) * 0.1
+    frames = torch.tensor([98, 73])  # kaldi frames of 16000 and 12000 samples
+    labels = torch.randint(0, 16, (2, 24))
+    model.train()
+    loss, stats, _ = model(
+        speech=wav, speech_lengths=torch.tensor([16000, 12000]),
+        frame_labels=labels, frame_labels_lengths=frames // 4,
+    )  # fmt: skip
+    loss.backward()
+    assert torch.isfinite(loss) and set(STAT_KEYS) <= set(stats)
+
+
+@pytest.mark.parametrize("input_layer", ["linear", "conv2d", "conv2d1", "conv2d2", "conv2d6", "conv2d8"])
+def test_frame_rate_table_matches_the_encoders(input_layer):
+    from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+    from espnet2_birq.frame_rate import INPUT_LAYER_FACTORS
+
+    encoder = ConformerEncoder(80, output_size=8, attention_heads=2, linear_units=8,
+                               num_blocks=1, input_layer=input_layer)  # fmt: skip
+    assert INPUT_LAYER_FACTORS[input_layer] == FrameSubsampling.from_encoder(encoder).factor
+
+
+# ----------------------------------------------------------------------- recipe
+def test_recipe_refuses_labels_that_disagree_with_the_features(tmp_path):
+    from test_recipe import SETS, make_recipe, run_ssl
+
+    recipe = make_recipe(tmp_path, demo=True)
+    for split, dset in (("train", "pretrain"), ("valid", "dev")):
+        feats = write_feats(recipe / "dump" / "fbank" / dset, [57, 40])
+        stats = recipe / "exp" / "ssl_stats_fbank" / split
+        stats.mkdir(parents=True)
+        (stats / "speech_shape").write_text((feats.parent / "feats_shape").read_text())
+    np.savez(recipe / "dump" / "fbank" / "pretrain" / "cmvn.npz", count=np.array(10),
+             sum=np.zeros(80), sum_square=np.full(80, 10.0))  # fmt: skip
+    kmeans_dir = recipe / "dump" / "kmeans" / "fbank_50"
+    for dset, count in (("pretrain", 14), ("dev", 13)):  # dev: 13 labels for 57 frames
+        (kmeans_dir / dset).mkdir(parents=True)
+        (kmeans_dir / dset / "labels.txt").write_text(f"utt000 {' 1' * count}\nutt001 {' 2' * 10}\n")
+    (kmeans_dir / ".done").write_text("made earlier\n")
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    result = run_ssl(recipe, *SETS, "--python", "python3", "--stage", "5", "--stop_stage", "5",
+                     "--ssl_config", "conf/train_ssl_mt4ssl_tiny.yaml", env=env)  # fmt: skip
+    assert result.returncode != 0
+    assert "dump/kmeans/fbank_50/dev/labels.txt:1: utterance utt000 has 13 labels" in result.stderr
+    assert "do not match the features of dev" in result.stderr
+    assert "SSL training started" not in result.stdout
+    assert "Successfully finished" not in result.stdout + result.stderr
+
+
+def test_demo_recipe_stages_1_to_6_with_mt4ssl(tmp_path):
+    """The mini_synth demo with MT4SSL (k-means fit and labels in stage 5, SSL, fine-tuning),
+    on fewer utterances than --demo_size tiny."""
+    from test_recipe import make_recipe
+
+    recipe = make_recipe(tmp_path, demo=True)
+    env = dict(os.environ, cmd_backend="local")
+    env.pop("MINI_SYNTH", None)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    result = subprocess.run(
+        ["./run.sh", "--demo_size", "tiny", "--python", "python3", "--stop_stage", "6",
+         "--ssl_config", "conf/train_ssl_mt4ssl_tiny.yaml", "--kmeans_sample_utts", "30",
+         "--local_data_opts", "--num_pretrain 40 --train_fraction 0.5 --num_dev 6 --num_test 6 --nj 2"],
+        cwd=recipe, capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout[-5000:], result.stderr[-5000:])
+    kmeans_dir = recipe / "dump" / "kmeans" / "fbank_50"
+    shapes = {
+        line.split()[0]: int(line.split()[1].split(",")[0])
+        for line in (recipe / "dump" / "fbank" / "pretrain" / "feats_shape").read_text().splitlines()
+    }
+    labels = read_labels(kmeans_dir / "pretrain" / "labels.txt")
+    assert labels.keys() == shapes.keys()
+    assert all(len(labels[u]) == shapes[u] // 4 for u in shapes)
+    ssl_exp = recipe / "exp" / "ssl_train_ssl_mt4ssl_tiny"
+    assert (ssl_exp / "valid.kmeans_ce_acc.ave.pth").exists()
+    log = (ssl_exp / "train.log").read_text()
+    assert "kmeans_ce_acc=" in log and "ema_regression_target_var=" in log
+    assert list((recipe / "exp").glob("asr_*_train_ssl_mt4ssl_tiny/valid.*.ave.pth"))
+    assert "pre-trained encoder verified" in result.stdout + result.stderr

@@ -64,7 +64,7 @@ def kmeans_clusters(config: Dict) -> Optional[int]:
 
 def subsampling_factor(config: Dict) -> int:
     """Encoder frames per input frame of an SSL config (its encoder's input layer)."""
-    from espnet2_birq.collate import INPUT_LAYER_FACTORS
+    from espnet2_birq.frame_rate import INPUT_LAYER_FACTORS
 
     input_layer = (config.get("encoder_conf") or {}).get("input_layer", "conv2d")
     if input_layer not in INPUT_LAYER_FACTORS:

@@ -34,9 +34,10 @@ from espnet2.train.class_choices import ClassChoices
 from espnet2.train.preprocessor import CommonPreprocessor
 from espnet2.utils.types import int_or_none
 from espnet2_birq.bilevel import register_update_hooks
-from espnet2_birq.collate import CropCollateFn, label_stride
+from espnet2_birq.collate import CropCollateFn
 from espnet2_birq.ema import EMATeacher
 from espnet2_birq.features import KaldiFbankFrontend
+from espnet2_birq.frame_rate import label_stride
 from espnet2_birq.losses.best_rq import BestRQLoss
 from espnet2_birq.losses.birq import BiRQLoss
 from espnet2_birq.losses.mt4ssl import EMARegressionLoss, KMeansCELoss
