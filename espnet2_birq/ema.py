@@ -8,10 +8,12 @@ after every optimiser update, with ``decay`` annealed linearly from ``decay_star
 ``decay_end`` over ``anneal_updates`` updates and held at ``decay_end`` afterwards.
 
 The teacher's tensors are **buffers**, not parameters: the optimiser never sees them,
-DDP synchronises no gradient for them (and broadcasts them like batch-norm statistics,
-which is harmless since every rank computes the same average), and they are saved in
-every checkpoint with the update counter, so a resumed run continues with the same
-teacher. The student is held by reference, outside the module tree (its weights are
+DDP synchronises no gradient for them, and they are saved in every checkpoint with
+the update counter, so a resumed run continues with the same teacher. The task also
+leaves them out of DDP's buffer broadcast (a whole encoder at every forward): every
+rank averages the same synchronised student parameters. Only the batch-norm statistics,
+copied from each rank's student after its own forward, may differ between ranks by one
+batch's update. The student is held by reference, outside the module tree (its weights are
 not saved twice).
 
 The interface matches the ``ema`` util ESPnet 202511's SSL model calls

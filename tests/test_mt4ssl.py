@@ -79,6 +79,11 @@ def test_teacher_is_out_of_the_optimiser_and_gets_no_gradient():
     for name, _ in model.encoder.named_parameters():
         assert f"util_modules.ema.teacher.{name}" in state
     assert "util_modules.ema.num_updates" in state
+    # Left out of DDP's buffer broadcast (each rank computes the same average).
+    ignored = set(model._ddp_params_and_buffers_to_ignore)
+    assert "util_modules.ema.num_updates" in ignored
+    assert {f"util_modules.ema.teacher.{n}" for n, _ in model.encoder.named_parameters()} <= ignored
+    assert not any(name.startswith("encoder.") for name in ignored)
     assert not any(k.startswith("util_modules.ema.student") for k in state)
     model.train()
     loss, _, _ = model(**batch())

@@ -260,6 +260,14 @@ class BirqSSLTask(SSLTask):
             if "ema" in util_modules:
                 # The teacher starts as the (re-initialised) student.
                 util_modules["ema"].copy_student()
+        if "ema" in util_modules:
+            # DDP would broadcast every buffer from rank 0 at each forward (the whole
+            # teacher); every rank computes the same average of the same synchronised
+            # student, so the teacher is left out of DDP's buffer sync.
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model,
+                [name for name, _ in model.named_buffers() if name.startswith("util_modules.ema.")],
+            )
         return model
 
 
