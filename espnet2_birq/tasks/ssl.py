@@ -83,6 +83,7 @@ DEFAULT_UTIL = [{"name": "span_mask", "conf": {}}]
 #: Offline per-encoder-frame label streams the data loader may give (MT4SSL k-means).
 LABEL_STREAMS = ("frame_labels",)
 
+
 class BirqSSLTask(SSLTask):
     """SSL pre-training task of espnet2-birq (``python -m espnet2_birq.bin.ssl_train``)."""
 
