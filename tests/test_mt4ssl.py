@@ -600,3 +600,28 @@ def test_demo_recipe_stages_1_to_6_with_mt4ssl(tmp_path):
     assert "kmeans_ce_acc=" in log and "ema_regression_target_var=" in log
     assert list((recipe / "exp").glob("asr_*_train_ssl_mt4ssl_tiny/valid.*.ave.pth"))
     assert "pre-trained encoder verified" in result.stdout + result.stderr
+
+
+def test_kmeans_on_raw_audio_counts_the_frames_the_model_sees(audio_set, tmp_path):
+    """--feats_type raw: labels from the wav.scp, one per encoder frame of the in-model
+    fbank; the check converts the sample counts of the shape file."""
+    import soundfile
+
+    from espnet2_birq.features import KaldiFbankFrontend
+
+    reader = kmeans_tool.InputReader("wav", 16000)
+    uid, spec = kmeans_tool.read_scp(str(audio_set["wav_scp"]))[0]
+    wav, _ = soundfile.read(spec, dtype="float32")
+    frontend, _ = KaldiFbankFrontend()(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+    np.testing.assert_array_equal(reader(uid, spec), frontend[0].numpy())
+    source = kmeans_tool.FeatureSource(4, "fbank")
+    state = kmeans_tool.fit(str(audio_set["wav_scp"]), source, 4, str(tmp_path / "km.pkl"),
+                            n_init=1, reader=reader)  # fmt: skip
+    out = tmp_path / "labels.txt"
+    kmeans_tool.label(str(audio_set["wav_scp"]), source, state["kmeans"], str(out), reader)
+    shape = str(audio_set["shape"])
+    assert kmeans_tool.check_labels(str(out), shape, 4, samples_fs=16000) == 6
+    with pytest.raises(kmeans_tool.LabelError, match="labels but its features give"):
+        kmeans_tool.check_labels(str(out), shape, 4)  # samples read as frames
+    with pytest.raises(ValueError, match="at 16000 Hz, expected 1 at 8000 Hz"):
+        kmeans_tool.InputReader("wav", 8000)(uid, spec)

@@ -15,6 +15,9 @@ Feature sources (``--source``):
   iteration. Its encoder must subsample by the same ``f``; where it yields fewer frames
   than ``L // f`` (convolution edges), the last label is repeated.
 
+Inputs are precomputed fbank (a ``feats.scp``) or audio (a ``wav.scp`` with ``--input
+wav``: the project's fbank is computed on the fly, for raw-audio pre-training).
+
 k-means is scikit-learn's ``MiniBatchKMeans`` (fitted on a seeded sample of
 utterances, at most ``--max_frames`` frames). Sub-commands::
 
@@ -36,7 +39,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
@@ -156,11 +159,45 @@ class FeatureSource:
         return out[:groups].astype(np.float32)
 
 
-def iter_scp(feats_scp: str) -> Iterator[Tuple[str, np.ndarray]]:
-    import kaldiio
+def read_scp(path: str) -> List[Tuple[str, str]]:
+    with open(path, encoding="utf-8") as f:
+        return [tuple(line.rstrip("\n").split(maxsplit=1)) for line in f if line.strip()]
 
-    for uid, feats in kaldiio.load_scp_sequential(feats_scp):
-        yield uid, np.asarray(feats)
+
+class InputReader:
+    """Fbank frames of one ``scp`` entry: a feature matrix (``feats``) or audio (``wav``).
+
+    Audio goes through the project's fbank exactly as the in-model ``kaldi_fbank``
+    frontend and stage 2 compute it, so labels of raw-audio pre-training
+    (``--feats_type raw``) count the frames the model sees.
+    """
+
+    def __init__(self, kind: str = "feats", fs: int = 16000):
+        if kind not in ("feats", "wav"):
+            raise ValueError(f"input kind must be feats or wav, got {kind!r}")
+        self.kind, self.fs = kind, fs
+
+    def __call__(self, uid: str, spec: str) -> np.ndarray:
+        if self.kind == "feats":
+            import kaldiio
+
+            return np.asarray(kaldiio.load_mat(spec.strip()))
+        import torch
+
+        from espnet2_birq.bin.extract_fbank import BadAudioError, load_audio
+        from espnet2_birq.features import kaldi_fbank
+
+        try:
+            data, rate = load_audio(spec)
+        except BadAudioError as err:
+            raise ValueError(f"utterance {uid}: {err}") from err
+        if rate != self.fs or data.shape[1] != 1:
+            raise ValueError(
+                f"utterance {uid}: {data.shape[1]} channel(s) at {rate} Hz, expected "
+                f"1 at {self.fs} Hz"
+            )
+        wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
+        return kaldi_fbank(wav, rate, expected_sample_rate=self.fs).numpy()
 
 
 # ------------------------------------------------------------------------ fit
@@ -175,21 +212,24 @@ def fit(
     batch_size: int = 10000,
     max_iter: int = 100,
     n_init: int = 3,
+    reader: Optional[InputReader] = None,
 ) -> Dict:
-    """Fit MiniBatchKMeans on a seeded sample and save it (joblib) with its settings."""
+    """Fit MiniBatchKMeans on a seeded sample and save it (joblib) with its settings.
+
+    ``feats_scp`` is a feature scp, or a ``wav.scp`` with ``reader=InputReader("wav")``.
+    """
     import joblib
     from sklearn.cluster import MiniBatchKMeans
 
-    with open(feats_scp, encoding="utf-8") as f:
-        entries = [line.split(maxsplit=1) for line in f if line.strip()]
+    reader = reader or InputReader()
+    entries = read_scp(feats_scp)
     chosen = random.Random(seed).sample(entries, min(sample_utts, len(entries)))
     chosen.sort(key=lambda e: e[0])  # read in file order, deterministically
-    import kaldiio
 
     vectors: List[np.ndarray] = []
     total = 0
-    for uid, path in chosen:
-        frames = source(np.asarray(kaldiio.load_mat(path.strip())))
+    for uid, spec in chosen:
+        frames = source(reader(uid, spec))
         if frames.shape[0] == 0:
             continue
         vectors.append(frames[: max_frames - total])
@@ -230,13 +270,20 @@ def fit(
 
 
 # ---------------------------------------------------------------------- label
-def label(feats_scp: str, source: FeatureSource, kmeans, out: str) -> int:
+def label(
+    feats_scp: str,
+    source: FeatureSource,
+    kmeans,
+    out: str,
+    reader: Optional[InputReader] = None,
+) -> int:
     """Write ``uid l_0 ... l_{L//f-1}`` for every utterance of ``feats_scp``."""
+    reader = reader or InputReader()
     count = 0
     tmp = f"{out}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        for uid, feats in iter_scp(feats_scp):
-            frames = source(feats)
+        for uid, spec in read_scp(feats_scp):
+            frames = source(reader(uid, spec))
             ids = kmeans.predict(frames) if frames.shape[0] else []
             f.write(" ".join([uid, *map(str, ids)]) + "\n")
             count += 1
@@ -245,14 +292,26 @@ def label(feats_scp: str, source: FeatureSource, kmeans, out: str) -> int:
 
 
 # ---------------------------------------------------------------------- check
-def check_labels(labels: str, feats_shape: str, factor: int) -> int:
-    """Refuse labels whose ids or counts differ from the features (``L // factor``)."""
+def check_labels(
+    labels: str, feats_shape: str, factor: int, samples_fs: Optional[int] = None
+) -> int:
+    """Refuse labels whose ids or counts differ from the features (``L // factor``).
+
+    ``feats_shape``: ESPnet shape file, ``uid frames[,dim]``; with ``samples_fs`` its
+    lengths are samples of audio at that rate (raw-audio pre-training), converted to
+    fbank frames.
+    """
     expected: Dict[str, int] = {}
     with open(feats_shape, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 uid, shape = line.split()
-                expected[uid] = int(shape.split(",")[0]) // factor
+                length = int(shape.split(",")[0])
+                if samples_fs:
+                    from espnet2_birq.features import num_frames
+
+                    length = num_frames(length, samples_fs)
+                expected[uid] = length // factor
     seen = set()
     with open(labels, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -299,7 +358,9 @@ def main(argv=None) -> None:
     wants.add_argument("ssl_config", type=Path)
     p_fit = sub.add_parser("fit", help="fit k-means on a sample")
     p_fit.add_argument("--ssl_config", type=Path, required=True)
-    p_fit.add_argument("--feats_scp", required=True)
+    p_fit.add_argument("--feats_scp", required=True, help="feature scp, or wav.scp with --input wav")
+    p_fit.add_argument("--input", choices=("feats", "wav"), default="feats")
+    p_fit.add_argument("--fs", type=int, default=16000, help="sampling rate (--input wav)")
     p_fit.add_argument("--out", required=True)
     p_fit.add_argument("--num_clusters", type=int, default=None,
                        help="default: the kmeans_ce loss' num_clusters")  # fmt: skip
@@ -312,12 +373,16 @@ def main(argv=None) -> None:
     _source_args(p_fit)
     p_label = sub.add_parser("label", help="label every utterance of a scp")
     p_label.add_argument("--kmeans_model", required=True)
-    p_label.add_argument("--feats_scp", required=True)
+    p_label.add_argument("--feats_scp", required=True, help="feature scp, or wav.scp with --input wav")
+    p_label.add_argument("--input", choices=("feats", "wav"), default="feats")
+    p_label.add_argument("--fs", type=int, default=16000, help="sampling rate (--input wav)")
     p_label.add_argument("--out", required=True)
     p_check = sub.add_parser("check", help="labels agree with the features")
     p_check.add_argument("--ssl_config", type=Path, required=True)
     p_check.add_argument("--labels", required=True)
     p_check.add_argument("--feats_shape", required=True)
+    p_check.add_argument("--samples_fs", type=int, default=None,
+                         help="the shape file counts samples at this rate (raw audio)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (kmeans) %(message)s")
 
@@ -338,6 +403,7 @@ def main(argv=None) -> None:
             fit(
                 args.feats_scp, source, clusters, args.out, args.sample_utts,
                 args.max_frames, args.seed, args.batch_size, args.max_iter, args.n_init,
+                InputReader(args.input, args.fs),
             )  # fmt: skip
         elif args.command == "label":
             import joblib
@@ -347,11 +413,14 @@ def main(argv=None) -> None:
                 state["factor"], state["source"], state["cmvn_stats"],
                 state["model_config"], state["model_file"], state["layer"],
             )  # fmt: skip
-            n = label(args.feats_scp, source, state["kmeans"], args.out)
+            n = label(
+                args.feats_scp, source, state["kmeans"], args.out,
+                InputReader(args.input, args.fs),
+            )  # fmt: skip
             logging.info("%d utterances labelled -> %s", n, args.out)
         else:
             factor = subsampling_factor(read_config(args.ssl_config))
-            n = check_labels(args.labels, args.feats_shape, factor)
+            n = check_labels(args.labels, args.feats_shape, factor, args.samples_fs)
             logging.info("%s: %d utterances, one label per encoder frame", args.labels, n)
     except (LabelError, ValueError, FileNotFoundError, KeyError) as err:
         sys.exit(f"kmeans: {err}")

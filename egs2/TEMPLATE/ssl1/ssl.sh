@@ -439,7 +439,15 @@ fi
 kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
     local clusters=$1 dset n_utt _nj _logdir _src_opts=() _name
     [ -n "${clusters}" ] || return 0
-    [ "${feats_type}" = fbank ] || die "k-means labels need --feats_type fbank (${ssl_config} has a kmeans_ce loss)"
+    # Inputs: the fbank dump, or (--feats_type raw) the audio, through the same fbank.
+    local _input=feats _check_opts=() pair split
+    if [ "${feats_type}" = raw ]; then
+        _input=wav
+        _check_opts=(--samples_fs "${fs}")
+    fi
+    _scp_of() {  # _scp_of SET: the scp the k-means reads for SET
+        if [ "${feats_type}" = raw ]; then echo "data/$1/wav.scp"; else echo "${fbank_dir}/$1/feats.scp"; fi
+    }
     case "${kmeans_source}" in
         fbank)
             _name=fbank
@@ -460,14 +468,14 @@ kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
     esac
     [ -n "${kmeans_dir}" ] || kmeans_dir=${dumpdir}/kmeans/${_name}_${clusters}
     if ! is_done "${kmeans_dir}/.done" "k-means labels ${kmeans_dir}"; then
-        need "${fbank_dir}/${pretrain_set}/feats.scp" 2
-        need "${fbank_dir}/${valid_set}/feats.scp" 2
+        need "$(_scp_of "${pretrain_set}")" 2
+        need "$(_scp_of "${valid_set}")" 2
         mkdir -p "${kmeans_dir}/log"
         log "k-means: ${clusters} clusters of ${kmeans_source} features -> ${kmeans_dir}; log: ${kmeans_dir}/log/fit.log"
         # shellcheck disable=SC2086
         ${train_cmd} "${kmeans_dir}/log/fit.log" \
             ${python} -m espnet2_birq.bin.kmeans fit --ssl_config "${ssl_config}" \
-                --feats_scp "${fbank_dir}/${pretrain_set}/feats.scp" --out "${kmeans_dir}/kmeans.pkl" \
+                --feats_scp "$(_scp_of "${pretrain_set}")" --input "${_input}" --fs "${fs}" --out "${kmeans_dir}/kmeans.pkl" \
                 --num_clusters "${clusters}" --sample_utts "${kmeans_sample_utts}" \
                 --max_frames "${kmeans_max_frames}" --seed "${kmeans_seed}" "${_src_opts[@]}" \
             || die "k-means fit failed; see ${kmeans_dir}/log/fit.log"
@@ -475,15 +483,15 @@ kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
             _logdir=${kmeans_dir}/${dset}/log
             rm -rf "${_logdir}"
             mkdir -p "${_logdir}"
-            n_utt=$(num_lines "${fbank_dir}/${dset}/feats.scp")
+            n_utt=$(num_lines "$(_scp_of "${dset}")")
             _nj=$(min "${kmeans_nj:-${nj}}" "${n_utt}")
             awk -v n="${_nj}" -v d="${_logdir}" -v total="${n_utt}" \
-                '{ j = int((NR - 1) * n / total) + 1; print > (d "/feats." j ".scp") }' "${fbank_dir}/${dset}/feats.scp"
+                '{ j = int((NR - 1) * n / total) + 1; print > (d "/feats." j ".scp") }' "$(_scp_of "${dset}")"
             log "k-means labels of ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${_logdir}/label.*.log"
             # shellcheck disable=SC2086
             ${train_cmd} JOB=1:"${_nj}" "${_logdir}/label.JOB.log" \
                 ${python} -m espnet2_birq.bin.kmeans label --kmeans_model "${kmeans_dir}/kmeans.pkl" \
-                    --feats_scp "${_logdir}/feats.JOB.scp" --out "${_logdir}/labels.JOB.txt" \
+                    --feats_scp "${_logdir}/feats.JOB.scp" --input "${_input}" --fs "${fs}" --out "${_logdir}/labels.JOB.txt" \
                 || die "k-means labelling of ${dset} failed; see ${_logdir}/label.*.log"
             for j in $(seq "${_nj}"); do cat "${_logdir}/labels.${j}.txt"; done \
                 | LC_ALL=C sort -k1,1 > "${kmeans_dir}/${dset}/labels.txt.tmp"
@@ -493,11 +501,13 @@ kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
     fi
     # Refuse labels that disagree with the features (other ids, other lengths), also
     # when they were made earlier or by hand.
-    for dset in ${pretrain_set} ${valid_set}; do
+    # The shape files of stage 4 count what the SSL data loader reads (frames, or samples).
+    for pair in "train:${pretrain_set}" "valid:${valid_set}"; do
+        split=${pair%%:*}; dset=${pair#*:}
         need "${kmeans_dir}/${dset}/labels.txt" 5
-        need "${fbank_dir}/${dset}/feats_shape" 2
-        ${python} -m espnet2_birq.bin.kmeans check --ssl_config "${ssl_config}" \
-            --labels "${kmeans_dir}/${dset}/labels.txt" --feats_shape "${fbank_dir}/${dset}/feats_shape" \
+        need "${ssl_stats_dir}/${split}/speech_shape" 4
+        ${python} -m espnet2_birq.bin.kmeans check --ssl_config "${ssl_config}" "${_check_opts[@]}" \
+            --labels "${kmeans_dir}/${dset}/labels.txt" --feats_shape "${ssl_stats_dir}/${split}/speech_shape" \
             || die "k-means labels ${kmeans_dir}/${dset}/labels.txt do not match the features of ${dset} (see above); remove ${kmeans_dir}/.done to remake them"
     done
 }
