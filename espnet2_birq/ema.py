@@ -78,6 +78,11 @@ class EMATeacher(torch.nn.Module):
         teacher.requires_grad_(False)
         self.teacher = teacher
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # False until the teacher is copied from the student, at the first forward:
+        # after ``--init`` or ``--init_param`` (which change the student after this
+        # copy was made) the teacher starts as the student actually trained, while a
+        # checkpoint that holds a teacher (resume) brings its own, already synced.
+        self.register_buffer("synced", torch.zeros((), dtype=torch.bool))
         # A plain attribute (not a submodule): the student is saved once, as the model's
         # encoder, and stays outside this module's state dict.
         self._student: Tuple[torch.nn.Module, ...] = (encoder,)
@@ -104,8 +109,9 @@ class EMATeacher(torch.nn.Module):
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
     def copy_student(self) -> None:
-        """Make the teacher an exact copy of the student (after a re-initialisation)."""
+        """Make the teacher an exact copy of the student."""
         self._apply_update(0.0)
+        self.synced.fill_(True)
 
     @torch.no_grad()
     def _apply_update(self, decay: float) -> None:
@@ -122,6 +128,8 @@ class EMATeacher(torch.nn.Module):
     @torch.no_grad()
     def on_optimizer_step(self) -> None:
         """One EMA update after an optimiser update, then count it."""
+        # (Training always runs a forward, which syncs, before its first update.)
+        self.synced.fill_(True)
         self._apply_update(self.get_decay())
         self.num_updates.add_(1)
 
@@ -157,6 +165,8 @@ class EMATeacher(torch.nn.Module):
         lengths, None)``, ``layers`` the output of every block. ``masks`` is accepted
         for ESPnet's interface and ignored (the lengths define the padding).
         """
+        if not bool(self.synced):
+            self.copy_student()
         flags = [(m, m.training) for m in self.teacher.modules()]
         self.teacher.eval()
         try:

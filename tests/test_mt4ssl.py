@@ -156,6 +156,34 @@ def test_teacher_runs_in_evaluation_mode_without_graph():
         assert torch.allclose(ours, theirs, atol=1e-5)
 
 
+def test_teacher_starts_as_the_student_actually_trained():
+    """--init_param of the encoder alone changes the student after the model is built:
+    the teacher copies it at the first forward; a checkpoint's teacher is kept."""
+    model = build()
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(0.5)  # as if loaded from an earlier model
+    teacher = teacher_of(model)
+    assert not bool(teacher.synced)
+    model.train()
+    model(**batch())
+    assert bool(teacher.synced)
+    for name, p in model.encoder.named_parameters():
+        assert torch.equal(teacher.teacher.get_buffer(name), p.detach()), name
+    teacher.on_optimizer_step()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = build()
+    fresh.load_state_dict(saved)
+    fresh.train()
+    fresh(**batch())
+    for key, value in fresh.state_dict().items():
+        if key.startswith("util_modules.ema."):
+            assert torch.equal(value, saved[key]), key
+    # ESPnet's interface: step(global_step, encoder) is one update at that count.
+    teacher.step(10, model.encoder)
+    assert int(teacher.num_updates) == 11
+
+
 def test_teacher_state_round_trip():
     model = build()
     teacher = teacher_of(model)

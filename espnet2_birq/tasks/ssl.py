@@ -257,10 +257,7 @@ class BirqSSLTask(SSLTask):
             **args.model_conf,
         )
         if args.init is not None:
-            initialize(model, args.init)
-            if "ema" in util_modules:
-                # The teacher starts as the (re-initialised) student.
-                util_modules["ema"].copy_student()
+            initialize(model, args.init)  # the EMA teacher copies the student later
         if "ema" in util_modules:
             # DDP would broadcast every buffer from rank 0 at each forward (the whole
             # teacher); every rank computes the same average of the same synchronised
