@@ -9,9 +9,13 @@ and thermal drift hit every variant alike), the median time of
 - B ``birq``: the same for BiRQ (labels with gradient, warm-up over);
 - C ``birq_sg``: BiRQ with ``stop_gradient_labels: true``;
 - D ``prefix``: forward + backward of the input layer and k blocks alone on the batch;
+- E ``mt4ssl``: MT4SSL (k-means cross-entropy on given labels + regression of an EMA
+  teacher's top layers): the teacher's forward of the whole encoder on the unmasked
+  input, and its EMA update after the optimiser step, come on top of BEST-RQ's work;
 
 and prints ``r_min = 1 + D / A`` (the cost of BiRQ if the extra work were exactly the
-prefix pass) next to the ratios B / A and C / A; the target is ``B / A <= r_min + 0.05``.
+prefix pass) next to the ratios B / A, C / A and E / A; the target is
+``B / A <= r_min + 0.05``.
 
 Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` per variant. On CPU no
 per-variant peak is reliable (``tracemalloc`` does not see torch's allocator and the
@@ -52,6 +56,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from espnet2_birq.bilevel import register_update_hooks  # noqa: E402
 from espnet2_birq.ssl_model import run_encoder_prefix  # noqa: E402
 from espnet2_birq.tasks.ssl import BirqSSLTask  # noqa: E402
 
@@ -106,11 +111,22 @@ def reexec_with_allocator(argv: List[str]) -> None:
 
 
 def build(loss: str, encoder: str, size: str, stop_gradient: bool = False):
-    """BEST-RQ or BiRQ model from the shipped config of ``encoder``, resized."""
-    config = REPO / "conf" / f"train_ssl_{loss}_{encoder}.yaml"
+    """BEST-RQ, BiRQ or MT4SSL model from the shipped config of ``encoder``, resized.
+
+    MT4SSL has a shipped config for the conformer only: its losses and utils are put on
+    the BEST-RQ config of ``encoder`` (top_k at most the number of blocks).
+    """
+    config = REPO / "conf" / f"train_ssl_{'best_rq' if loss == 'mt4ssl' else loss}_{encoder}.yaml"
     args = BirqSSLTask.get_parser().parse_args(
         ["--config", str(config), "--input_size", "80"]
     )
+    if loss == "mt4ssl":
+        mt4ssl = BirqSSLTask.get_parser().parse_args(
+            ["--config", str(REPO / "conf" / "train_ssl_mt4ssl_conformer.yaml")]
+        )
+        args.loss, args.util = mt4ssl.loss, mt4ssl.util
+        blocks = SIZES[size]["encoder"].get("num_blocks", args.encoder_conf["num_blocks"])
+        args.loss[1]["conf"]["top_k"] = min(args.loss[1]["conf"]["top_k"], blocks)
     spec = SIZES[size]
     args.normalize, args.normalize_conf = "utterance_mvn", {}
     args.encoder_conf.update(spec["encoder"])
@@ -118,7 +134,8 @@ def build(loss: str, encoder: str, size: str, stop_gradient: bool = False):
         if key in args.encoder_conf:
             args.encoder_conf[key] = value
     conf = args.loss[0]["conf"]
-    conf.update(codebook_size=spec["codebook"])
+    if loss != "mt4ssl":
+        conf.update(codebook_size=spec["codebook"])
     if loss == "birq":
         conf.update(
             enhanced_codebook_size=spec["codebook"],
@@ -179,12 +196,24 @@ def main(argv: List[str] = None):
         "best_rq": build("best_rq", args.encoder, args.size),
         "birq": build("birq", args.encoder, args.size),
         "birq_sg": build("birq", args.encoder, args.size, stop_gradient=True),
+        "mt4ssl": build("mt4ssl", args.encoder, args.size),
     }
+    # MT4SSL's offline labels (k-means ids in training), one per encoder frame.
+    clusters = models["mt4ssl"].losses[0].num_clusters
+    labels = {
+        "frame_labels": torch.randint(
+            0, clusters, (args.batch, frames // 4), generator=generator
+        ).to(device),
+        "frame_labels_lengths": torch.full((args.batch,), frames // 4, device=device),
+    }
+    inputs = {name: labels if name == "mt4ssl" else {} for name in models}
     optimizers = {}
     for name, model in models.items():
         model.to(device).train()
         model.global_step = torch.tensor([1], device=device)  # warm-up over
         optimizers[name] = torch.optim.Adam(model.parameters(), lr=1e-4)
+        # The EMA teacher's update runs after each optimiser step, as in training.
+        register_update_hooks(model, [optimizers[name]])
     prefix_model = models["birq"]
     k = prefix_model.losses[0].label_layer
     params = sum(p.numel() for p in models["best_rq"].parameters())
@@ -194,7 +223,7 @@ def main(argv: List[str] = None):
 
         def run():
             optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = model(feats, lengths)
+            loss, _, _ = model(feats, lengths, **inputs[name])
             loss.sum().backward()
             optimizer.step()
 
@@ -214,12 +243,13 @@ def main(argv: List[str] = None):
         "birq": train_step("birq"),
         "birq_sg": train_step("birq_sg"),
         "prefix": prefix_step,
+        "mt4ssl": train_step("mt4ssl"),
     }
 
     def forward_loss(name: str) -> Callable[[], torch.Tensor]:
         if name == "prefix":
             return prefix_forward
-        return lambda: models[name](feats, lengths)[0].sum()
+        return lambda: models[name](feats, lengths, **inputs[name])[0].sum()
 
     activation = {name: saved_bytes(forward_loss(name)) for name in steps}
     peak = {name: [] for name in steps}
@@ -279,6 +309,7 @@ def main(argv: List[str] = None):
     print(f"r_min = 1 + prefix/best_rq = {r_min:.3f}")
     print(f"birq/best_rq    = {ratio:.3f}")
     print(f"birq_sg/best_rq = {ratio_sg:.3f}")
+    print(f"mt4ssl/best_rq  = {median['mt4ssl'] / base:.3f}")
     verdict = "MET" if ratio <= r_min + 0.05 else "MISSED"
     print(f"target birq/best_rq <= r_min + 0.05 = {r_min + 0.05:.3f}: {verdict}")
     print(

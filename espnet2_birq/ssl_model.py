@@ -46,6 +46,13 @@ LOSS_INPUTS = {
     "rng": "torch.Generator of this step and data-parallel rank (espnet2_birq.rng)",
     "text": "(B, U) the batch's 'text' stream, if the data loader has one",
     "text_lengths": "(B,) its lengths",
+    # MT4SSL (espnet2_birq.losses.mt4ssl): offline labels and the EMA teacher.
+    "frame_labels": "(B, T_lab) int offline labels, one per encoder frame (e.g. k-means "
+    "cluster ids), the data loader's 'frame_labels' stream (None without one)",
+    "frame_labels_lengths": "(B,) its lengths",
+    "teacher_output": "{'layers': list of (B, T_out, D') outputs of every block of the "
+    "EMA teacher (util 'ema', espnet2_birq.ema) on the unmasked input, in evaluation "
+    "mode without gradient; 'lengths': (B,); 'decay': the teacher's current decay}",
 }
 
 
@@ -171,6 +178,8 @@ class BirqSSLModel(ESPnetSSLModel):
         data = self.encode(speech, speech_lengths, text, text_lengths)
         data["text"] = text
         data["text_lengths"] = text_lengths
+        data["frame_labels"] = kwargs.get("frame_labels")
+        data["frame_labels_lengths"] = kwargs.get("frame_labels_lengths")
 
         total_loss = 0.0
         stats: Dict[str, torch.Tensor] = {}
@@ -290,4 +299,15 @@ class BirqSSLModel(ESPnetSSLModel):
                     self.encoder, clean_input, feats_lengths, layer
                 )
         data["label_hidden"] = label_hidden
+
+        if "teacher_output" in self.required_inputs:
+            if "ema" not in self.util_modules:
+                raise RuntimeError("a loss asks for teacher_output but there is no 'ema' util")
+            teacher = self.util_modules["ema"]
+            layers, lengths = teacher.layer_outputs(clean_input, feats_lengths)
+            data["teacher_output"] = {
+                "layers": layers,
+                "lengths": lengths,
+                "decay": teacher.get_decay(),
+            }
         return data

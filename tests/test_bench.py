@@ -17,11 +17,12 @@ def test_step_cost_prints_ratios_and_verdict(capsys, single_thread):
          "--allocator", "system"]
     )  # fmt: skip
     out = capsys.readouterr().out
-    for variant in ("best_rq", "birq", "birq_sg", "prefix"):
+    for variant in ("best_rq", "birq", "birq_sg", "prefix", "mt4ssl"):
         assert re.search(rf"^{variant}\s+\d+\.\d{{3}}", out, re.M), out
     r_min = float(re.search(r"r_min = 1 \+ prefix/best_rq = (\d+\.\d+)", out)[1])
     assert r_min > 1.0
     assert re.search(r"birq/best_rq\s+= \d+\.\d{3}", out)
+    assert re.search(r"mt4ssl/best_rq\s+= \d+\.\d{3}", out)
     assert re.search(r"target birq/best_rq <= r_min \+ 0.05 = [\d.]+: (MET|MISSED)", out)
     assert re.search(r"per-repetition .*: median [+-]\d\.\d{3}, quartiles", out)
     assert re.search(r"^best_rq .* \d+$", out, re.M)  # page faults per step

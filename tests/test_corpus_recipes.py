@@ -25,7 +25,7 @@ CORPORA = ("librispeech", "ami", "yodas")
 RECIPE_CONF = {c: REPO / "egs2" / c / "ssl1" / "conf" for c in CORPORA}
 
 ENCODER_PARAMS = 159_116_288  # conformer d=512, 24 blocks (README.md; the BiRQ paper's is 155M)
-SSL_PARAMS = {"birq": 167_521_280, "best_rq": 163_318_784}
+SSL_PARAMS = {"birq": 167_521_280, "best_rq": 163_318_784, "mt4ssl": 159_635_444}
 VOCAB = 300  # run.sh --nbpe 300
 ASR_CTC_PARAMS = ENCODER_PARAMS + 512 * VOCAB + VOCAB
 
@@ -130,14 +130,14 @@ def test_ssl_config_builds(config, stats_file):
     if cfg.get("normalize") == "global_mvn":
         assert counts["normalize"] == "GlobalMVN"
     if config.parent != REPO / "conf":  # recipe configs: paper scale, exact counts
-        objective = "birq" if "_birq_" in config.name else "best_rq"
+        objective = next(o for o in SSL_PARAMS if f"_{o}_" in config.name)
         assert counts["encoder"] == ENCODER_PARAMS
         assert counts["total"] == SSL_PARAMS[objective]
         assert cfg["normalize"] == "global_mvn"
 
 
 @pytest.mark.parametrize("corpus", CORPORA)
-@pytest.mark.parametrize("objective", ["birq", "best_rq"])
+@pytest.mark.parametrize("objective", ["birq", "best_rq", "mt4ssl"])
 def test_recipe_ssl_config_is_the_shared_model(corpus, objective):
     """A recipe config changes only batch/run length/schedules, never the model."""
     name = f"train_ssl_{objective}_conformer.yaml"

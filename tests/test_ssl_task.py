@@ -18,7 +18,10 @@ from espnet2_birq.tasks.ssl import BirqSSLTask
 
 from conftest import REPO, run_module, write_audio_set
 
-CONFIGS = sorted((REPO / "conf").glob("train_ssl_*.yaml"))
+# MT4SSL configs need a frame_labels stream: tests/test_mt4ssl.py builds and runs them.
+CONFIGS = sorted(
+    c for c in (REPO / "conf").glob("train_ssl_*.yaml") if "mt4ssl" not in c.name
+)
 DEBUG_CONFIG = REPO / "conf" / "train_ssl_best_rq_debug.yaml"
 
 

@@ -5,12 +5,15 @@ are module-level and closed, so the task declares its own extended lists and its
 ``build_model`` (ESPnet's modules are never patched). Differences from ``SSLTask``:
 
 - choices: ``--frontend kaldi_fbank`` (the project's Kaldi-compatible fbank),
-  ``--model birq`` (:class:`BirqSSLModel`), losses ``best_rq`` / ``birq`` and the util
-  ``span_mask``; ESPnet's own entries stay available;
+  ``--model birq`` (:class:`BirqSSLModel`), losses ``best_rq`` / ``birq`` /
+  ``kmeans_ce`` / ``ema_regression`` (MT4SSL) and the utils ``span_mask`` and ``ema``
+  (EMA teacher); ESPnet's own entries stay available;
 - no token list: targets come from the input, so ``--token_list`` is optional;
 - collation pads (and optionally crops) the input only; per-frame targets are computed
   inside the model from the same cropped input, so they stay aligned with the encoder
-  frames by construction (ESPnet's HuBERT collate trims labels separately).
+  frames by construction (ESPnet's HuBERT collate trims labels separately); an
+  offline per-frame label stream (``frame_labels``, MT4SSL's k-means ids) is cropped
+  with the same window, at encoder-frame resolution.
 """
 
 import argparse
@@ -32,9 +35,12 @@ from espnet2.train.preprocessor import CommonPreprocessor
 from espnet2.utils.types import int_or_none
 from espnet2_birq.bilevel import register_update_hooks
 from espnet2_birq.collate import CropCollateFn
+from espnet2_birq.ema import EMATeacher
 from espnet2_birq.features import KaldiFbankFrontend
+from espnet2_birq.frame_rate import label_stride
 from espnet2_birq.losses.best_rq import BestRQLoss
 from espnet2_birq.losses.birq import BiRQLoss
+from espnet2_birq.losses.mt4ssl import EMARegressionLoss, KMeansCELoss
 from espnet2_birq.masking import FrameSubsampling, SpanMasking
 from espnet2_birq.ssl_model import BirqSSLModel
 from espnet2_birq.train.trainer import GuardedTrainer
@@ -59,6 +65,8 @@ loss_choices = ClassChoices(
     classes=dict(
         best_rq=BestRQLoss,
         birq=BiRQLoss,
+        kmeans_ce=KMeansCELoss,
+        ema_regression=EMARegressionLoss,
         **espnet_ssl.loss_choices.classes,
     ),
     type_check=AbsSSLLoss,
@@ -66,13 +74,15 @@ loss_choices = ClassChoices(
 )
 util_choices = ClassChoices(
     "util",
-    classes=dict(span_mask=SpanMasking, **espnet_ssl.util_choices.classes),
+    classes=dict(span_mask=SpanMasking, ema=EMATeacher, **espnet_ssl.util_choices.classes),
     type_check=torch.nn.Module,
     default=None,
 )
 
 DEFAULT_LOSS = [{"name": "best_rq", "conf": {}}]
 DEFAULT_UTIL = [{"name": "span_mask", "conf": {}}]
+#: Offline per-encoder-frame label streams the data loader may give (MT4SSL k-means).
+LABEL_STREAMS = ("frame_labels",)
 
 
 class BirqSSLTask(SSLTask):
@@ -122,14 +132,23 @@ class BirqSSLTask(SSLTask):
         return optimizers
 
     @classmethod
+    def optional_data_names(
+        cls, train: bool = True, inference: bool = False
+    ) -> Tuple[str, ...]:
+        return super().optional_data_names(train, inference) + LABEL_STREAMS
+
+    @classmethod
     @typechecked
     def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable[
         [Collection[Tuple[str, Dict[str, np.ndarray]]]],
         Tuple[List[str], Dict[str, torch.Tensor]],
     ]:
+        max_length = getattr(args, "max_input_length", None) if train else None
         return CropCollateFn(
-            max_length=getattr(args, "max_input_length", None) if train else None,
+            max_length=max_length,
             crop_keys=("speech",),
+            label_keys=LABEL_STREAMS,
+            label_stride=label_stride(args) if max_length is not None else 1,
         )
 
     @classmethod
@@ -220,6 +239,8 @@ class BirqSSLTask(SSLTask):
                     util_conf = dict(conf_obj.get("conf", {}))
             if attr == "mask":
                 util_conf["encoder_embed_dim"] = encoder.output_size()
+            if attr == "ema":
+                util_conf["encoder"] = encoder
             util_modules.update({attr: util_choices.get_class(attr)(**util_conf)})
 
         # 7. Model
@@ -239,7 +260,15 @@ class BirqSSLTask(SSLTask):
             **args.model_conf,
         )
         if args.init is not None:
-            initialize(model, args.init)
+            initialize(model, args.init)  # the EMA teacher copies the student later
+        if "ema" in util_modules:
+            # DDP would broadcast every buffer from rank 0 at each forward (the whole
+            # teacher); every rank computes the same average of the same synchronised
+            # student, so the teacher is left out of DDP's buffer sync.
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model,
+                [name for name, _ in model.named_buffers() if name.startswith("util_modules.ema.")],
+            )
         return model
 
 

@@ -8,6 +8,7 @@
 #   3 token list (char or bpe) from the labelled training text
 #   4 shape files for SSL and ASR training
 #   5 SSL pre-training                      -> exp/ssl_<tag>/valid.<criterion>.ave.pth
+#     (first, when the SSL config has a kmeans_ce loss (MT4SSL): k-means labels -> dump/kmeans/)
 #   6 ASR fine-tuning (encoder from stage 5) -> exp/asr_<tag>/
 #     (--train_mode bljust: stage 5 is skipped and stage 6 trains BL-JUST, supervised
 #      and self-supervised at once, on the train set and the unlabelled pre-training set)
@@ -68,6 +69,17 @@ ssl_tag=             # exp/ssl_<tag>; default: basename of ssl_config
 ssl_exp=             # SSL experiment dir (overrides ssl_tag)
 ssl_args=            # extra arguments for espnet2_birq.bin.ssl_train
 
+# k-means targets (MT4SSL): run in stage 5 before training when the SSL config has a kmeans_ce loss
+kmeans_source=fbank  # fbank: global-CMVN fbank stacked to the encoder frame rate; layer: a block of an earlier model
+kmeans_model_file=   # layer: the earlier pre-trained model file, e.g. exp/ssl_x/valid.best_rq_acc.ave.pth
+kmeans_model_config= # layer: its config (default: config.yaml next to the model file)
+kmeans_layer=        # layer: the block whose output is clustered (1..num_blocks)
+kmeans_sample_utts=5000     # utterances of the pre-training set sampled for the fit
+kmeans_max_frames=1000000   # at most this many (encoder-rate) frames in the fit
+kmeans_seed=0        # seed of the sample and of MiniBatchKMeans
+kmeans_nj=           # parallel labelling jobs (default: --nj)
+kmeans_dir=          # default: ${dumpdir}/kmeans/<source>[_layer<N>_<model dir>]_<clusters>
+
 # ASR options
 asr_config=conf/train_asr_ctc.yaml  # ASR fine-tuning config (head, optimiser, epochs)
 asr_tag=             # exp/asr_<tag>; default: <asr_config>_<ssl_tag> (or _scratch)
@@ -100,7 +112,8 @@ Stages:
   2 fbank features (dump/fbank/<set>), global CMVN (dump/fbank/<pretrain_set>/cmvn.npz)
   3 token list (data/token_list/<char|bpe_<mode><nbpe>>/tokens.txt)
   4 shape files (${expdir}/ssl_stats_*, ${expdir}/asr_stats_*)
-  5 SSL pre-training (${expdir}/ssl_<tag>)
+  5 SSL pre-training (${expdir}/ssl_<tag>); with a kmeans_ce loss, first k-means labels
+    (${dumpdir}/kmeans/<name>/{kmeans.pkl,<set>/labels.txt})
   6 ASR fine-tuning (${expdir}/asr_<tag>)
   7 decoding of the test sets
   8 scoring (WER/CER) and ${expdir}/asr_<tag>/RESULTS.md
@@ -144,6 +157,16 @@ Options (default):
     --ssl_tag         # experiment name suffix (default: basename of --ssl_config)
     --ssl_exp         # experiment dir (default: ${expdir}/ssl_<ssl_tag>)
     --ssl_args        # extra arguments for espnet2_birq.bin.ssl_train (default: "${ssl_args}")
+  k-means targets (stage 5, only for SSL configs with a kmeans_ce loss, e.g. MT4SSL):
+    --kmeans_source   # fbank or layer (default: ${kmeans_source})
+    --kmeans_model_file   # layer: earlier pre-trained model file (default: "${kmeans_model_file}")
+    --kmeans_model_config # layer: its config (default: config.yaml next to it)
+    --kmeans_layer    # layer: block to cluster (default: "${kmeans_layer}")
+    --kmeans_sample_utts  # utterances sampled for the fit (default: ${kmeans_sample_utts})
+    --kmeans_max_frames   # frames in the fit at most (default: ${kmeans_max_frames})
+    --kmeans_seed     # seed of the sample and of the k-means (default: ${kmeans_seed})
+    --kmeans_nj       # labelling jobs (default: --nj)
+    --kmeans_dir      # output dir (default: ${dumpdir}/kmeans/<source>..._<clusters>)
   ASR fine-tuning:
     --asr_config      # ASR config (default: ${asr_config}); the encoder is copied from the SSL config
     --asr_tag         # experiment name suffix (default: <asr_config basename>_<ssl_tag>, _scratch with --pretrained none)
@@ -211,7 +234,7 @@ if [ "${train_mode}" = bljust ] && [ "${feats_type}" != fbank ]; then
     # The unlabelled set goes through the ASR model's input path, which reads fbank.
     die "--train_mode bljust needs --feats_type fbank (the unlabelled set is read as fbank features)"
 fi
-for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs min_frames; do
+for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs min_frames kmeans_sample_utts kmeans_max_frames kmeans_seed; do
     [[ ${!x} =~ ^[0-9]+$ ]] || die "--${x} must be a non-negative integer, got '${!x}'"
 done
 [ "${nj}" -ge 1 ] || die "--nj must be >= 1"
@@ -615,6 +638,86 @@ fi
 release_lock "${dumpdir}"  # stages 5-8 only read data/ and dump/
 
 # ---------------------------------------------------------------------------
+# k-means labels for a kmeans_ce loss (MT4SSL's offline targets): fit on a sample of the
+# pre-training features, label the pre-training and validation sets in parallel jobs,
+# one label per encoder frame, and check them against the features.
+kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
+    local clusters=$1 dset n_utt _nj _logdir _src_opts=() _name
+    [ -n "${clusters}" ] || return 0
+    # Inputs: the fbank dump, or (--feats_type raw) the audio, through the same fbank.
+    local _input=feats _check_opts=() pair split
+    if [ "${feats_type}" = raw ]; then
+        _input=wav
+        _check_opts=(--samples_fs "${fs}")
+    fi
+    _scp_of() {  # _scp_of SET: the scp the k-means reads for SET
+        if [ "${feats_type}" = raw ]; then echo "data/$1/wav.scp"; else echo "${fbank_dir}/$1/feats.scp"; fi
+    }
+    case "${kmeans_source}" in
+        fbank)
+            _name=fbank
+            _src_opts=(--source fbank)
+            [ "${global_cmvn}" = true ] && _src_opts+=(--cmvn_stats "${cmvn_stats}")
+            ;;
+        layer)
+            [ -n "${kmeans_model_file}" ] || die "--kmeans_source layer needs --kmeans_model_file"
+            [[ ${kmeans_layer} =~ ^[0-9]+$ ]] || die "--kmeans_source layer needs --kmeans_layer N, got '${kmeans_layer}'"
+            [ -f "${kmeans_model_file}" ] || die "--kmeans_model_file ${kmeans_model_file} not found"
+            [ -n "${kmeans_model_config}" ] || kmeans_model_config=$(dirname "${kmeans_model_file}")/config.yaml
+            [ -f "${kmeans_model_config}" ] || die "${kmeans_model_config} not found (give --kmeans_model_config)"
+            _name=layer${kmeans_layer}_$(basename "$(dirname "${kmeans_model_file}")")
+            _src_opts=(--source layer --model_config "${kmeans_model_config}"
+                --model_file "${kmeans_model_file}" --layer "${kmeans_layer}")
+            ;;
+        *) die "--kmeans_source must be fbank or layer, got '${kmeans_source}'" ;;
+    esac
+    [ -n "${kmeans_dir}" ] || kmeans_dir=${dumpdir}/kmeans/${_name}_${clusters}
+    if ! is_done "${kmeans_dir}/.done" "k-means labels ${kmeans_dir}"; then
+        need "$(_scp_of "${pretrain_set}")" 2
+        need "$(_scp_of "${valid_set}")" 2
+        mkdir -p "${kmeans_dir}/log"
+        log "k-means: ${clusters} clusters of ${kmeans_source} features -> ${kmeans_dir}; log: ${kmeans_dir}/log/fit.log"
+        # shellcheck disable=SC2086
+        ${train_cmd} "${kmeans_dir}/log/fit.log" \
+            ${python} -m espnet2_birq.bin.kmeans fit --ssl_config "${ssl_config}" \
+                --feats_scp "$(_scp_of "${pretrain_set}")" --input "${_input}" --fs "${fs}" --out "${kmeans_dir}/kmeans.pkl" \
+                --num_clusters "${clusters}" --sample_utts "${kmeans_sample_utts}" \
+                --max_frames "${kmeans_max_frames}" --seed "${kmeans_seed}" "${_src_opts[@]}" \
+            || die "k-means fit failed; see ${kmeans_dir}/log/fit.log"
+        for dset in $(echo "${pretrain_set} ${valid_set}" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
+            _logdir=${kmeans_dir}/${dset}/log
+            rm -rf "${_logdir}"
+            mkdir -p "${_logdir}"
+            n_utt=$(num_lines "$(_scp_of "${dset}")")
+            _nj=$(min "${kmeans_nj:-${nj}}" "${n_utt}")
+            awk -v n="${_nj}" -v d="${_logdir}" -v total="${n_utt}" \
+                '{ j = int((NR - 1) * n / total) + 1; print > (d "/feats." j ".scp") }' "$(_scp_of "${dset}")"
+            log "k-means labels of ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${_logdir}/label.*.log"
+            # shellcheck disable=SC2086
+            ${train_cmd} JOB=1:"${_nj}" "${_logdir}/label.JOB.log" \
+                ${python} -m espnet2_birq.bin.kmeans label --kmeans_model "${kmeans_dir}/kmeans.pkl" \
+                    --feats_scp "${_logdir}/feats.JOB.scp" --input "${_input}" --fs "${fs}" --out "${_logdir}/labels.JOB.txt" \
+                || die "k-means labelling of ${dset} failed; see ${_logdir}/label.*.log"
+            for j in $(seq "${_nj}"); do cat "${_logdir}/labels.${j}.txt"; done \
+                | LC_ALL=C sort -k1,1 > "${kmeans_dir}/${dset}/labels.txt.tmp"
+            mv -f "${kmeans_dir}/${dset}/labels.txt.tmp" "${kmeans_dir}/${dset}/labels.txt"
+        done
+        mark_done "${kmeans_dir}/.done"
+    fi
+    # Refuse labels that disagree with the features (other ids, other lengths), also
+    # when they were made earlier or by hand.
+    # The shape files of stage 4 count what the SSL data loader reads (frames, or samples).
+    for pair in "train:${pretrain_set}" "valid:${valid_set}"; do
+        split=${pair%%:*}; dset=${pair#*:}
+        need "${kmeans_dir}/${dset}/labels.txt" 5
+        need "${ssl_stats_dir}/${split}/speech_shape" 4
+        ${python} -m espnet2_birq.bin.kmeans check --ssl_config "${ssl_config}" "${_check_opts[@]}" \
+            --labels "${kmeans_dir}/${dset}/labels.txt" --feats_shape "${ssl_stats_dir}/${split}/speech_shape" \
+            || die "k-means labels ${kmeans_dir}/${dset}/labels.txt do not match the features of ${dset} (see above); remove ${kmeans_dir}/.done to remake them"
+    done
+}
+
+# ---------------------------------------------------------------------------
 if run_stage 5 && [ "${train_mode}" = bljust ]; then
     log "Stage 5: skipped (--train_mode bljust: stage 6 trains on the unlabelled ${pretrain_set} and the labelled ${train_set} at once)"
 elif run_stage 5; then
@@ -628,6 +731,8 @@ elif run_stage 5; then
         [ -f "${ssl_config}" ] || die "--ssl_config ${ssl_config} not found"
         need "${ssl_stats_dir}/train/speech_shape" 4
         need "${ssl_stats_dir}/valid/speech_shape" 4
+        _kmeans_clusters=$(${python} -m espnet2_birq.bin.kmeans wants "${ssl_config}") \
+            || die "cannot read the losses of ${ssl_config}"
         _opts=()
         if [ "${feats_type}" = fbank ]; then
             need "${fbank_dir}/${pretrain_set}/feats.scp" 2
@@ -643,6 +748,11 @@ elif run_stage 5; then
         if [ "${global_cmvn}" = true ]; then
             need "${cmvn_stats}" 2
             _opts+=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
+        fi
+        kmeans_labels "${_kmeans_clusters}"
+        if [ -n "${_kmeans_clusters}" ]; then
+            _opts+=(--train_data_path_and_name_and_type "${kmeans_dir}/${pretrain_set}/labels.txt,frame_labels,text_int"
+                --valid_data_path_and_name_and_type "${kmeans_dir}/${valid_set}/labels.txt,frame_labels,text_int")
         fi
         write_rerun "${ssl_exp}" 5
         log "SSL training started; log: ${ssl_exp}/train.log (tail -f it to follow progress)"
