@@ -373,3 +373,28 @@ def test_demo_size_anywhere_and_switching_sizes(tmp_path):
     assert not (recipe / "dump").exists()
     assert "--num_pretrain 4000" in ssl_args()[ssl_args().index("--local_data_opts") + 1]
     assert (recipe / "data" / ".demo_size").read_text().strip() == "default"
+
+
+def test_stage_8_refuses_a_model_that_emits_only_blanks(tmp_path):
+    """A set whose hypotheses are all empty is a failure, not a quiet 100% WER."""
+    recipe = make_recipe(tmp_path)
+    py = fake_python(tmp_path)
+    decode = recipe / "exp" / "asr_train_asr_ctc_train_ssl_birq_conformer" / "decode_ctc_greedy_asr_model_valid.loss.ave"
+    for dset in ("dev", "test"):
+        (decode / dset).mkdir(parents=True)
+        (decode / dset / "text").write_text("u1\nu2\n")
+        ref = recipe / "dump" / "fbank" / dset
+        ref.mkdir(parents=True)
+        (ref / "text").write_text("u1 A B\nu2 C\n")
+        (ref / "utt2spk").write_text("u1 s\nu2 s\n")
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "8", "--stop_stage", "8")
+    assert result.returncode != 0
+    assert "every hypothesis of dev" in result.stderr and "only blanks" in result.stderr
+    assert "Successfully finished" not in result.stdout
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "8", "--stop_stage", "8", "--empty_hyps_ok", "true")
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: every hypothesis of dev is empty" in result.stdout
+    # one non-empty hypothesis is an ordinary (bad) result
+    (decode / "dev" / "text").write_text("u1 A\nu2\n")
+    (decode / "test" / "text").write_text("u1 A\nu2\n")
+    assert run_ssl(recipe, *SETS, "--python", py, "--stage", "8", "--stop_stage", "8").returncode == 0

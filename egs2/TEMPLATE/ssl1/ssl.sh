@@ -98,6 +98,7 @@ inference_config=conf/decode_ctc_greedy.yaml  # decoding config
 inference_model=auto # model file in asr_exp; auto: valid.acc.ave.pth, valid.cer_ctc.ave.pth or valid.loss.ave.pth
 inference_tag=       # decode directory name; default: <config name, decode_ prefixed if needed>_asr_model_<model>
 inference_args=      # extra arguments for espnet2_birq.bin.asr_decode
+empty_hyps_ok=false  # stage 8: score a set whose hypotheses are all empty instead of failing
 
 # Packing and upload options
 hf_repo=             # stage 10: Hugging Face Hub repository for the packed ASR model, e.g. user/birq_asr
@@ -189,6 +190,8 @@ Options (default):
                        # valid.cer_ctc.ave.pth or valid.loss.ave.pth, the first that exists)
     --inference_tag    # decode dir name (default: decode_<config>_asr_model_<model>)
     --inference_args   # extra arguments for espnet2_birq.bin.asr_decode (default: "${inference_args}")
+    --empty_hyps_ok    # stage 8: score a set whose hypotheses are all empty (a model emitting only
+                       # blanks) instead of failing (default: ${empty_hyps_ok})
   Packing and upload:
     --hf_repo          # stage 10: Hub repository for the ASR model, e.g. user/birq_asr (default: "${hf_repo}")
     --hf_ssl_repo      # stage 10: Hub repository for the SSL model (default: "${hf_ssl_repo}")
@@ -1001,6 +1004,14 @@ if run_stage 8; then
         _dir=${asr_exp}/${inference_tag}/${dset}
         need "${_dir}/text" 7
         need "${fbank_dir}/${dset}/text" 2  # without the utterances stage 2 skipped (listed in bad_utts)
+        if [ "$(awk 'NF > 1' "${_dir}/text" | wc -l)" -eq 0 ]; then
+            # A model that emits only blanks scores a quiet 100% WER; say so loudly.
+            if [ "${empty_hyps_ok}" = true ]; then
+                log "WARNING: every hypothesis of ${dset} is empty (the model emits only blanks); scored anyway (--empty_hyps_ok true)"
+            else
+                die "every hypothesis of ${dset} in ${_dir}/text is empty: the model emits only blanks (under-trained: give fine-tuning more updates; or broken: see ${asr_exp}/train.log). --empty_hyps_ok true scores it anyway"
+            fi
+        fi
         for unit in word char; do
             [ "${unit}" = word ] && metric=wer || metric=cer
             ${python} -m espnet2_birq.bin.score --ref "${fbank_dir}/${dset}/text" --hyp "${_dir}/text" \
