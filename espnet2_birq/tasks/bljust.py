@@ -17,7 +17,6 @@ extra keys, so ``espnet2.bin.asr_inference`` decodes the result as any ASR model
 """
 
 import argparse
-import inspect
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -44,7 +43,12 @@ from espnet2_birq.bljust import (
 )
 from espnet2_birq.collate import CropCollateFn
 from espnet2_birq.masking import FrameSubsampling
-from espnet2_birq.tasks.ssl import DEFAULT_LOSS, DEFAULT_UTIL, loss_choices, util_choices
+from espnet2_birq.tasks.ssl import (
+    DEFAULT_LOSS,
+    DEFAULT_UTIL,
+    build_losses,
+    build_util_modules,
+)
 
 UNLABELLED_PREFIX = "unlabelled_"
 EPOCH_KEY = "bljust_epoch"
@@ -242,17 +246,9 @@ class BlJustTask(ASRTask):
             num_encoder_layers=len(getattr(encoder, "encoders", [])),
         )
         losses = build_ssl_losses(args.ssl_loss, context)
-        util_attributes, required_inputs = set(), set()
-        for loss in losses:
-            util_attributes.update(loss.util_attributes)
-            required_inputs.update(loss.required_inputs)
-        util_modules = torch.nn.ModuleDict()
-        for attr in sorted(util_attributes):
-            conf = {}
-            for util in args.ssl_util:
-                if util["name"] == attr:
-                    conf = dict(util.get("conf", {}))
-            util_modules.update({attr: util_choices.get_class(attr)(**conf)})
+        util_modules, util_attributes, required_inputs = build_util_modules(
+            losses, args.ssl_util, encoder
+        )
         ssl = SharedEncoderSSLModel(
             frontend=asr_model.frontend,
             normalize=asr_model.normalize,
@@ -369,12 +365,7 @@ class BlJustTask(ASRTask):
 
 def build_ssl_losses(loss_args: List[Dict], context: Dict[str, Any]) -> list:
     """SSL losses from ``--ssl_loss``, with the sizes they accept injected."""
-    losses = []
-    for entry in loss_args:
-        loss_class = loss_choices.get_class(entry["name"])
-        accepted = inspect.signature(loss_class.__init__).parameters
-        injected = {k: v for k, v in context.items() if k in accepted}
-        losses.append(loss_class(**injected, **entry.get("conf", {})))
+    losses = build_losses(loss_args, context)
     if not losses:
         raise ValueError("--ssl_loss is empty: BL-JUST needs a self-supervised loss")
     return losses

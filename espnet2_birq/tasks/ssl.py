@@ -219,29 +219,10 @@ class BirqSSLTask(SSLTask):
             subsampling_factor=subsampling.factor,
             num_encoder_layers=len(getattr(encoder, "encoders", [])),
         )
-        losses = []
-        for loss_args in args.loss:
-            loss_class = loss_choices.get_class(loss_args["name"])
-            accepted = inspect.signature(loss_class.__init__).parameters
-            injected = {k: v for k, v in context.items() if k in accepted}
-            losses.append(loss_class(**injected, **loss_args.get("conf", {})))
-
-        util_attributes = set()
-        required_inputs = set()
-        for loss in losses:
-            util_attributes.update(loss.util_attributes)
-            required_inputs.update(loss.required_inputs)
-        util_modules = torch.nn.ModuleDict()
-        for attr in sorted(util_attributes):
-            util_conf = {}
-            for conf_obj in args.util:
-                if conf_obj["name"] == attr:
-                    util_conf = dict(conf_obj.get("conf", {}))
-            if attr == "mask":
-                util_conf["encoder_embed_dim"] = encoder.output_size()
-            if attr == "ema":
-                util_conf["encoder"] = encoder
-            util_modules.update({attr: util_choices.get_class(attr)(**util_conf)})
+        losses = build_losses(args.loss, context)
+        util_modules, util_attributes, required_inputs = build_util_modules(
+            losses, args.util, encoder
+        )
 
         # 7. Model
         model_class = model_choices.get_class(args.model)
@@ -271,6 +252,51 @@ class BirqSSLTask(SSLTask):
             )
         return model
 
+
+
+def build_losses(loss_args: List[Dict], context: Dict) -> List[AbsSSLLoss]:
+    """Losses of a ``loss`` list, with the sizes each constructor accepts injected.
+
+    Args:
+        loss_args: ``[{name: ..., conf: {...}}, ...]`` (``--loss``, or BL-JUST's
+            ``--ssl_loss``).
+        context: ``encoder_output_size``, ``input_size``, ``subsampling_factor``,
+            ``num_encoder_layers``.
+    """
+    losses = []
+    for entry in loss_args:
+        loss_class = loss_choices.get_class(entry["name"])
+        accepted = inspect.signature(loss_class.__init__).parameters
+        injected = {k: v for k, v in context.items() if k in accepted}
+        losses.append(loss_class(**injected, **entry.get("conf", {})))
+    return losses
+
+
+def build_util_modules(
+    losses: List[AbsSSLLoss], util_args: List[Dict], encoder: torch.nn.Module
+) -> Tuple[torch.nn.ModuleDict, set, set]:
+    """The utils the losses ask for, configured from ``util_args``.
+
+    Returns:
+        util_modules, util_attributes, required_inputs (as ``ESPnetSSLModel`` takes them).
+    """
+    util_attributes = set()
+    required_inputs = set()
+    for loss in losses:
+        util_attributes.update(loss.util_attributes)
+        required_inputs.update(loss.required_inputs)
+    util_modules = torch.nn.ModuleDict()
+    for attr in sorted(util_attributes):
+        util_conf = {}
+        for conf_obj in util_args:
+            if conf_obj["name"] == attr:
+                util_conf = dict(conf_obj.get("conf", {}))
+        if attr == "mask":
+            util_conf["encoder_embed_dim"] = encoder.output_size()
+        if attr == "ema":
+            util_conf["encoder"] = encoder
+        util_modules.update({attr: util_choices.get_class(attr)(**util_conf)})
+    return util_modules, util_attributes, required_inputs
 
 def _read_token_list(args: argparse.Namespace) -> List[str]:
     """Token list if one was given (HuBERT-style losses), else an empty list."""
