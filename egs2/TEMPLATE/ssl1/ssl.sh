@@ -784,12 +784,12 @@ elif run_stage 5; then
 fi
 
 # ---------------------------------------------------------------------------
-asr_train() {  # asr_train OUTPUT_DIR [extra args]: one asr_train run through launch.py
-    local out=$1
-    shift
+asr_launch() {  # asr_launch WHAT OUTPUT_DIR MODULE CONFIG [extra args]: one ASR-task training run
+    # (labelled train/valid sets, tokens, CMVN) of MODULE through launch.py
+    local what=$1 out=$2 module=$3 config=$4
+    shift 4
     mkdir -p "${out}"
-    log "ASR training started; log: ${out}/train.log (tail -f it to follow progress)"
-    # shellcheck disable=SC2086
+    log "${what} training started; log: ${out}/train.log (tail -f it to follow progress)"
     ${python} -m espnet2.bin.launch \
         --cmd "${cuda_cmd} --name ${asr_exp##*/}" \
         --log "${out}/train.log" \
@@ -797,8 +797,8 @@ asr_train() {  # asr_train OUTPUT_DIR [extra args]: one asr_train run through la
         --num_nodes "${num_nodes}" \
         --init_file_prefix "${out}/.dist_init_" \
         --multiprocessing_distributed true -- \
-        ${python} -m espnet2_birq.bin.asr_train \
-            --config "${asr_exp}/train_asr.yaml" \
+        ${python} -m "${module}" \
+            --config "${config}" \
             --output_dir "${out}" \
             --resume true \
             --input_size 80 \
@@ -814,8 +814,15 @@ asr_train() {  # asr_train OUTPUT_DIR [extra args]: one asr_train run through la
             --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
             --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
             --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
-            "${_cmvn_opts[@]}" "$@" ${asr_args} \
-        || die "ASR training failed (cause above; log: ${out}/train.log)"
+            "${_cmvn_opts[@]}" "$@" \
+        || die "${what} training failed (cause above; log: ${out}/train.log)"
+}
+
+asr_train() {  # asr_train OUTPUT_DIR [extra args]: fine-tuning (guarded asr_train) of stage 6
+    local out=$1
+    shift
+    # shellcheck disable=SC2086
+    asr_launch ASR "${out}" espnet2_birq.bin.asr_train "${asr_exp}/train_asr.yaml" "$@" ${asr_args}
 }
 
 # --------------------------------------------------------------- BL-JUST stage 6
@@ -844,36 +851,11 @@ if run_stage 6 && [ "${train_mode}" = bljust ]; then
             _init=(--init_param "${init_ckpt}:encoder:encoder")
         fi
         write_rerun "${asr_exp}" 6
-        log "BL-JUST training started; log: ${asr_exp}/train.log (tail -f it to follow progress)"
         # shellcheck disable=SC2086
-        ${python} -m espnet2.bin.launch \
-            --cmd "${cuda_cmd} --name ${asr_exp##*/}" \
-            --log "${asr_exp}/train.log" \
-            --ngpu "${ngpu}" \
-            --num_nodes "${num_nodes}" \
-            --init_file_prefix "${asr_exp}/.dist_init_" \
-            --multiprocessing_distributed true -- \
-            ${python} -m espnet2_birq.bin.bljust_train \
-                --config "${bljust_config}" \
-                --output_dir "${asr_exp}" \
-                --resume true \
-                --input_size 80 \
-                --use_preprocessor true \
-                --token_type "${token_type}" \
-                --token_list "${token_list}" \
-                --bpemodel "${bpemodel}" \
-                --train_data_path_and_name_and_type "${fbank_dir}/${train_set}/feats.scp,speech,kaldi_ark" \
-                --train_data_path_and_name_and_type "${fbank_dir}/${train_set}/text,text,text" \
-                --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/feats.scp,speech,kaldi_ark" \
-                --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/text,text,text" \
-                --train_shape_file "${asr_stats_dir}/train/speech_shape" \
-                --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
-                --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
-                --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
-                --unlabelled_data_path_and_name_and_type "${fbank_dir}/${pretrain_set}/feats.scp,speech,kaldi_ark" \
-                --unlabelled_shape_file "${ssl_stats_dir}/train/speech_shape" \
-                "${_cmvn_opts[@]}" "${_init[@]}" ${bljust_args} \
-            || die "BL-JUST training failed; see ${asr_exp}/train.log"
+        asr_launch BL-JUST "${asr_exp}" espnet2_birq.bin.bljust_train "${bljust_config}" \
+            --unlabelled_data_path_and_name_and_type "${fbank_dir}/${pretrain_set}/feats.scp,speech,kaldi_ark" \
+            --unlabelled_shape_file "${ssl_stats_dir}/train/speech_shape" \
+            "${_init[@]}" ${bljust_args}
         mark_done "${asr_exp}/.done"
         log "BL-JUST training finished: ${asr_exp}"
     fi
