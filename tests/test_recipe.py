@@ -268,6 +268,14 @@ def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
     assert "--normalize_conf stats_file=dump/fbank/pretrain/cmvn.npz" in call
     assert call.rstrip().endswith("--max_epoch 3") and "--init_param" not in call
     assert (recipe / "exp" / "asr_train_bljust_conformer_scratch" / ".done").is_file()
+    # a marker that records no inputs is not "changed" on the next run: it is skipped
+    again = run_ssl(recipe, *SETS, "--python", py, "--ngpu", "0", "--train_mode", "bljust",
+                    "--stage", "6", "--stop_stage", "6", "--bljust_args", "--max_epoch 3")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "BL-JUST training exp/asr_train_bljust_conformer_scratch: already done, skipping" in again.stdout
+    assert "inputs changed" not in again.stdout
+    calls = (tmp_path / "python_calls.txt").read_text()
+    assert len([c for c in calls.splitlines() if "espnet2_birq.bin.bljust_train" in c]) == 1
 
 
 # --------------------------------------------------------------------------

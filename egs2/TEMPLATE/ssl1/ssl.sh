@@ -340,7 +340,8 @@ marker_changes() {  # marker_changes MARKER INPUT...: the recorded inputs that d
     grep -q '^# inputs$' "$1" || return 0  # marker of an older ssl.sh: nothing recorded
     recorded=$(sed -n '/^# inputs$/,$p' "$1" | tail -n +2)
     shift
-    diff <(echo "${recorded}") <(fingerprint "$@") | sed -n 's/^> /now: /p; s/^< /was: /p' || true
+    # both sides through $(...) and echo: a marker without inputs (recorded and now empty) is unchanged
+    diff <(echo "${recorded}") <(echo "$(fingerprint "$@")") | sed -n 's/^> /now: /p; s/^< /was: /p' || true
 }
 is_done() {  # is_done MARKER WHAT [INPUT...]: done and its inputs unchanged? (changed: redo)
     local marker=$1 what=$2 changes
@@ -675,7 +676,11 @@ kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
         *) die "--kmeans_source must be fbank or layer, got '${kmeans_source}'" ;;
     esac
     [ -n "${kmeans_dir}" ] || kmeans_dir=${dumpdir}/kmeans/${_name}_${clusters}
-    if ! is_done "${kmeans_dir}/.done" "k-means labels ${kmeans_dir}"; then
+    local _km_inputs=("$(_scp_of "${pretrain_set}")" "$(_scp_of "${valid_set}")" "clusters=${clusters}"
+        "kmeans_source=${kmeans_source}" "kmeans_seed=${kmeans_seed}" "kmeans_sample_utts=${kmeans_sample_utts}"
+        "kmeans_max_frames=${kmeans_max_frames}" "global_cmvn=${global_cmvn}")
+    [ "${kmeans_source}" = layer ] && _km_inputs+=("${kmeans_model_file}" "kmeans_layer=${kmeans_layer}")
+    if ! is_done "${kmeans_dir}/.done" "k-means labels ${kmeans_dir}" "${_km_inputs[@]}"; then
         need "$(_scp_of "${pretrain_set}")" 2
         need "$(_scp_of "${valid_set}")" 2
         mkdir -p "${kmeans_dir}/log"
@@ -705,7 +710,7 @@ kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
                 | LC_ALL=C sort -k1,1 > "${kmeans_dir}/${dset}/labels.txt.tmp"
             mv -f "${kmeans_dir}/${dset}/labels.txt.tmp" "${kmeans_dir}/${dset}/labels.txt"
         done
-        mark_done "${kmeans_dir}/.done"
+        mark_done "${kmeans_dir}/.done" "${_km_inputs[@]}"
     fi
     # Refuse labels that disagree with the features (other ids, other lengths), also
     # when they were made earlier or by hand.

@@ -1,0 +1,556 @@
+#!/usr/bin/env python3
+"""What does each pre-training method buy? One comparison on the mini_synth demo corpus.
+
+Arms (identical encoder, fine-tuning config, fine-tuning budget and decoding):
+
+* ``scratch``  CTC fine-tuning from a random encoder
+* ``best_rq``  BEST-RQ pre-training, then the same fine-tuning
+* ``birq``     BiRQ pre-training (shipped demo config), then the same fine-tuning
+* ``mt4ssl``   MT4SSL pre-training (k-means + EMA-teacher targets), then the same fine-tuning
+* ``bljust``   BL-JUST: one joint run on the labelled and the unlabelled set
+
+each for several seeds (the trainer's ``--seed``: initialisation, masks, batch order;
+the quantisers' projections are part of the configs and stay fixed) and several
+labelled budgets (subsets of the demo's labelled set, the same utterances for every
+arm). Budgets are counted in optimiser updates, never epochs, so that a small
+labelled set gets as many fine-tuning updates as a large one:
+
+* pre-training: ``--ssl_updates`` for every SSL method;
+* fine-tuning: ``--ft_updates`` for every arm and budget;
+* BL-JUST: ``--ssl_updates`` joint updates (each one labelled and one unlabelled
+  batch) followed by ``--ft_updates`` supervised-only updates (its ``final`` phase).
+
+Everything runs through the demo recipe (``egs2/mini_synth/ssl1/run.sh`` -> ``ssl.sh``)
+in a work directory of its own; the corpus audio is shared with the demo (it is a
+deterministic function of the options). What can be shared is computed once:
+corpus, features, CMVN, token list (from the full labelled set, so every budget has
+the same output layer), k-means labels, and each pre-trained encoder (used by every
+budget). Each job logs to ``<work_dir>/logs/<job>.log``; re-running the driver
+skips finished jobs (the recipe's stage markers), so a killed comparison resumes.
+
+Output (``--out_dir``): ``compare_methods.md`` (mean and standard deviation over
+seeds of dev/test WER and CER per method and budget, wall time per arm, and a
+verdict column that says when a difference is within the seed spread),
+``compare_methods.json`` (every run) and ``compare_methods.png`` (test WER against
+the labelled amount, one line per method, error bars = standard deviation).
+
+    bench/compare_methods.py                 # the full comparison (BENCHMARKS.md gives its time)
+    bench/compare_methods.py --quick         # tiny corpus, few updates, 2 seeds: a smoke run
+    bench/compare_methods.py --methods scratch birq --seeds 0 1 2 --budgets 40 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "egs2" / "mini_synth" / "ssl1"
+TEMPLATE = REPO / "egs2" / "TEMPLATE" / "ssl1"
+
+METHODS = ("scratch", "best_rq", "birq", "mt4ssl", "bljust")
+LABELS = {
+    "scratch": "from scratch",
+    "best_rq": "BEST-RQ",
+    "birq": "BiRQ",
+    "mt4ssl": "MT4SSL",
+    "bljust": "BL-JUST",
+}
+SSL_CONFIGS = {
+    "best_rq": "conf/train_ssl_best_rq_tiny.yaml",
+    "birq": "conf/train_ssl_birq_tiny.yaml",
+    "mt4ssl": "conf/train_ssl_mt4ssl_tiny.yaml",
+}
+ASR_CONFIG = "conf/train_asr_ctc_tiny.yaml"
+BLJUST_CONFIG = "conf/train_bljust_tiny.yaml"
+DEV_SET, TEST_SET = "dev", "test"
+
+
+class CompareError(RuntimeError):
+    """A job of the comparison failed; the message names its log."""
+
+
+@dataclass
+class Job:
+    name: str
+    args: List[str]
+    deps: List[str] = field(default_factory=list)
+    kind: str = ""  # pretrain, finetune, bljust
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------- setup
+def make_work_recipe(work: Path) -> Path:
+    """A recipe directory linked to the demo's scripts; data/ dump/ exp/ are its own."""
+    recipe = work / "ssl1"
+    recipe.mkdir(parents=True, exist_ok=True)
+    links = {
+        "run.sh": DEMO / "run.sh",
+        "db.sh": DEMO / "db.sh",
+        "local": DEMO / "local",
+        "conf": DEMO / "conf",
+        "ssl.sh": TEMPLATE / "ssl.sh",
+        "path.sh": TEMPLATE / "path.sh",
+        "cmd.sh": TEMPLATE / "cmd.sh",
+        "utils": REPO / "utils",
+    }
+    for name, target in links.items():
+        link = recipe / name
+        if link.is_symlink() or link.exists():
+            if link.resolve() != target.resolve():
+                raise CompareError(f"{link} exists and does not point to {target}; use another --work_dir")
+            continue
+        link.symlink_to(target)
+    return recipe
+
+
+def read_ids(path: Path) -> List[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.split(maxsplit=1)[0] for line in f if line.strip()]
+
+
+def subset_data_dir(src: Path, dst: Path, count: int) -> List[str]:
+    """The labelled subset of ``count`` utterances: evenly spaced over ``src``'s sorted
+    ids (utterance ids start with the speaker id, so this spreads the subset over the
+    speakers). Every per-utterance file is filtered; ``spk2utt`` is rebuilt."""
+    ids = read_ids(src / "text")
+    if count > len(ids):
+        raise CompareError(f"budget {count} is larger than {src} ({len(ids)} utterances)")
+    step = len(ids) / count
+    keep = {ids[int(i * step)] for i in range(count)}
+    dst.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(src.iterdir()):
+        if entry.is_dir() or entry.name == "spk2utt":
+            continue  # split dirs of the source; spk2utt is rebuilt below
+        if entry.name == "wav.scp" and (src / "segments").exists():
+            shutil.copyfile(entry, dst / entry.name)  # keyed by recording: keep all
+            continue
+        with open(entry, encoding="utf-8") as f_in, open(dst / f"{entry.name}.tmp", "w", encoding="utf-8") as f_out:
+            for line in f_in:
+                if line.split(maxsplit=1)[0] in keep:
+                    f_out.write(line)
+        os.replace(dst / f"{entry.name}.tmp", dst / entry.name)
+    spk2utt: Dict[str, List[str]] = {}
+    with open(dst / "utt2spk", encoding="utf-8") as f:
+        for line in f:
+            utt, spk = line.split()
+            spk2utt.setdefault(spk, []).append(utt)
+    with open(dst / "spk2utt", "w", encoding="utf-8") as f:
+        for spk in sorted(spk2utt):
+            f.write(f"{spk} {' '.join(spk2utt[spk])}\n")
+    return sorted(keep)
+
+
+def total_hours(data_dir: Path) -> float:
+    with open(data_dir / "utt2dur", encoding="utf-8") as f:
+        return sum(float(line.split()[1]) for line in f if line.strip()) / 3600.0
+
+
+# ---------------------------------------------------------------------------- runner
+class Runner:
+    """Runs recipe commands in the work recipe, ``jobs`` at a time, each logged to a file."""
+
+    def __init__(self, recipe: Path, log_dir: Path, demo_size: str, jobs: int, dry_run: bool = False):
+        self.recipe = recipe
+        self.log_dir = log_dir
+        self.demo_size = demo_size
+        self.pool = ThreadPoolExecutor(max_workers=jobs)
+        self.futures: Dict[str, Future] = {}
+        self.dry_run = dry_run
+        self.lock = threading.Lock()
+        self.running: set = set()
+        self.stopping = False
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def stop(self) -> None:
+        """Kill every running job (its whole process group) and start no other."""
+        with self.lock:
+            self.stopping = True
+            procs = list(self.running)
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def env(self) -> Dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")  # one core per job: jobs run side by side
+        env.setdefault("MKL_NUM_THREADS", "1")
+        # the corpus audio is shared with the demo recipe (deterministic in its options)
+        env.setdefault("MINI_SYNTH", str(DEMO / "downloads" / "mini_synth"))
+        env.setdefault("cmd_backend", "local")
+        return env
+
+    def run_now(self, job: Job) -> Job:
+        log = self.log_dir / f"{job.name}.log"
+        cmd = ["./run.sh", "--demo_size", self.demo_size, *job.args]
+        say(f"start {job.name} (log: {log})")
+        start = time.time()
+        if self.dry_run:
+            log.write_text(" ".join(cmd) + "\n")
+        else:
+            with open(log, "w", encoding="utf-8") as f:
+                f.write("# " + " ".join(cmd) + "\n")
+                f.flush()
+                with self.lock:
+                    if self.stopping:
+                        raise CompareError(f"job {job.name} not started: the comparison is stopping")
+                    # own process group: stop() ends the recipe and everything it started
+                    proc = subprocess.Popen(cmd, cwd=self.recipe, stdout=f, stderr=subprocess.STDOUT,
+                                            env=self.env(), start_new_session=True)
+                    self.running.add(proc)
+                try:
+                    proc.wait()
+                finally:
+                    with self.lock:
+                        self.running.discard(proc)
+            if proc.returncode != 0:
+                tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
+                raise CompareError(f"job {job.name} failed (exit {proc.returncode}); log: {log}\n" + "\n".join(tail))
+        job.seconds = time.time() - start
+        say(f"done  {job.name} ({job.seconds:.0f} s)")
+        return job
+
+    def submit(self, job: Job) -> None:
+        def work() -> Job:
+            for dep in job.deps:  # submitted earlier: running or finished, never queued behind us
+                self.futures[dep].result()
+            return self.run_now(job)
+
+        self.futures[job.name] = self.pool.submit(work)
+
+    def wait(self) -> Dict[str, Job]:
+        """Results of every job; at the first failure the others are stopped and it is raised."""
+        finished, _ = wait_futures(list(self.futures.values()), return_when=FIRST_EXCEPTION)
+        for fut in finished:
+            if fut.exception() is not None:
+                self.stop()
+                raise fut.exception()
+        self.pool.shutdown()
+        return {name: fut.result() for name, fut in self.futures.items()}
+
+
+def say(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} (compare_methods) {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------- plan
+def epochs_for(updates: int, per_epoch: int, what: str) -> int:
+    if updates <= 0 or updates % per_epoch:
+        raise CompareError(f"{what} must be a positive multiple of --updates_per_epoch ({per_epoch}), got {updates}")
+    return updates // per_epoch
+
+
+def budget_name(count: int) -> str:
+    return f"train{count}"
+
+
+def ssl_exp(method: str, seed: int) -> str:
+    return f"exp/ssl_{method}_seed{seed}"
+
+
+def asr_exp(budget: int, method: str, seed: int) -> str:
+    return f"exp/{budget_name(budget)}/asr_{method}_seed{seed}"
+
+
+def plan_jobs(args, recipe: Path, budgets: Sequence[int], full_train: int) -> List[Job]:
+    per_epoch = args.updates_per_epoch
+    ssl_epochs = epochs_for(args.ssl_updates, per_epoch, "--ssl_updates")
+    ft_epochs = epochs_for(args.ft_updates, per_epoch, "--ft_updates")
+    common = ["--nj", "1", "--inference_nj", "1"]
+    if args.empty_hyps_ok:
+        common += ["--empty_hyps_ok", "true"]
+    ssl_args = f"--max_epoch {ssl_epochs} --num_iters_per_epoch {per_epoch}"
+    jobs: List[Job] = []
+    for method in args.methods:
+        if method not in SSL_CONFIGS:
+            continue
+        for seed in args.seeds:
+            # the k-means labels (MT4SSL) are made by the first run and shared: the
+            # recipe has no lock on them, so the other seeds wait for it
+            first = f"pretrain_{method}_seed{args.seeds[0]}"
+            deps = [first] if method == "mt4ssl" and seed != args.seeds[0] else []
+            jobs.append(Job(
+                name=f"pretrain_{method}_seed{seed}", kind="pretrain", deps=deps,
+                args=[*common, "--stage", "5", "--stop_stage", "5", "--ssl_config", SSL_CONFIGS[method],
+                      "--ssl_exp", ssl_exp(method, seed), "--ssl_args", f"{ssl_args} --seed {seed}"],
+            ))
+    for budget in budgets:
+        # stages 6-8 of every budget in exp/<budget>/ with its own shape files (stage 4)
+        per_budget = [*common, "--train_set", "train" if budget == full_train else budget_name(budget),
+                      "--expdir", f"exp/{budget_name(budget)}", "--stage", "6", "--stop_stage", "8"]
+        for method in args.methods:
+            for seed in args.seeds:
+                name = f"{budget_name(budget)}_{method}_seed{seed}"
+                exp = asr_exp(budget, method, seed)
+                if method == "bljust":
+                    bljust_args = (f"--max_epoch {ssl_epochs + ft_epochs} --num_iters_per_epoch {per_epoch}"
+                                   f" --bljust_conf final_epochs={ft_epochs} --seed {seed}")
+                    jobs.append(Job(name=name, kind="bljust", args=[
+                        *per_budget, "--train_mode", "bljust", "--bljust_config", BLJUST_CONFIG,
+                        "--asr_exp", exp, "--bljust_args", bljust_args]))
+                    continue
+                ft_args = f"--max_epoch {ft_epochs} --num_iters_per_epoch {per_epoch} --seed {seed}"
+                if method == "scratch":
+                    jobs.append(Job(name=name, kind="finetune", args=[
+                        *per_budget, "--pretrained", "none", "--asr_exp", exp, "--asr_args", ft_args]))
+                    continue
+                # --pretrained auto: the model file the SSL config's best_model_criterion names
+                # (stage 6 checks that every encoder tensor loads from it)
+                jobs.append(Job(name=name, kind="finetune", deps=[f"pretrain_{method}_seed{seed}"], args=[
+                    *per_budget, "--ssl_config", SSL_CONFIGS[method], "--ssl_exp", ssl_exp(method, seed),
+                    "--pretrained", "auto", "--asr_exp", exp, "--asr_args", ft_args]))
+    return jobs
+
+
+# ---------------------------------------------------------------------------- results
+def read_err(exp_dir: Path, dset: str, metric: str) -> float:
+    found = sorted(exp_dir.glob(f"decode_*/{dset}/score_{metric}/summary.json"))
+    if len(found) != 1:
+        raise CompareError(f"expected one {dset} {metric} summary under {exp_dir}/decode_*, found {len(found)}")
+    return float(json.loads(found[0].read_text())["Err"])
+
+
+def mean_std(values: Sequence[float]):
+    if not values:
+        return math.nan, math.nan
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return mean, std
+
+
+def verdict(a: Sequence[float], b: Sequence[float]) -> str:
+    """Is mean(a) lower (better) than mean(b) by more than two seed standard deviations?
+
+    The spread is the larger of the two arms' standard deviations: a difference
+    counts only when it exceeds twice that, the rule the comparison is judged by.
+    """
+    if len(a) < 2 or len(b) < 2:
+        return "n/a (one seed)"
+    ma, sa = mean_std(a)
+    mb, sb = mean_std(b)
+    spread = max(sa, sb)
+    diff = ma - mb
+    if abs(diff) > 2 * spread:
+        return f"{diff:+.1f} ({'better' if diff < 0 else 'worse'}, > 2 sd)"
+    return f"{diff:+.1f} (within spread, 2 sd = {2 * spread:.1f})"
+
+
+def collect(recipe: Path, args, budgets, jobs: Dict[str, Job]) -> dict:
+    runs = []
+    for budget in budgets:
+        for method in args.methods:
+            for seed in args.seeds:
+                name = f"{budget_name(budget)}_{method}_seed{seed}"
+                exp = recipe / asr_exp(budget, method, seed)
+                row = dict(budget=budget, method=method, seed=seed, exp=str(exp.relative_to(recipe)))
+                for dset in (DEV_SET, TEST_SET):
+                    for metric in ("wer", "cer"):
+                        row[f"{dset}_{metric}"] = read_err(exp, dset, metric)
+                row["finetune_seconds"] = round(jobs[name].seconds, 1)
+                pre = jobs.get(f"pretrain_{method}_seed{seed}")
+                row["pretrain_seconds"] = round(pre.seconds, 1) if pre else 0.0
+                runs.append(row)
+    return dict(runs=runs)
+
+
+def write_report(results: dict, args, budgets, hours: Dict[int, float], pretrain_hours: float, out_dir: Path,
+                 elapsed: float) -> Path:
+    runs = results["runs"]
+    by = {}
+    for r in runs:
+        by.setdefault((r["budget"], r["method"]), []).append(r)
+    lines = [
+        "<!-- Written by bench/compare_methods.py; the command is below. -->",
+        "# Pre-training methods compared on mini_synth",
+        "",
+        f"Command: `{args.command_line}`",
+        "",
+        f"- Pre-training set: {pretrain_hours:.2f} h (unlabelled); {args.ssl_updates} pre-training updates per SSL method.",
+        f"- Fine-tuning: `{ASR_CONFIG}`, {args.ft_updates} updates for every arm and budget; "
+        f"BL-JUST: {args.ssl_updates} joint updates + {args.ft_updates} supervised-only updates (`{BLJUST_CONFIG}`).",
+        f"- Seeds: {' '.join(map(str, args.seeds))} (trainer seed of pre-training and fine-tuning); "
+        f"greedy CTC decoding; model: average of the 3 best checkpoints by dev CER.",
+        "- Values: mean ± standard deviation over seeds, in %. Wall time: mean minutes per run "
+        "(pre-training + fine-tuning incl. decoding), measured with "
+        f"{args.jobs} jobs side by side on this machine.",
+        f"- Total wall time of this comparison: {elapsed / 60:.1f} min.",
+        "- Verdict columns: difference of the test-WER means (negative: lower WER); a difference counts "
+        "only when it is larger than twice the larger standard deviation of the two arms, "
+        "otherwise the cell says *within spread*.",
+        "",
+        "| labelled | method | dev WER | dev CER | test WER | test CER | min/run | test WER vs scratch | vs BEST-RQ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(values):
+        m, s = mean_std(values)
+        return f"{m:.1f} ± {s:.1f}" if not math.isnan(s) else f"{m:.1f}"
+
+    for budget in budgets:
+        label = f"{budget} utts ({hours[budget] * 60:.0f} min, {100 * hours[budget] / pretrain_hours:.0f}%)"
+        for method in args.methods:
+            rs = by[(budget, method)]
+            test = [r["test_wer"] for r in rs]
+            minutes = statistics.fmean((r["pretrain_seconds"] + r["finetune_seconds"]) / 60 for r in rs)
+            vs_scratch = (verdict(test, [r["test_wer"] for r in by[(budget, "scratch")]])
+                          if method != "scratch" and (budget, "scratch") in by else "")
+            vs_bestrq = (verdict(test, [r["test_wer"] for r in by[(budget, "best_rq")]])
+                         if method not in ("best_rq", "scratch") and (budget, "best_rq") in by else "")
+            lines.append(
+                f"| {label} | {LABELS[method]} | {fmt([r['dev_wer'] for r in rs])} | {fmt([r['dev_cer'] for r in rs])} "
+                f"| {fmt(test)} | {fmt([r['test_cer'] for r in rs])} | {minutes:.1f} | {vs_scratch} | {vs_bestrq} |"
+            )
+    lines += ["", f"![test WER against labelled amount]({args.out_name}.png)", ""]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / f"{args.out_name}.md"
+    md.write_text("\n".join(lines))
+    (out_dir / f"{args.out_name}.json").write_text(json.dumps(
+        dict(command=args.command_line, ssl_updates=args.ssl_updates, ft_updates=args.ft_updates,
+             seeds=args.seeds, budgets=list(budgets), labelled_hours={str(b): hours[b] for b in budgets},
+             pretrain_hours=pretrain_hours, elapsed_seconds=round(elapsed, 1), **results), indent=1) + "\n")
+    plot(by, args, budgets, hours, out_dir / f"{args.out_name}.png")
+    return md
+
+
+def plot(by, args, budgets, hours, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [hours[b] * 60 for b in budgets]
+    for i, method in enumerate(args.methods):
+        stats = [mean_std([r["test_wer"] for r in by[(b, method)]]) for b in budgets]
+        # methods side by side around each budget, so that error bars do not hide each other
+        offset = [x * (1 + 0.03 * (i - len(args.methods) / 2)) for x in xs]
+        ax.errorbar(offset, [m for m, _ in stats], yerr=[0 if math.isnan(s) else s for _, s in stats],
+                    marker="o", capsize=3, label=LABELS[method])
+    ax.set_xscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{b} utts\n{x:.0f} min" for b, x in zip(budgets, xs)])
+    ax.set_xlabel("labelled data")
+    ax.set_ylabel("test WER (%)")
+    ax.set_title(f"mini_synth, {len(args.seeds)} seeds (mean ± sd)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny corpus, 2 seeds, 2 budgets, 20 updates each (a few minutes)")
+    p.add_argument("--demo_size", choices=("default", "tiny"), default=None, help="corpus size (default: default)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (--quick: 0 1)")
+    p.add_argument("--budgets", nargs="+", type=int, default=None,
+                   help="labelled utterances per budget; the largest must be the demo's whole labelled set "
+                        "(default: 40 400, i.e. 1%% and 10%% of the pre-training audio; --quick: 12 60)")
+    p.add_argument("--ssl_updates", type=int, default=None, help="pre-training updates (default: 600; --quick: 20)")
+    p.add_argument("--ft_updates", type=int, default=None, help="fine-tuning updates (default: 600; --quick: 20)")
+    p.add_argument("--updates_per_epoch", type=int, default=None,
+                   help="ESPnet epoch length in updates: validation and checkpoints (default: 50; --quick: 10)")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side, one core each (default: 2)")
+    p.add_argument("--work_dir", type=Path, default=None,
+                   help="recipe work directory (default: bench/work/compare_methods_<size>)")
+    p.add_argument("--out_dir", type=Path, default=None, help="report directory (default: bench/results)")
+    p.add_argument("--out_name", default=None, help="report file stem (default: compare_methods[_quick])")
+    p.add_argument("--empty_hyps_ok", action="store_true",
+                   help="score models that emit only blanks (--quick sets it: 20 updates may not learn)")
+    args = p.parse_args(argv)
+    args.command_line = " ".join(["bench/compare_methods.py", *(argv if argv is not None else sys.argv[1:])])
+    quick = args.quick
+    args.demo_size = args.demo_size or ("tiny" if quick else "default")
+    args.seeds = args.seeds if args.seeds is not None else ([0, 1] if quick else [0, 1, 2])
+    args.budgets = args.budgets or ([12, 60] if quick else [40, 400])
+    args.ssl_updates = args.ssl_updates or (20 if quick else 600)
+    args.ft_updates = args.ft_updates or (20 if quick else 600)
+    args.updates_per_epoch = args.updates_per_epoch or (10 if quick else 50)
+    args.empty_hyps_ok = args.empty_hyps_ok or quick
+    args.work_dir = (args.work_dir or REPO / "bench" / "work" / f"compare_methods_{args.demo_size}").resolve()
+    args.out_dir = (args.out_dir or REPO / "bench" / "results").resolve()
+    args.out_name = args.out_name or ("compare_methods_quick" if quick else "compare_methods")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error("--seeds must be distinct")
+    if "scratch" not in args.methods:
+        p.error("--methods must include scratch: every verdict is relative to it")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.time()
+    recipe = make_work_recipe(args.work_dir)
+    runner = Runner(recipe, args.work_dir / "logs", args.demo_size, args.jobs)
+    say(f"work directory {recipe}; methods {' '.join(args.methods)}; seeds {args.seeds}; budgets {args.budgets}")
+
+    # 1. corpus, features, CMVN, token list (from the whole labelled set) and shapes: once
+    runner.run_now(Job("prepare", ["--nj", "2", "--stop_stage", "4"]))
+    full_train = len(read_ids(recipe / "data" / "train" / "text"))
+    budgets = sorted(set(args.budgets))
+    if budgets[-1] != full_train:
+        raise CompareError(f"the largest budget must be the whole labelled set ({full_train} utterances), "
+                           f"got {budgets[-1]}: the token list is made from it")
+    for budget in budgets:
+        if budget != full_train:
+            subset_data_dir(recipe / "data" / "train", recipe / "data" / budget_name(budget), budget)
+        # features of the subset (the rest is done) and the budget's shape files; the
+        # token list of the whole labelled set is kept (stage 3 skipped)
+        runner.run_now(Job(f"prepare_{budget_name(budget)}", [
+            "--nj", "1", "--stage", "2", "--stop_stage", "4", "--skip_stages", "3",
+            "--train_set", "train" if budget == full_train else budget_name(budget),
+            "--expdir", f"exp/{budget_name(budget)}"]))
+
+    # 2. pre-training runs, then every fine-tuning / BL-JUST run, `--jobs` at a time
+    jobs = plan_jobs(args, recipe, budgets, full_train)
+    for job in jobs:
+        runner.submit(job)
+    try:
+        done = runner.wait()
+    except BaseException:  # a failed job, Ctrl-C or SIGTERM: no job outlives the driver
+        runner.stop()
+        raise
+
+    # 3. report
+    hours = {b: total_hours(recipe / "data" / ("train" if b == full_train else budget_name(b))) for b in budgets}
+    results = collect(recipe, args, budgets, done)
+    md = write_report(results, args, budgets, hours, total_hours(recipe / "data" / "pretrain"), args.out_dir,
+                      time.time() - start)
+    print(md.read_text())
+    say(f"report: {md} (+ .json, .png); {(time.time() - start) / 60:.1f} min")
+    return 0
+
+
+def raise_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        sys.exit(main())
+    except CompareError as e:
+        say(f"ERROR: {e}")
+        sys.exit(1)

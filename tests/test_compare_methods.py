@@ -1,0 +1,166 @@
+"""bench/compare_methods.py: the plan (equal budgets for every arm), the labelled subsets,
+the report (mean/sd table, spread verdicts, plot) and, at its smallest size, a real run."""
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "bench" / "compare_methods.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("compare_methods", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["compare_methods"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+cm = load()
+
+
+def write_data_dir(path: Path, spk_utts):
+    path.mkdir(parents=True)
+    utts = sorted((f"{spk}_{i:03d}", spk) for spk, n in spk_utts for i in range(n))
+    (path / "text").write_text("".join(f"{u} HELLO {u[-1]}\n" for u, _ in utts))
+    (path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in utts))
+    (path / "wav.scp").write_text("".join(f"{u} /a/{u}.wav\n" for u, _ in utts))
+    (path / "utt2dur").write_text("".join(f"{u} 2.0\n" for u, _ in utts))
+    (path / "spk2utt").write_text("stale\n")
+    return [u for u, _ in utts]
+
+
+def test_subset_spreads_over_speakers_and_keeps_files_in_step(tmp_path):
+    ids = write_data_dir(tmp_path / "train", [(f"spk{k}", 10) for k in range(8)])
+    kept = cm.subset_data_dir(tmp_path / "train", tmp_path / "train16", 16)
+    assert len(kept) == 16 and set(kept) <= set(ids)
+    speakers = {u.split("_")[0] for u in kept}
+    assert len(speakers) == 8  # 2 of each speaker's 10, not the first 16 utterances
+    for name in ("text", "utt2spk", "wav.scp", "utt2dur"):
+        assert cm.read_ids(tmp_path / "train16" / name) == kept
+    spk2utt = (tmp_path / "train16" / "spk2utt").read_text().splitlines()
+    assert len(spk2utt) == 8 and all(len(line.split()) == 3 for line in spk2utt)
+    assert cm.total_hours(tmp_path / "train16") == pytest.approx(16 * 2.0 / 3600)
+    with pytest.raises(cm.CompareError, match="larger than"):
+        cm.subset_data_dir(tmp_path / "train", tmp_path / "too_big", 81)
+
+
+def test_verdict_needs_a_difference_beyond_two_standard_deviations():
+    assert cm.verdict([40.0, 41.0, 42.0], [50.0, 51.0, 52.0]).startswith("-10.0 (better")
+    assert cm.verdict([50.0, 51.0, 52.0], [40.0, 41.0, 42.0]).startswith("+10.0 (worse")
+    # 1.0 apart with sd 1.0: within the spread, whichever is lower
+    assert "within spread" in cm.verdict([40.0, 41.0, 42.0], [41.0, 42.0, 43.0])
+    assert "within spread" in cm.verdict([40.0, 44.0], [46.0, 46.0])  # -4.0 against 2 x sd 2.83
+    assert cm.verdict([40.0], [50.0]) == "n/a (one seed)"
+
+
+def plan(tmp_path, *extra):
+    args = cm.parse_args(["--work_dir", str(tmp_path / "w"), "--out_dir", str(tmp_path / "o"), *extra])
+    return args, cm.plan_jobs(args, tmp_path, sorted(args.budgets), max(args.budgets))
+
+
+def option(job, name):
+    return job.args[job.args.index(name) + 1]
+
+
+def test_every_arm_gets_the_same_budget_in_updates(tmp_path):
+    args, jobs = plan(tmp_path, "--ssl_updates", "300", "--ft_updates", "500")
+    by_name = {j.name: j for j in jobs}
+    pre = [j for j in jobs if j.kind == "pretrain"]
+    assert {j.name for j in pre} == {f"pretrain_{m}_seed{s}" for m in ("best_rq", "birq", "mt4ssl") for s in (0, 1, 2)}
+    for j in pre:
+        assert option(j, "--ssl_args").startswith("--max_epoch 6 --num_iters_per_epoch 50 --seed ")
+    ft = [j for j in jobs if j.kind == "finetune"]
+    assert len(ft) == 4 * 3 * 2  # scratch + 3 SSL methods, 3 seeds, 2 budgets
+    for j in ft:
+        seed = j.name.rsplit("seed", 1)[1]
+        assert option(j, "--asr_args") == f"--max_epoch 10 --num_iters_per_epoch 50 --seed {seed}"
+        if "_scratch_" in j.name:
+            assert option(j, "--pretrained") == "none" and not j.deps
+        else:
+            method = j.name.split("_", 1)[1].rsplit("_seed", 1)[0]
+            assert j.deps == [f"pretrain_{method}_seed{seed}"]
+            assert option(j, "--pretrained") == "auto" and option(j, "--ssl_exp") == f"exp/ssl_{method}_seed{seed}"
+            assert option(j, "--ssl_config") == cm.SSL_CONFIGS[method]
+    bl = [j for j in jobs if j.kind == "bljust"]
+    assert len(bl) == 3 * 2
+    for j in bl:
+        # 300 joint updates (6 epochs) + 500 supervised-only updates (10 final epochs)
+        assert option(j, "--bljust_args").startswith("--max_epoch 16 --num_iters_per_epoch 50 --bljust_conf final_epochs=10")
+    # the low-resource budget trains on its subset with its own shape files
+    small = by_name["train40_scratch_seed0"]
+    assert option(small, "--train_set") == "train40" and option(small, "--expdir") == "exp/train40"
+    assert option(by_name["train400_scratch_seed0"], "--train_set") == "train"
+    # MT4SSL's shared k-means labels are made once: the other seeds wait for the first
+    assert by_name["pretrain_mt4ssl_seed1"].deps == ["pretrain_mt4ssl_seed0"]
+    assert by_name["pretrain_birq_seed1"].deps == []
+    # dependencies are submitted before their dependants (the runner relies on it)
+    order = [j.name for j in jobs]
+    assert all(order.index(d) < order.index(j.name) for j in jobs for d in j.deps)
+
+
+def test_budgets_must_be_whole_validation_intervals(tmp_path):
+    with pytest.raises(cm.CompareError, match="multiple of --updates_per_epoch"):
+        plan(tmp_path, "--ft_updates", "120")
+
+
+def test_report_table_and_plot(tmp_path):
+    args = cm.parse_args(["--work_dir", str(tmp_path / "w"), "--out_dir", str(tmp_path / "o"), "--seeds", "0", "1", "2"])
+    runs = []
+    for budget, base in ((40, 90.0), (400, 50.0)):
+        for k, method in enumerate(cm.METHODS):
+            for seed in (0, 1, 2):
+                wer = base - (10.0 * k if budget == 40 else 0.3 * k) + seed
+                runs.append(dict(budget=budget, method=method, seed=seed, dev_wer=wer, dev_cer=wer / 3,
+                                 test_wer=wer, test_cer=wer / 3, pretrain_seconds=60.0, finetune_seconds=30.0))
+    md = cm.write_report(dict(runs=runs), args, [40, 400], {40: 80 / 3600, 400: 800 / 3600}, 2.0, tmp_path / "o", 600.0)
+    text = md.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 4")]
+    assert len(rows) == 10
+    assert "| 40 utts (1 min, 1%) | BiRQ | 71.0 ± 1.0 |" in text
+    birq_40 = next(r for r in rows if r.startswith("| 40 utts") and "| BiRQ |" in r)
+    assert "-20.0 (better, > 2 sd)" in birq_40 and "-10.0 (better, > 2 sd)" in birq_40
+    birq_400 = next(r for r in rows if r.startswith("| 400 utts") and "| BiRQ |" in r)
+    assert birq_400.count("within spread") == 2
+    assert "| 1.5 |" in birq_40  # minutes per run: pre-training + fine-tuning
+    data = json.loads((tmp_path / "o" / "compare_methods.json").read_text())
+    assert len(data["runs"]) == 30 and data["seeds"] == [0, 1, 2]
+    png = tmp_path / "o" / "compare_methods.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(compare_methods.png)" in text
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_quick_comparison_runs_end_to_end(tmp_path):
+    """The smallest real run: tiny corpus, 2 seeds, 2 budgets, every method."""
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MINI_SYNTH=str(tmp_path / "audio"))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--work_dir", str(tmp_path / "work"), "--out_dir", str(out)],
+        capture_output=True, text=True, timeout=1200, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads((out / "compare_methods_quick.json").read_text())
+    assert len(data["runs"]) == 5 * 2 * 2
+    for run in data["runs"]:
+        for key in ("dev_wer", "dev_cer", "test_wer", "test_cer"):
+            assert 0.0 <= run[key] and math.isfinite(run[key])
+    text = (out / "compare_methods_quick.md").read_text()
+    for label in cm.LABELS.values():
+        assert f"| {label} |" in text
+    assert (out / "compare_methods_quick.png").stat().st_size > 1000
+    # re-running is safe and finishes quickly: every stage is done
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--work_dir", str(tmp_path / "work"), "--out_dir", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "already done" in (tmp_path / "work" / "logs" / "train60_birq_seed1.log").read_text()
