@@ -37,6 +37,7 @@ the labelled amount, one line per method, error bars = standard deviation).
     bench/compare_methods.py                 # the full comparison (BENCHMARKS.md gives its time)
     bench/compare_methods.py --quick         # tiny corpus, few updates, 2 seeds: a smoke run
     bench/compare_methods.py --methods scratch birq --seeds 0 1 2 --budgets 40 400
+    bench/compare_methods.py --report_only   # the report again, from the finished work directory
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,13 +165,12 @@ def total_hours(data_dir: Path) -> float:
 class Runner:
     """Runs recipe commands in the work recipe, ``jobs`` at a time, each logged to a file."""
 
-    def __init__(self, recipe: Path, log_dir: Path, demo_size: str, jobs: int, dry_run: bool = False):
+    def __init__(self, recipe: Path, log_dir: Path, demo_size: str, jobs: int):
         self.recipe = recipe
         self.log_dir = log_dir
         self.demo_size = demo_size
         self.pool = ThreadPoolExecutor(max_workers=jobs)
-        self.futures: Dict[str, Future] = {}
-        self.dry_run = dry_run
+        self.max_jobs = jobs
         self.lock = threading.Lock()
         self.running: set = set()
         self.stopping = False
@@ -202,48 +202,64 @@ class Runner:
         cmd = ["./run.sh", "--demo_size", self.demo_size, *job.args]
         say(f"start {job.name} (log: {log})")
         start = time.time()
-        if self.dry_run:
-            log.write_text(" ".join(cmd) + "\n")
-        else:
-            with open(log, "w", encoding="utf-8") as f:
-                f.write("# " + " ".join(cmd) + "\n")
-                f.flush()
+        with open(log, "w", encoding="utf-8") as f:
+            f.write("# " + " ".join(cmd) + "\n")
+            f.flush()
+            with self.lock:
+                if self.stopping:
+                    raise CompareError(f"job {job.name} not started: the comparison is stopping")
+                # own process group: stop() ends the recipe and everything it started
+                proc = subprocess.Popen(cmd, cwd=self.recipe, stdout=f, stderr=subprocess.STDOUT,
+                                        env=self.env(), start_new_session=True)
+                self.running.add(proc)
+            try:
+                proc.wait()
+            finally:
                 with self.lock:
-                    if self.stopping:
-                        raise CompareError(f"job {job.name} not started: the comparison is stopping")
-                    # own process group: stop() ends the recipe and everything it started
-                    proc = subprocess.Popen(cmd, cwd=self.recipe, stdout=f, stderr=subprocess.STDOUT,
-                                            env=self.env(), start_new_session=True)
-                    self.running.add(proc)
-                try:
-                    proc.wait()
-                finally:
-                    with self.lock:
-                        self.running.discard(proc)
-            if proc.returncode != 0:
-                tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
-                raise CompareError(f"job {job.name} failed (exit {proc.returncode}); log: {log}\n" + "\n".join(tail))
-        job.seconds = time.time() - start
-        say(f"done  {job.name} ({job.seconds:.0f} s)")
+                    self.running.discard(proc)
+        if proc.returncode != 0:
+            tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
+            raise CompareError(f"job {job.name} failed (exit {proc.returncode}); log: {log}\n" + "\n".join(tail))
+        seconds = time.time() - start
+        say(f"done  {job.name} ({seconds:.0f} s)")
+        # The report's wall time of a job is its longest run: a re-run that only skips
+        # finished stages keeps the first run's time (logs/<job>.seconds, also read by
+        # --report_only).
+        record = self.log_dir / f"{job.name}.seconds"
+        if record.is_file():
+            seconds = max(seconds, float(record.read_text()))
+        record.write_text(f"{seconds:.1f}\n")
+        job.seconds = seconds
         return job
 
-    def submit(self, job: Job) -> None:
-        def work() -> Job:
-            for dep in job.deps:  # submitted earlier: running or finished, never queued behind us
-                self.futures[dep].result()
-            return self.run_now(job)
-
-        self.futures[job.name] = self.pool.submit(work)
-
-    def wait(self) -> Dict[str, Job]:
-        """Results of every job; at the first failure the others are stopped and it is raised."""
-        finished, _ = wait_futures(list(self.futures.values()), return_when=FIRST_EXCEPTION)
-        for fut in finished:
-            if fut.exception() is not None:
-                self.stop()
-                raise fut.exception()
+    def run_all(self, jobs: Sequence[Job]) -> Dict[str, Job]:
+        """Run ``jobs``, at most ``self.jobs`` at a time, each once its dependencies have
+        finished, in list order among the ready ones (no slot waits on a dependency). At
+        the first failure the running jobs are killed, nothing else starts, and it is raised."""
+        names = {j.name for j in jobs}
+        for job in jobs:
+            unknown = [d for d in job.deps if d not in names]
+            if unknown:
+                raise CompareError(f"job {job.name} depends on unknown jobs {unknown}")
+        pending, running, done = list(jobs), {}, {}
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= self.max_jobs:
+                    break
+                if all(d in done for d in job.deps):
+                    pending.remove(job)
+                    running[self.pool.submit(self.run_now, job)] = job
+            if not running:
+                raise CompareError(f"jobs {[j.name for j in pending]} wait for each other")
+            finished, _ = wait_futures(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                job = running.pop(fut)
+                if fut.exception() is not None:
+                    self.stop()
+                    raise fut.exception()
+                done[job.name] = fut.result()
         self.pool.shutdown()
-        return {name: fut.result() for name, fut in self.futures.items()}
+        return done
 
 
 def say(msg: str) -> None:
@@ -367,12 +383,13 @@ def collect(recipe: Path, args, budgets, jobs: Dict[str, Job]) -> dict:
                 pre = jobs.get(f"pretrain_{method}_seed{seed}")
                 row["pretrain_seconds"] = round(pre.seconds, 1) if pre else 0.0
                 runs.append(row)
-    return dict(runs=runs)
+    return dict(runs=runs, job_seconds=round(sum(j.seconds for j in jobs.values()), 1))
 
 
 def write_report(results: dict, args, budgets, hours: Dict[int, float], pretrain_hours: float, out_dir: Path,
-                 elapsed: float) -> Path:
+                 elapsed: float, estimated: bool = False) -> Path:
     runs = results["runs"]
+    job_minutes = results["job_seconds"] / 60
     by = {}
     for r in runs:
         by.setdefault((r["budget"], r["method"]), []).append(r)
@@ -388,35 +405,58 @@ def write_report(results: dict, args, budgets, hours: Dict[int, float], pretrain
         f"- Seeds: {' '.join(map(str, args.seeds))} (trainer seed of pre-training and fine-tuning); "
         f"greedy CTC decoding; model: average of the 3 best checkpoints by dev CER.",
         "- Values: mean ± standard deviation over seeds, in %. Wall time: mean minutes per run "
-        "(pre-training + fine-tuning incl. decoding), measured with "
-        f"{args.jobs} jobs side by side on this machine.",
-        f"- Total wall time of this comparison: {elapsed / 60:.1f} min.",
-        "- Verdict columns: difference of the test-WER means (negative: lower WER); a difference counts "
-        "only when it is larger than twice the larger standard deviation of the two arms, "
-        "otherwise the cell says *within spread*.",
+        "(pre-training + fine-tuning incl. decoding; a job's longest run, so a re-run that skips "
+        f"finished stages keeps the first run's time), measured with {args.jobs} jobs side by side on this machine.",
+        f"- The jobs' times add up to {job_minutes:.0f} min ({job_minutes / args.jobs:.0f} min with "
+        f"{args.jobs} side by side, preparation not included)"
+        + ("." if estimated else f"; this invocation took {elapsed / 60:.1f} min."),
+        "- Differences: of the test means; a difference counts only when it is larger than twice the "
+        "larger standard deviation of the two arms, otherwise the cell says *within spread*.",
         "",
-        "| labelled | method | dev WER | dev CER | test WER | test CER | min/run | test WER vs scratch | vs BEST-RQ |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| labelled | method | dev WER | dev CER | test WER | test CER | min/run |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def fmt(values):
         m, s = mean_std(values)
         return f"{m:.1f} ± {s:.1f}" if not math.isnan(s) else f"{m:.1f}"
 
+    def label(budget):
+        return f"{budget} utts ({hours[budget] * 60:.1f} min, {100 * hours[budget] / pretrain_hours:.1f}%)"
+
+    def cells(budget, method):
+        return [r for r in by[(budget, method)]]
+
     for budget in budgets:
-        label = f"{budget} utts ({hours[budget] * 60:.0f} min, {100 * hours[budget] / pretrain_hours:.0f}%)"
         for method in args.methods:
-            rs = by[(budget, method)]
-            test = [r["test_wer"] for r in rs]
+            rs = cells(budget, method)
             minutes = statistics.fmean((r["pretrain_seconds"] + r["finetune_seconds"]) / 60 for r in rs)
-            vs_scratch = (verdict(test, [r["test_wer"] for r in by[(budget, "scratch")]])
-                          if method != "scratch" and (budget, "scratch") in by else "")
-            vs_bestrq = (verdict(test, [r["test_wer"] for r in by[(budget, "best_rq")]])
-                         if method not in ("best_rq", "scratch") and (budget, "best_rq") in by else "")
             lines.append(
-                f"| {label} | {LABELS[method]} | {fmt([r['dev_wer'] for r in rs])} | {fmt([r['dev_cer'] for r in rs])} "
-                f"| {fmt(test)} | {fmt([r['test_cer'] for r in rs])} | {minutes:.1f} | {vs_scratch} | {vs_bestrq} |"
+                f"| {label(budget)} | {LABELS[method]} | {fmt([r['dev_wer'] for r in rs])} "
+                f"| {fmt([r['dev_cer'] for r in rs])} | {fmt([r['test_wer'] for r in rs])} "
+                f"| {fmt([r['test_cer'] for r in rs])} | {minutes:.1f} |"
             )
+    # differences of the test means, against from-scratch and against BEST-RQ
+    lines += [
+        "",
+        "Test-set differences (method minus reference; negative: fewer errors):",
+        "",
+        "| labelled | method | WER vs scratch | CER vs scratch | WER vs BEST-RQ | CER vs BEST-RQ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for budget in budgets:
+        for method in args.methods:
+            if method == "scratch":
+                continue
+            row = [label(budget), LABELS[method]]
+            for ref in ("scratch", "best_rq"):
+                for metric in ("test_wer", "test_cer"):
+                    if method == ref or (budget, ref) not in by or (ref == "best_rq" and method == "scratch"):
+                        row.append("")
+                    else:
+                        row.append(verdict([r[metric] for r in cells(budget, method)],
+                                           [r[metric] for r in cells(budget, ref)]))
+            lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"![test WER against labelled amount]({args.out_name}.png)", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / f"{args.out_name}.md"
@@ -431,6 +471,7 @@ def write_report(results: dict, args, budgets, hours: Dict[int, float], pretrain
 
 def plot(by, args, budgets, hours, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -444,8 +485,9 @@ def plot(by, args, budgets, hours, path: Path) -> None:
         ax.errorbar(offset, [m for m, _ in stats], yerr=[0 if math.isnan(s) else s for _, s in stats],
                     marker="o", capsize=3, label=LABELS[method])
     ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xticks(xs)
-    ax.set_xticklabels([f"{b} utts\n{x:.0f} min" for b, x in zip(budgets, xs)])
+    ax.set_xticklabels([f"{b} utts\n{x:.1f} min" for b, x in zip(budgets, xs)])
     ax.set_xlabel("labelled data")
     ax.set_ylabel("test WER (%)")
     ax.set_title(f"mini_synth, {len(args.seeds)} seeds (mean ± sd)")
@@ -467,7 +509,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (--quick: 0 1)")
     p.add_argument("--budgets", nargs="+", type=int, default=None,
                    help="labelled utterances per budget; the largest must be the demo's whole labelled set "
-                        "(default: 40 400, i.e. 1%% and 10%% of the pre-training audio; --quick: 12 60)")
+                        "(default: 80 400, i.e. 2%% and 10%% of the pre-training audio; --quick: 12 60)")
     p.add_argument("--ssl_updates", type=int, default=None, help="pre-training updates (default: 600; --quick: 20)")
     p.add_argument("--ft_updates", type=int, default=None, help="fine-tuning updates (default: 600; --quick: 20)")
     p.add_argument("--updates_per_epoch", type=int, default=None,
@@ -477,6 +519,8 @@ def parse_args(argv=None):
                    help="recipe work directory (default: bench/work/compare_methods_<size>)")
     p.add_argument("--out_dir", type=Path, default=None, help="report directory (default: bench/results)")
     p.add_argument("--out_name", default=None, help="report file stem (default: compare_methods[_quick])")
+    p.add_argument("--report_only", action="store_true",
+                   help="run nothing: write the report from a finished --work_dir (wall times from its logs/*.seconds)")
     p.add_argument("--empty_hyps_ok", action="store_true",
                    help="score models that emit only blanks (--quick sets it: 20 updates may not learn)")
     args = p.parse_args(argv)
@@ -484,7 +528,7 @@ def parse_args(argv=None):
     quick = args.quick
     args.demo_size = args.demo_size or ("tiny" if quick else "default")
     args.seeds = args.seeds if args.seeds is not None else ([0, 1] if quick else [0, 1, 2])
-    args.budgets = args.budgets or ([12, 60] if quick else [40, 400])
+    args.budgets = args.budgets or ([12, 60] if quick else [80, 400])
     args.ssl_updates = args.ssl_updates or (20 if quick else 600)
     args.ft_updates = args.ft_updates or (20 if quick else 600)
     args.updates_per_epoch = args.updates_per_epoch or (10 if quick else 50)
@@ -502,6 +546,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.time()
+    if args.report_only:
+        return report_only(args)
     recipe = make_work_recipe(args.work_dir)
     runner = Runner(recipe, args.work_dir / "logs", args.demo_size, args.jobs)
     say(f"work directory {recipe}; methods {' '.join(args.methods)}; seeds {args.seeds}; budgets {args.budgets}")
@@ -525,10 +571,8 @@ def main(argv=None) -> int:
 
     # 2. pre-training runs, then every fine-tuning / BL-JUST run, `--jobs` at a time
     jobs = plan_jobs(args, recipe, budgets, full_train)
-    for job in jobs:
-        runner.submit(job)
     try:
-        done = runner.wait()
+        done = runner.run_all(jobs)
     except BaseException:  # a failed job, Ctrl-C or SIGTERM: no job outlives the driver
         runner.stop()
         raise
@@ -540,6 +584,24 @@ def main(argv=None) -> int:
                       time.time() - start)
     print(md.read_text())
     say(f"report: {md} (+ .json, .png); {(time.time() - start) / 60:.1f} min")
+    return 0
+
+
+def report_only(args) -> int:
+    recipe = args.work_dir / "ssl1"
+    budgets = sorted(set(args.budgets))
+    full_train = len(read_ids(recipe / "data" / "train" / "text"))
+    jobs = plan_jobs(args, recipe, budgets, full_train)
+    for job in jobs:
+        seconds = args.work_dir / "logs" / f"{job.name}.seconds"
+        if not seconds.is_file():
+            raise CompareError(f"{seconds} missing: job {job.name} has not finished; run without --report_only")
+        job.seconds = float(seconds.read_text())
+    done = {job.name: job for job in jobs}
+    hours = {b: total_hours(recipe / "data" / ("train" if b == full_train else budget_name(b))) for b in budgets}
+    md = write_report(collect(recipe, args, budgets, done), args, budgets, hours,
+                      total_hours(recipe / "data" / "pretrain"), args.out_dir, 0.0, estimated=True)
+    print(md.read_text())
     return 0
 
 

@@ -96,13 +96,13 @@ def test_every_arm_gets_the_same_budget_in_updates(tmp_path):
         # 300 joint updates (6 epochs) + 500 supervised-only updates (10 final epochs)
         assert option(j, "--bljust_args").startswith("--max_epoch 16 --num_iters_per_epoch 50 --bljust_conf final_epochs=10")
     # the low-resource budget trains on its subset with its own shape files
-    small = by_name["train40_scratch_seed0"]
-    assert option(small, "--train_set") == "train40" and option(small, "--expdir") == "exp/train40"
+    small = by_name["train80_scratch_seed0"]
+    assert option(small, "--train_set") == "train80" and option(small, "--expdir") == "exp/train80"
     assert option(by_name["train400_scratch_seed0"], "--train_set") == "train"
     # MT4SSL's shared k-means labels are made once: the other seeds wait for the first
     assert by_name["pretrain_mt4ssl_seed1"].deps == ["pretrain_mt4ssl_seed0"]
     assert by_name["pretrain_birq_seed1"].deps == []
-    # dependencies are submitted before their dependants (the runner relies on it)
+    # dependencies come before their dependants in the plan
     order = [j.name for j in jobs]
     assert all(order.index(d) < order.index(j.name) for j in jobs for d in j.deps)
 
@@ -121,16 +121,22 @@ def test_report_table_and_plot(tmp_path):
                 wer = base - (10.0 * k if budget == 40 else 0.3 * k) + seed
                 runs.append(dict(budget=budget, method=method, seed=seed, dev_wer=wer, dev_cer=wer / 3,
                                  test_wer=wer, test_cer=wer / 3, pretrain_seconds=60.0, finetune_seconds=30.0))
-    md = cm.write_report(dict(runs=runs), args, [40, 400], {40: 80 / 3600, 400: 800 / 3600}, 2.0, tmp_path / "o", 600.0)
+    md = cm.write_report(dict(runs=runs, job_seconds=2700.0), args, [40, 400], {40: 80 / 3600, 400: 800 / 3600}, 2.0, tmp_path / "o", 600.0)
     text = md.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| 4")]
-    assert len(rows) == 10
-    assert "| 40 utts (1 min, 1%) | BiRQ | 71.0 ± 1.0 |" in text
-    birq_40 = next(r for r in rows if r.startswith("| 40 utts") and "| BiRQ |" in r)
-    assert "-20.0 (better, > 2 sd)" in birq_40 and "-10.0 (better, > 2 sd)" in birq_40
-    birq_400 = next(r for r in rows if r.startswith("| 400 utts") and "| BiRQ |" in r)
-    assert birq_400.count("within spread") == 2
-    assert "| 1.5 |" in birq_40  # minutes per run: pre-training + fine-tuning
+    lines = text.splitlines()
+    split = lines.index("Test-set differences (method minus reference; negative: fewer errors):")
+    values = [line for line in lines[:split] if line.startswith("| 4")]
+    diffs = [line for line in lines[split:] if line.startswith("| 4")]
+    assert len(values) == 10 and len(diffs) == 8  # no difference row for scratch itself
+    assert "| 40 utts (1.3 min, 1.1%) | BiRQ | 71.0 ± 1.0 | 23.7 ± 0.3 | 71.0 ± 1.0 | 23.7 ± 0.3 | 1.5 |" in values
+    birq_40 = next(r for r in diffs if r.startswith("| 40 utts") and "| BiRQ |" in r)
+    # WER: -20 vs scratch, -10 vs BEST-RQ; CER a third of that, sd 1/3: all beyond 2 sd
+    assert birq_40.count("better, > 2 sd") == 4 and "-20.0 (better" in birq_40 and "-3.3 (better" in birq_40
+    birq_400 = next(r for r in diffs if r.startswith("| 400 utts") and "| BiRQ |" in r)
+    assert birq_400.count("within spread") == 4
+    bestrq_40 = next(r for r in diffs if r.startswith("| 40 utts") and "| BEST-RQ |" in r)
+    assert bestrq_40.endswith("|  |  |")  # not compared with itself
+    assert "add up to 45 min (22 min with 2 side by side" in text and "this invocation took 10.0 min" in text
     data = json.loads((tmp_path / "o" / "compare_methods.json").read_text())
     assert len(data["runs"]) == 30 and data["seeds"] == [0, 1, 2]
     png = tmp_path / "o" / "compare_methods.png"
@@ -140,27 +146,91 @@ def test_report_table_and_plot(tmp_path):
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_quick_comparison_runs_end_to_end(tmp_path):
-    """The smallest real run: tiny corpus, 2 seeds, 2 budgets, every method."""
+    """The smallest real run: tiny corpus, 2 seeds, 2 budgets, 20 updates; one arm of each
+    kind (from scratch, pre-trained then fine-tuned, joint) to keep the suite short."""
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", MINI_SYNTH=str(tmp_path / "audio"))
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--work_dir", str(tmp_path / "work"), "--out_dir", str(out)],
-        capture_output=True, text=True, timeout=1200, env=env,
-    )
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--methods", "scratch", "birq", "bljust",
+           "--work_dir", str(tmp_path / "work"), "--out_dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     data = json.loads((out / "compare_methods_quick.json").read_text())
-    assert len(data["runs"]) == 5 * 2 * 2
+    assert len(data["runs"]) == 3 * 2 * 2
     for run in data["runs"]:
         for key in ("dev_wer", "dev_cer", "test_wer", "test_cer"):
             assert 0.0 <= run[key] and math.isfinite(run[key])
+    assert {r["budget"] for r in data["runs"]} == {12, 60}
     text = (out / "compare_methods_quick.md").read_text()
-    for label in cm.LABELS.values():
+    for label in ("from scratch", "BiRQ", "BL-JUST"):
         assert f"| {label} |" in text
     assert (out / "compare_methods_quick.png").stat().st_size > 1000
+    # the low-resource arm trained on its 12-utterance subset
+    train_log = (tmp_path / "work" / "ssl1" / "exp" / "train12" / "asr_birq_seed1" / "train.log").read_text()
+    assert "dump/fbank/train12/feats.scp" in train_log
     # re-running is safe and finishes quickly: every stage is done
-    again = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--work_dir", str(tmp_path / "work"), "--out_dir", str(out)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stdout[-4000:]
     assert "already done" in (tmp_path / "work" / "logs" / "train60_birq_seed1.log").read_text()
+    # the report alone, from the finished work directory and its recorded job times
+    (out / "compare_methods_quick.md").unlink()
+    report = subprocess.run([*cmd, "--report_only"], capture_output=True, text=True, timeout=300, env=env)
+    assert report.returncode == 0, report.stdout[-4000:] + report.stderr[-4000:]
+    rewritten = (out / "compare_methods_quick.md").read_text()
+    assert "add up to" in rewritten and "this invocation" not in rewritten
+
+
+def test_report_only_refuses_an_unfinished_work_directory(tmp_path):
+    recipe = tmp_path / "w" / "ssl1"
+    write_data_dir(recipe / "data" / "train", [("spk", 400)])
+    with pytest.raises(cm.CompareError, match="has not finished"):
+        cm.main(["--report_only", "--work_dir", str(tmp_path / "w"), "--out_dir", str(tmp_path / "o")])
+
+
+class RecordingRunner(cm.Runner):
+    """Runs nothing: records when each job starts and ends (fake clock steps)."""
+
+    def __init__(self, tmp_path, jobs, fail=()):
+        super().__init__(tmp_path, tmp_path / "logs", "tiny", jobs)
+        self.events, self.fail = [], set(fail)
+        self.active = 0
+        self.max_active = 0
+
+    def run_now(self, job):
+        import time as _time
+
+        with self.lock:
+            self.events.append(("start", job.name))
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        _time.sleep(0.05)
+        with self.lock:
+            self.active -= 1
+            self.events.append(("end", job.name))
+        if job.name in self.fail:
+            raise cm.CompareError(f"job {job.name} failed")
+        return job
+
+
+def test_runner_starts_ready_jobs_and_never_idles_a_slot_on_a_dependency(tmp_path):
+    jobs = [cm.Job("pre_a", []), cm.Job("pre_b", [], deps=["pre_a"]), cm.Job("scratch", []),
+            cm.Job("ft_a", [], deps=["pre_a"]), cm.Job("ft_b", [], deps=["pre_b"])]
+    runner = RecordingRunner(tmp_path, 2)
+    done = runner.run_all(jobs)
+    assert set(done) == {j.name for j in jobs}
+    starts = [n for e, n in runner.events if e == "start"]
+    # pre_b cannot start yet, so the second slot takes the next ready job, not a wait
+    assert starts[:2] == ["pre_a", "scratch"]
+    for job in jobs:
+        for dep in job.deps:
+            assert runner.events.index(("end", dep)) < runner.events.index(("start", job.name))
+    assert runner.max_active == 2
+
+
+def test_runner_stops_at_the_first_failure(tmp_path):
+    jobs = [cm.Job("pre_a", []), cm.Job("ft_a", [], deps=["pre_a"]), cm.Job("other", [])]
+    runner = RecordingRunner(tmp_path, 1, fail={"pre_a"})
+    with pytest.raises(cm.CompareError, match="pre_a failed"):
+        runner.run_all(jobs)
+    assert ("start", "ft_a") not in runner.events and ("start", "other") not in runner.events
+    with pytest.raises(cm.CompareError, match="unknown jobs"):
+        RecordingRunner(tmp_path, 1).run_all([cm.Job("x", [], deps=["nope"])])
