@@ -60,6 +60,8 @@ def _split(scp: Path, logdir: Path, split: str, nj: int):
 
 
 def _collect_stats(module, out: Path, speech: str, nj: int, extra=(), skip_sum=False):
+    # (the test's own copy of stage 4's commands, for the raw-audio case the recipe test
+    # below does not cover)
     """asr.sh stage 10's pattern: nj collect_stats jobs, then aggregate_stats_dirs."""
     logdir = out / "logdir"
     logdir.mkdir(parents=True)
@@ -100,15 +102,6 @@ def _reference_stats(feats_scp: Path):
     return count, total, total_sq
 
 
-def _old_cmvn_stats(feats_scp: Path, out: Path):
-    """Today's implementation: bin/compute_cmvn_stats.py."""
-    from espnet2_birq.bin import compute_cmvn_stats as cs
-
-    assert cs.main(["--feats_scp", str(feats_scp), "--out", str(out)]) == 0
-    with np.load(out) as st:
-        return int(st["count"]), st["sum"], st["sum_square"]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return _corpus(tmp_path_factory.mktemp("corpus"))
@@ -130,20 +123,6 @@ def _check_stats(stats: Path, reference, rtol=1e-9, atol=1e-9):
     print(f"CMVN collect_stats vs float64: max |d mean| {diff_mean:.3g}, max |d var| {diff_var:.3g}")
     np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=atol)
     np.testing.assert_allclose(var, ref_var, rtol=rtol, atol=atol)
-
-
-def test_ssl_collect_stats_equals_the_float64_cmvn_and_the_feats_shape(corpus, tmp_path):
-    """SSL task (fbank input): feats_stats.npz = global CMVN, speech_shape = feats_shape."""
-    data, dump, _ = corpus
-    out = tmp_path / "ssl_stats_fbank"
-    _collect_stats("espnet2_birq.bin.ssl_train", out, f"{dump}/feats.scp,speech,kaldi_ark", nj=2,
-                   extra=["--config", str(SSL_CONFIG), "--input_size", "80", "--normalize", "none", "--train_dtype", "float64"])
-    reference = _reference_stats(dump / "feats.scp")
-    _check_stats(out / "train" / "feats_stats.npz", reference)
-    _check_stats(out / "train" / "feats_stats.npz", _old_cmvn_stats(dump / "feats.scp", tmp_path / "old.npz"))
-    # The shape file ESPnet's samplers read: identical to stage 2's feats_shape, line for line.
-    assert (out / "train" / "speech_shape").read_text() == (dump / "feats_shape").read_text()
-    assert (out / "valid" / "speech_shape").read_text() == (dump / "feats_shape").read_text()
 
 
 def test_ssl_collect_stats_of_raw_audio_equals_the_fbank_cmvn(corpus, tmp_path):
@@ -169,19 +148,55 @@ def _old_text_shape(text: Path, vocab: int) -> str:
     return "".join(lines)
 
 
-def test_asr_collect_stats_gives_the_speech_and_text_shapes(corpus, tmp_path):
-    """ASR task: speech_shape = feats_shape and text_shape.char = "utt ntokens,vocab"."""
+def test_recipe_stage_4_collects_the_stats_and_skips_a_rerun(corpus, tmp_path):
+    """ssl.sh stage 4 itself: feats_stats.npz is the float64 CMVN of the pre-training set,
+    GlobalMVN with it normalises the features, the shape files are the expected ones, and a
+    re-run skips the finished work (redone when an input changes)."""
+    import os
+
+    import torch
+    from espnet2.layers.global_mvn import GlobalMVN
+    from test_recipe import SETS, make_recipe, run_ssl
+
     data, dump, tokens = corpus
-    out = tmp_path / "asr_stats_fbank_char"
-    _collect_stats("espnet2_birq.bin.asr_train", out, f"{dump}/feats.scp,speech,kaldi_ark", nj=2,
-                   extra=["--train_data_path_and_name_and_type", f"{dump}/text,text,text",
-                          "--valid_data_path_and_name_and_type", f"{dump}/text,text,text",
-                          "--input_size", "80", "--use_preprocessor", "true", "--token_type", "char",
-                          "--token_list", str(tokens), "--cleaner", "none", "--g2p", "none",
-                          "--model_conf", "ctc_weight=1.0"],
-                   skip_sum=True)
-    assert (out / "train" / "speech_shape").read_text() == (dump / "feats_shape").read_text()
-    vocab = len(tokens.read_text().splitlines())
-    # asr.sh appends the vocabulary size for the batch-bins count
-    text_shape = "".join(f"{line},{vocab}\n" for line in (out / "train" / "text_shape").read_text().splitlines())
-    assert text_shape == _old_text_shape(dump / "text", vocab)
+    recipe = make_recipe(tmp_path)
+    for dset in ("pretrain", "train", "dev"):
+        d = recipe / "dump" / "fbank" / dset
+        d.mkdir(parents=True)
+        for name in ("feats.scp", "feats_shape", "text"):
+            if dset != "pretrain" or name != "text":
+                (d / name).write_text((dump / name).read_text())
+    (recipe / "data" / "token_list" / "char").mkdir(parents=True)
+    (recipe / "data" / "token_list" / "char" / "tokens.txt").write_text(tokens.read_text())
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    args = [*SETS, "--python", "python3", "--stage", "4", "--stop_stage", "4", "--nj", "2",
+            "--ssl_config", SSL_CONFIG]
+    result = run_ssl(recipe, *args, env=env, timeout=600)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    ssl_stats = recipe / "exp" / "ssl_stats_fbank"
+    asr_stats = recipe / "exp" / "asr_stats_fbank_char"
+    assert (ssl_stats / "logdir" / "stats.2").is_dir()  # two jobs, aggregated
+    stats = ssl_stats / "train" / "feats_stats.npz"
+    _check_stats(stats, _reference_stats(dump / "feats.scp"))
+    for split in ("train", "valid"):
+        assert (ssl_stats / split / "speech_shape").read_text() == (dump / "feats_shape").read_text()
+        assert (asr_stats / split / "speech_shape").read_text() == (dump / "feats_shape").read_text()
+        assert (asr_stats / split / "text_shape.char").read_text() == _old_text_shape(dump / "text", 6)
+    # GlobalMVN (what training normalises with) on the features: zero mean, unit variance
+    feats = torch.cat([torch.from_numpy(m.copy()) for _, m in kaldiio.load_scp_sequential(str(dump / "feats.scp"))])
+    assert feats.double().mean(0).abs().max() > 1.0  # the features are far from normalised
+    normalised, _ = GlobalMVN(stats_file=str(stats))(feats[None].clone(), torch.tensor([len(feats)]))
+    assert normalised[0].double().mean(0).abs().max() < 1e-4
+    assert (normalised[0].double().std(0, unbiased=False) - 1).abs().max() < 1e-3
+    assert os.access(ssl_stats / "run.sh", os.X_OK)
+    # A re-run skips both; a changed token list redoes the ASR shapes only.
+    result = run_ssl(recipe, *args, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SSL collect stats exp/ssl_stats_fbank: already done, skipping" in result.stdout
+    assert "ASR collect stats exp/asr_stats_fbank_char: already done, skipping" in result.stdout
+    (recipe / "data" / "token_list" / "char" / "tokens.txt").write_text(tokens.read_text() + "C\n")
+    result = run_ssl(recipe, *args, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SSL collect stats exp/ssl_stats_fbank: already done, skipping" in result.stdout
+    assert "ASR collect stats exp/asr_stats_fbank_char: inputs changed" in result.stdout
+    assert (asr_stats / "train" / "text_shape.char").read_text() == _old_text_shape(dump / "text", 7)

@@ -246,7 +246,7 @@ def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
         "data/token_list/char/tokens.txt",
         "exp/asr_stats_fbank_char/train/text_shape.char",
         "exp/ssl_stats_fbank/train/speech_shape",
-        "dump/fbank/pretrain/cmvn.npz",
+        "exp/ssl_stats_fbank/train/feats_stats.npz",
     ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev", "pretrain")]
     for name in needed:
         (recipe / name).parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,7 @@ def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
     assert "--train_data_path_and_name_and_type dump/fbank/train/feats.scp,speech,kaldi_ark" in call
     assert "--unlabelled_data_path_and_name_and_type dump/fbank/pretrain/feats.scp,speech,kaldi_ark" in call
     assert "--unlabelled_shape_file exp/ssl_stats_fbank/train/speech_shape" in call
-    assert "--normalize_conf stats_file=dump/fbank/pretrain/cmvn.npz" in call
+    assert "--normalize_conf stats_file=exp/ssl_stats_fbank/train/feats_stats.npz" in call
     assert call.rstrip().endswith("--max_epoch 3") and "--init_param" not in call
     assert (recipe / "exp" / "asr_train_bljust_conformer_scratch" / ".done").is_file()
 
