@@ -225,3 +225,52 @@ def test_scattered_speaker_is_reported(data_dir):
     write(data_dir / "spk2utt", "spkA spk0-u0 spk1-u2\nspkB spk0-u1 spk1-u3\n")
     problem = only_problem(data_dir)
     assert "not contiguous" in problem and "spkA" in problem
+
+
+# --------------------------------------------------------------------------
+# One data-dir module: every reader and writer of the project goes through it
+# --------------------------------------------------------------------------
+
+
+def test_every_reader_raises_the_one_data_dir_error_naming_file_and_line(tmp_path):
+    from espnet2_birq.bin import extract_fbank, kmeans, score
+
+    assert extract_fbank.DataDirError is datadir.DataDirError
+    assert issubclass(datadir.DataDirError, ValueError)  # the corpus preparers catch ValueError
+    (tmp_path / "wav.scp").write_text("u1 a.wav\nu2\n")
+    with pytest.raises(datadir.DataDirError, match=r"wav.scp:2: expected '<key> <value>'"):
+        extract_fbank.list_utterances(str(tmp_path))
+    with pytest.raises(datadir.DataDirError, match=r"wav.scp:2: expected '<key> <value>'"):
+        kmeans.read_scp(str(tmp_path / "wav.scp"))
+    (tmp_path / "feats.scp").write_text("u1 a.ark:1\nu1 a.ark:9\n")
+    with pytest.raises(datadir.DataDirError, match=r"feats.scp:2: duplicate utterance id 'u1' \(first on line 1\)"):
+        kmeans.read_scp(str(tmp_path / "feats.scp"))
+    (tmp_path / "text").write_text("u1 A B\n\nu2 C\n")
+    with pytest.raises(score.ScoreError, match=r"text:2: empty line"):
+        score.read_text(str(tmp_path / "text"))
+    (tmp_path / "text").write_text("u1 A B\nu2\n")
+    assert score.read_text(str(tmp_path / "text")) == {"u1": "A B", "u2": ""}
+
+
+def test_write_data_dir_writes_a_sorted_valid_dir_and_refuses_a_bad_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("b.wav", "a.wav"):
+        soundfile.write(tmp_path / name, np.zeros(1600), 16000)
+    d = datadir.write_data_dir(tmp_path / "d", wav_scp={"s2-b": "b.wav", "s1-a": "a.wav"},
+                               utt2spk={"s2-b": "s2", "s1-a": "s1"}, text={"s2-b": "B", "s1-a": "A"},
+                               utt2dur={"s2-b": 0.1, "s1-a": 0.1})
+    assert (d / "wav.scp").read_text() == "s1-a a.wav\ns2-b b.wav\n"
+    assert (d / "spk2utt").read_text() == "s1 s1-a\ns2 s2-b\n"
+    assert (d / "text").read_text() == "s1-a A\ns2-b B\n"
+    assert (d / "utt2dur").read_text() == "s1-a 0.100\ns2-b 0.100\n"
+    with pytest.raises(datadir.DataDirError, match="utt2spk"):
+        datadir.write_data_dir(tmp_path / "e", wav_scp={"s1-a": "a.wav"}, utt2spk={"s1-x": "s1"})
+
+
+def test_no_second_data_dir_module_or_dead_download_script():
+    assert not (REPO_ROOT / "espnet2_birq" / "dataprep" / "kaldi.py").exists()
+    assert not (REPO_ROOT / "local" / "download.py").exists()
+    sources = [p for p in (REPO_ROOT / "espnet2_birq").rglob("*.py")]
+    defining = [str(p.relative_to(REPO_ROOT)) for p in sources
+                if "class DataDirError" in p.read_text() or "def read_kaldi_map" in p.read_text()]
+    assert defining == ["espnet2_birq/utils/datadir.py"], defining

@@ -162,8 +162,10 @@ class FeatureSource:
 
 
 def read_scp(path: str) -> List[Tuple[str, str]]:
-    with open(path, encoding="utf-8") as f:
-        return [tuple(line.rstrip("\n").split(maxsplit=1)) for line in f if line.strip()]
+    """``(utt, spec)`` pairs of a feats.scp or wav.scp (malformed lines: DataDirError naming the line)."""
+    from espnet2_birq.utils.datadir import read_kaldi_map
+
+    return read_kaldi_map(path, key_name="utterance id")
 
 
 class InputReader:

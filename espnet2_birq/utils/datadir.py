@@ -1,4 +1,10 @@
-"""Kaldi-style data directory tools: validate, fix, utt2dur, spk2utt, split.
+"""Kaldi-style data directory tools: read, write, validate, fix, utt2dur, spk2utt, split.
+
+The project's one Kaldi data-dir module: every reader and writer of data-dir files
+(feature extraction, scoring, k-means, corpus preparation) goes through
+:func:`read_kaldi_map` (strict: errors name the file and line), :class:`KaldiMap`
+(lenient, for validation reports), :func:`write_map` and :func:`write_data_dir`, and
+raises :class:`DataDirError`.
 
 A data directory holds text files of ``key value`` lines sorted by key in C
 (byte) order:
@@ -24,6 +30,7 @@ directory), as Kaldi does.
 
 import argparse
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +38,7 @@ import sys
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 PER_UTTERANCE_OPTIONAL_FILES = ("utt2dur", "utt2num_frames", "feats.scp")
 # Files that split/fix know how to subset; anything else is reported, not dropped silently.
@@ -40,8 +47,8 @@ SHOWN_IDS = 5
 _KALDI_ARK_RE = re.compile(r"^(.*\.ark):\d+$")
 
 
-class DataDirError(Exception):
-    """A problem with a data directory; the message names the file and ids."""
+class DataDirError(ValueError):
+    """A problem with a data directory; the message names the file and ids (or line)."""
 
 
 def c_sort_key(key: str) -> bytes:
@@ -102,10 +109,47 @@ class KaldiMap:
         return [key for key, count in counts.items() if count > 1]
 
 
-def write_map(path: Path, mapping: Dict[str, str]) -> None:
+def read_kaldi_map(path: Union[str, Path], min_fields: int = 2, key_name: str = "key") -> List[Tuple[str, str]]:
+    """Read a Kaldi ``key value...`` file into an ordered list of pairs, strictly.
+
+    Args:
+        path: File to read (``wav.scp``, ``segments``, ``text``, ``feats.scp``, ...).
+        min_fields: Minimum number of whitespace-separated fields per line
+            (``1`` allows an empty value, e.g. an empty transcript).
+        key_name: What the keys are, in the duplicate-key message (e.g. "utterance id").
+
+    Returns:
+        List of ``(key, rest_of_line)`` with the value stripped.
+
+    Raises:
+        DataDirError: on a missing file, blank or malformed lines or duplicate keys,
+            naming the file and line number.
+    """
+    if not os.path.isfile(path):
+        raise DataDirError(f"{path}: file not found")
+    out: List[Tuple[str, str]] = []
+    seen: Dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip() == "":
+                raise DataDirError(f"{path}:{lineno}: empty line")
+            parts = line.strip().split(maxsplit=1)
+            key = parts[0]
+            value = parts[1].strip() if len(parts) > 1 else ""
+            if len(parts) < min_fields or (min_fields >= 2 and value == ""):
+                raise DataDirError(f"{path}:{lineno}: expected '<key> <value>', got {line!r}")
+            if key in seen:
+                raise DataDirError(f"{path}:{lineno}: duplicate {key_name} '{key}' (first on line {seen[key]})")
+            seen[key] = lineno
+            out.append((key, value))
+    return out
+
+
+def write_map(path: Path, mapping: Mapping[str, str]) -> None:
     """Write ``key value`` lines sorted in C order (``key`` alone for empty values)."""
     lines = [f"{key} {value}" if value else key for key, value in sorted(mapping.items(), key=lambda kv: c_sort_key(kv[0]))]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def make_spk2utt(utt2spk: Dict[str, str]) -> "OrderedDict[str, str]":
@@ -290,6 +334,59 @@ def summary(data_dir: Path) -> str:
         f"{data_dir}: {len(utt2spk)} utterances, {len(set(utt2spk.values()))} speakers, "
         f"{len(wav_scp)} recordings ({pipes} piped wav.scp entries not opened)"
     )
+
+
+def validate_data_dir(data_dir, require_text: bool = True) -> Dict[str, int]:
+    """:func:`validate` that raises; returns the numbers of utterances, speakers,
+    recordings and transcripts.
+
+    Raises:
+        DataDirError: naming every problem found (file, count and first ids).
+    """
+    d = Path(data_dir)
+    problems = validate(d, require_text=require_text)
+    if problems:
+        raise DataDirError(f"{d}: " + "; ".join(problems))
+    counts = {}
+    for key, name in (("utts", "utt2spk"), ("spks", "spk2utt"), ("recs", "wav.scp"), ("text", "text")):
+        path = d / name
+        counts[key] = len(KaldiMap.read(path).keys) if path.is_file() else 0
+    return counts
+
+
+def write_data_dir(
+    data_dir,
+    wav_scp: Mapping[str, str],
+    utt2spk: Mapping[str, str],
+    text: Optional[Mapping[str, str]] = None,
+    segments: Optional[Mapping[str, Tuple[str, float, float]]] = None,
+    utt2dur: Optional[Mapping[str, float]] = None,
+    reco2dur: Optional[Mapping[str, float]] = None,
+) -> Path:
+    """Write a validated, C-sorted Kaldi data directory (corpus preparation) and return it.
+
+    ``segments`` maps ``utt -> (recording, start_s, end_s)``; without it the keys of
+    ``wav_scp`` are utterance ids. Files of an earlier run that this one does not
+    write are removed.
+    """
+    d = Path(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("wav.scp", "utt2spk", "spk2utt", "text", "segments", "utt2dur", "reco2dur",
+                 "feats.scp", "utt2num_frames", "spk2gender", "cmvn.scp"):
+        (d / name).unlink(missing_ok=True)  # stale files from earlier runs
+    write_map(d / "wav.scp", wav_scp)
+    write_map(d / "utt2spk", utt2spk)
+    write_map(d / "spk2utt", make_spk2utt(dict(utt2spk)))
+    if text is not None:
+        write_map(d / "text", text)
+    if segments is not None:
+        write_map(d / "segments", {u: f"{r} {s:.2f} {e:.2f}" for u, (r, s, e) in segments.items()})
+    if utt2dur is not None:
+        write_map(d / "utt2dur", {u: f"{v:.3f}" for u, v in utt2dur.items()})
+    if reco2dur is not None:
+        write_map(d / "reco2dur", {u: f"{v:.3f}" for u, v in reco2dur.items()})
+    validate_data_dir(d, require_text=text is not None)
+    return d
 
 
 # --------------------------------------------------------------------------
