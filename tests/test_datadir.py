@@ -274,3 +274,69 @@ def test_no_second_data_dir_module_or_dead_download_script():
     defining = [str(p.relative_to(REPO_ROOT)) for p in sources
                 if "class DataDirError" in p.read_text() or "def read_kaldi_map" in p.read_text()]
     assert defining == ["espnet2_birq/utils/datadir.py"], defining
+
+
+# --------------------------------------------------------------------------
+# Speed perturbation and duration filter (ssl.sh --speed_perturb_factors, --min/max_wav_duration)
+# --------------------------------------------------------------------------
+
+
+def test_speed_perturb_resampler_equals_scipy_and_changes_the_duration():
+    scipy_signal = pytest.importorskip("scipy.signal")
+    from espnet2_birq.bin import speed_perturb as sp
+
+    x = np.random.default_rng(0).standard_normal((16003, 2))
+    for up, down in ((10, 9), (10, 11)):
+        np.testing.assert_allclose(sp.resample_poly(x, up, down, block=1000),
+                                   scipy_signal.resample_poly(x, up, down, axis=0), atol=1e-12)
+    assert sp.speed_perturb(x, 0.9).shape == (17782, 2)  # ceil(16003 / 0.9)
+    assert sp.speed_perturb(x, 1.1).shape == (14549, 2)  # ceil(16003 / 1.1)
+    # a 1 kHz tone sped up by 1.1 is a 1.1 kHz tone
+    t = np.arange(16000) / 16000
+    y = sp.speed_perturb(np.sin(2 * np.pi * 1000 * t)[:, None], 1.1)[:, 0]
+    assert abs(np.argmax(np.abs(np.fft.rfft(y))) * 16000 / len(y) - 1100) < 2
+
+
+def test_speed_perturb_dir_as_kaldi_with_segments(data_dir):
+    segmented = data_dir.parent / "seg"
+    segmented.mkdir()
+    write(segmented / "wav.scp", "rec1 a3.wav\nrec2 cat a2.wav |\n")
+    write(segmented / "segments", "spk0-u0 rec1 0.00 0.20\nspk1-u1 rec2 0.10 0.30\n")
+    write(segmented / "utt2spk", "spk0-u0 spk0\nspk1-u1 spk1\n")
+    write(segmented / "spk2utt", "spk0 spk0-u0\nspk1 spk1-u1\n")
+    write(segmented / "text", "spk0-u0 A\nspk1-u1 B\n")
+    write(segmented / "utt2dur", "spk0-u0 0.200\nspk1-u1 0.200\n")
+    out = data_dir.parent / "seg_sp"
+    assert datadir.speed_perturb_dir(segmented, out, ["0.9", "1.0", "1.1"], python="py") == 6
+    assert (out / "wav.scp").read_text() == (
+        "rec1 a3.wav\nrec2 cat a2.wav |\n"
+        "sp0.9-rec1 py -m espnet2_birq.bin.speed_perturb 0.9 a3.wav |\n"
+        "sp0.9-rec2 cat a2.wav | py -m espnet2_birq.bin.speed_perturb 0.9 - |\n"
+        "sp1.1-rec1 py -m espnet2_birq.bin.speed_perturb 1.1 a3.wav |\n"
+        "sp1.1-rec2 cat a2.wav | py -m espnet2_birq.bin.speed_perturb 1.1 - |\n")
+    segments = (out / "segments").read_text().splitlines()
+    assert "sp0.9-spk1-u1 sp0.9-rec2 0.111 0.333" in segments and "sp1.1-spk0-u0 sp1.1-rec1 0.000 0.182" in segments
+    assert "sp0.9-spk0-u0 sp0.9-spk0" in (out / "utt2spk").read_text().splitlines()
+    assert "sp1.1-spk1-u1 B" in (out / "text").read_text().splitlines()
+    assert "sp0.9-spk0-u0 0.222" in (out / "utt2dur").read_text().splitlines()
+    assert datadir.validate(out, check_audio=False) == []
+    with pytest.raises(datadir.DataDirError, match="positive number, got 'x'"):
+        datadir.speed_perturb_dir(segmented, out, ["x"])
+
+
+def test_filter_by_duration_lists_what_it_removes(data_dir):
+    write(data_dir / "utt2dur", "spk0-u0 0.100\nspk0-u1 0.200\nspk1-u2 0.300\nspk1-u3 0.400\n")
+    out = data_dir.parent / "filtered"
+    kept, removed = datadir.filter_by_duration(data_dir, out, 0.15, 0.35)
+    assert kept == 2 and removed == {"spk0-u0": 0.1, "spk1-u3": 0.4}
+    assert (out / "wav.scp").read_text() == "spk0-u1 a1.wav\nspk1-u2 a2.wav\n"
+    assert (out / "spk2utt").read_text() == "spk0 spk0-u1\nspk1 spk1-u2\n"
+    assert (out / "removed_by_duration").read_text() == "spk0-u0 0.100\nspk1-u3 0.400\n"
+    assert datadir.validate(out) == []
+    result = subprocess.run([sys.executable, "-m", "espnet2_birq.utils.datadir", "filter_duration", "--min", "0.15",
+                             str(data_dir), str(out)], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert result.returncode == 0, result.stderr
+    assert f"1 of 4 utterances of {data_dir} removed (shorter than 0.15 s), listed in {out}/removed_by_duration" in result.stderr
+    with pytest.raises(datadir.DataDirError, match="nothing would be left"):
+        datadir.filter_by_duration(data_dir, out, 1.0)

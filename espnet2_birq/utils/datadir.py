@@ -23,6 +23,8 @@ Command line (the utils/*.sh wrappers call these)::
     python -m espnet2_birq.utils.datadir utt2dur [--nj N] DIR
     python -m espnet2_birq.utils.datadir spk2utt [UTT2SPK]        (stdin -> stdout)
     python -m espnet2_birq.utils.datadir split DIR N
+    python -m espnet2_birq.utils.datadir filter_duration [--min S] [--max S] DIR OUT_DIR
+    python -m espnet2_birq.utils.datadir speed_perturb [--python P] DIR OUT_DIR FACTOR...
 
 Relative audio paths are resolved from the current directory (the recipe
 directory), as Kaldi does.
@@ -661,18 +663,121 @@ def split(data_dir: Path, num_splits: int) -> Path:
         size = base + (1 if part <= extra else 0)
         chunk = utterances[start:start + size]
         start += size
-        part_dir = split_root / str(part)
-        part_dir.mkdir(parents=True)
-        for name in ("utt2spk", "text", "segments", *PER_UTTERANCE_OPTIONAL_FILES):
-            if name in files:
-                write_map(part_dir / name, {utt: files[name][utt] for utt in chunk})
-        if "segments" in files:
-            recordings = {parse_segment(files["segments"][utt])[0] for utt in chunk}
-        else:
-            recordings = set(chunk)
-        write_map(part_dir / "wav.scp", {rec: files["wav.scp"][rec] for rec in recordings})
-        write_map(part_dir / "spk2utt", make_spk2utt({utt: utt2spk[utt] for utt in chunk}))
+        _write_subset(files, chunk, split_root / str(part))
     return split_root
+
+
+def _write_subset(files: Dict[str, Dict[str, str]], utterances: List[str], out_dir: Path) -> None:
+    """The data dir of ``utterances`` (and their recordings) from a valid one's ``files``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("utt2spk", "text", "segments", *PER_UTTERANCE_OPTIONAL_FILES):
+        if name in files:
+            write_map(out_dir / name, {utt: files[name][utt] for utt in utterances})
+    if "segments" in files:
+        recordings = {parse_segment(files["segments"][utt])[0] for utt in utterances}
+    else:
+        recordings = set(utterances)
+    write_map(out_dir / "wav.scp", {rec: files["wav.scp"][rec] for rec in recordings})
+    write_map(out_dir / "spk2utt", make_spk2utt({utt: files["utt2spk"][utt] for utt in utterances}))
+
+
+# --------------------------------------------------------------------------
+# duration filter and speed perturbation (ssl.sh --min/max_wav_duration, --speed_perturb_factors)
+# --------------------------------------------------------------------------
+
+
+def _read_valid(data_dir: Path, need_utt2dur: bool = True) -> Dict[str, Dict[str, str]]:
+    problems = validate(data_dir, require_text=(data_dir / "text").is_file(), check_audio=False)
+    if problems:
+        raise DataDirError(f"{data_dir}: not a valid data directory:\n  " + "\n  ".join(problems))
+    if need_utt2dur and not (data_dir / "utt2dur").is_file():
+        raise DataDirError(f"{data_dir / 'utt2dur'}: file not found (utils/get_utt2dur.sh writes it)")
+    return {name: KaldiMap.read(data_dir / name).as_dict() for name in KNOWN_FILES if (data_dir / name).is_file()}
+
+
+def filter_by_duration(
+    data_dir: Path, out_dir: Path, min_seconds: float = 0.0, max_seconds: Optional[float] = None
+) -> Tuple[int, Dict[str, float]]:
+    """Write to ``out_dir`` the utterances of ``data_dir`` lasting from ``min_seconds`` to
+    ``max_seconds`` (utt2dur), and the others, with their durations, to
+    ``out_dir/removed_by_duration``.
+
+    Returns:
+        The number kept and the removed utterances' durations.
+    """
+    files = _read_valid(data_dir)
+    durations = {}
+    for utt in files["utt2spk"]:
+        try:
+            durations[utt] = float(files["utt2dur"][utt])
+        except (KeyError, ValueError):
+            raise DataDirError(f"{data_dir / 'utt2dur'}: no duration for utterance {utt}") from None
+    removed = {u: d for u, d in durations.items() if d < min_seconds or (max_seconds is not None and d > max_seconds)}
+    kept = [u for u in files["utt2spk"] if u not in removed]
+    if not kept:
+        raise DataDirError(f"{data_dir}: all {len(durations)} utterances last less than {min_seconds} s or more "
+                           f"than {max_seconds} s (utt2dur); nothing would be left")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    _write_subset(files, kept, out_dir)
+    write_map(out_dir / "removed_by_duration", {u: f"{d:.3f}" for u, d in removed.items()})
+    return len(kept), removed
+
+
+def speed_perturb_entry(value: str, factor: str, python: str = "python3") -> str:
+    """The ``wav.scp`` value of a recording played ``factor`` times faster: a pipe through
+    ``espnet2_birq.bin.speed_perturb`` (what Kaldi's perturb_data_dir_speed.sh does with sox)."""
+    command = f"{python} -m espnet2_birq.bin.speed_perturb {factor}"
+    if value.endswith("|"):
+        return f"{value[:-1].strip()} | {command} - |"
+    if _KALDI_ARK_RE.match(value):
+        raise DataDirError(f"speed perturbation reads audio files and pipes, not ark entries: {value}")
+    return f"{command} {value} |"
+
+
+def speed_perturb_dir(data_dir: Path, out_dir: Path, factors: List[str], python: str = "python3") -> int:
+    """Kaldi's perturb_data_dir_speed.sh for each factor, combined (utils/combine_data.sh)
+    in ``out_dir``: utterance, speaker and recording ids get an ``sp<factor>-`` prefix
+    (none for 1.0, the original), durations and segment times are divided by the factor.
+
+    Returns:
+        The number of utterances written.
+    """
+    files = _read_valid(data_dir)
+    out: Dict[str, Dict[str, str]] = {"wav.scp": {}, "utt2spk": {}, "utt2dur": {}}
+    if "text" in files:
+        out["text"] = {}
+    if "segments" in files:
+        out["segments"] = {}
+    for factor in factors:
+        try:
+            speed = float(factor)
+        except ValueError:
+            speed = -1.0
+        if not speed > 0:
+            raise DataDirError(f"speed perturbation factor must be a positive number, got '{factor}'")
+        prefix = "" if speed == 1.0 else f"sp{factor}-"
+        for rec, value in files["wav.scp"].items():
+            out["wav.scp"][prefix + rec] = value if not prefix else speed_perturb_entry(value, factor, python)
+        for utt, spk in files["utt2spk"].items():
+            out["utt2spk"][prefix + utt] = prefix + spk
+            out["utt2dur"][prefix + utt] = f"{float(files['utt2dur'][utt]) / speed:.3f}"
+            if "text" in files:
+                out["text"][prefix + utt] = files["text"][utt]
+            if "segments" in files:
+                rec, start, end = parse_segment(files["segments"][utt])
+                end_text = "-1" if end == -1 else f"{end / speed:.3f}"
+                out["segments"][prefix + utt] = f"{prefix + rec} {start / speed:.3f} {end_text}"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    for name, mapping in out.items():
+        write_map(out_dir / name, mapping)
+    write_map(out_dir / "spk2utt", make_spk2utt(out["utt2spk"]))
+    problems = validate(out_dir, require_text="text" in out, check_audio=False)
+    if problems:
+        raise DataDirError(f"{out_dir}: " + "; ".join(problems))
+    return len(out["utt2spk"])
 
 
 # --------------------------------------------------------------------------
@@ -698,6 +803,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("data_dir", type=Path)
     p = commands.add_parser("spk2utt", help="utt2spk (file or stdin) -> spk2utt on stdout")
     p.add_argument("utt2spk", nargs="?", help="default: stdin")
+    p = commands.add_parser("filter_duration", help="utterances of DIR from --min to --max seconds (utt2dur) -> OUT_DIR")
+    p.add_argument("--min", type=float, default=0.0, help="seconds; shorter utterances are removed")
+    p.add_argument("--max", type=float, default=None, help="seconds; longer utterances are removed")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p = commands.add_parser("speed_perturb", help="speed-perturbed copies of DIR, combined in OUT_DIR")
+    p.add_argument("--python", default="python3", help="interpreter of the wav.scp pipes")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("factors", nargs="+", help="e.g. 0.9 1.0 1.1 (1.0: the original ids)")
     p = commands.add_parser("split", help="split by utterance into DIR/splitN/1..N")
     p.add_argument("--per-utt", action="store_true", help="accepted for Kaldi compatibility; splitting is always per utterance")
     p.add_argument("data_dir", type=Path)
@@ -705,7 +820,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     program = {"validate": "validate_data_dir", "fix": "fix_data_dir", "utt2dur": "get_utt2dur",
-               "spk2utt": "utt2spk_to_spk2utt", "split": "split_data"}[args.command]
+               "spk2utt": "utt2spk_to_spk2utt", "split": "split_data", "filter_duration": "filter_duration",
+               "speed_perturb": "speed_perturb"}[args.command]
     try:
         if args.command == "validate":
             problems = validate(args.data_dir, require_text=not args.no_text)
@@ -748,6 +864,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise DataDirError(f"{source}: {len(no_speaker)} utterance(s) without a speaker, first: {first_ids(no_speaker)}")
             for speaker, utts in make_spk2utt(utt2spk.as_dict()).items():
                 sys.stdout.write(f"{speaker} {utts}\n")
+        elif args.command == "filter_duration":
+            kept, removed = filter_by_duration(args.data_dir, args.out_dir, args.min, args.max)
+            limits = f"shorter than {args.min} s" + (f" or longer than {args.max} s" if args.max is not None else "")
+            if removed:
+                print(f"{program}: warning: {len(removed)} of {kept + len(removed)} utterances of {args.data_dir} "
+                      f"removed ({limits}), listed in {args.out_dir / 'removed_by_duration'}", file=sys.stderr)
+            else:
+                print(f"{program}: {args.data_dir}: no utterance {limits}; all {kept} kept", file=sys.stderr)
+        elif args.command == "speed_perturb":
+            count = speed_perturb_dir(args.data_dir, args.out_dir, args.factors, args.python)
+            print(f"{program}: wrote {args.out_dir} ({count} utterances, factors {' '.join(args.factors)})",
+                  file=sys.stderr)
         elif args.command == "split":
             root = split(args.data_dir, args.num_splits)
             print(f"{program}: wrote {root}/1..{args.num_splits}", file=sys.stderr)

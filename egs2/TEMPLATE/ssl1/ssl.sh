@@ -57,6 +57,9 @@ global_cmvn=true     # normalise with global CMVN of the pre-training set (false
 fs=16000             # sampling rate
 min_frames=15        # shorter audio (10 ms frames) is bad audio: conv2d/conv2d6/conv2d8 subsampling needs 7/11/15
 skip_bad_audio=false # drop (and list) unreadable, empty, too short or non-finite audio in stages 1-2 instead of failing
+speed_perturb_factors=  # e.g. "0.9 1.0 1.1": the fine-tuning set becomes <train_set>_sp, its speed-perturbed copies (stage 1)
+min_wav_duration=0   # seconds: shorter utterances of the pre-training and fine-tuning sets are left out (stage 2)
+max_wav_duration=    # seconds: longer ones too (empty: no limit)
 
 # Token options
 token_type=char      # char or bpe
@@ -150,6 +153,14 @@ Options (default):
                       # the encoder's subsampling fails on shorter input (conv2d: 7, conv2d6: 11, conv2d8: 15)
     --skip_bad_audio  # drop unreadable/empty recordings in stage 1 (data/<set>/bad_audio) and bad audio in
                       # stage 2 (dump/<fbank|raw>/<set>/bad_utts); later stages never see them (default: ${skip_bad_audio})
+    --speed_perturb_factors # e.g. "0.9 1.0 1.1": stage 1 writes data/<train_set>_sp, the fine-tuning set's
+                      # copies at each speed (ids sp0.9-..., as asr.sh and Kaldi; 1.0: the original ids),
+                      # used for fine-tuning from stage 2 on; the pre-training set is not perturbed
+                      # (default: "${speed_perturb_factors}")
+    --min_wav_duration # seconds: stage 2 leaves out shorter utterances of the pre-training and fine-tuning
+                      # sets (counted and listed in ${dumpdir}/filtered/<set>/removed_by_duration); never
+                      # the validation and test sets. asr.sh uses 0.1 (default: ${min_wav_duration})
+    --max_wav_duration # seconds: longer ones too; asr.sh uses 20 (default: "${max_wav_duration}": no limit)
   Tokens:
     --token_type      # char or bpe (default: ${token_type})
     --nbpe            # BPE vocabulary size (default: ${nbpe})
@@ -242,6 +253,16 @@ fi
 for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs min_frames kmeans_sample_utts kmeans_max_frames kmeans_seed; do
     [[ ${!x} =~ ^[0-9]+$ ]] || die "--${x} must be a non-negative integer, got '${!x}'"
 done
+for x in min_wav_duration max_wav_duration ${speed_perturb_factors}; do
+    case "${x}" in
+        min_wav_duration|max_wav_duration) v=${!x}; [ -n "${v}" ] || continue; what="--${x}" ;;
+        *) v=${x}; what="a --speed_perturb_factors entry" ;;
+    esac
+    [[ ${v} =~ ^[0-9]*\.?[0-9]+$ ]] || die "${what} must be a non-negative number (seconds or a factor), got '${v}'"
+done
+for x in ${speed_perturb_factors}; do
+    awk -v f="${x}" 'BEGIN { exit !(f > 0) }' || die "--speed_perturb_factors: a factor must be positive, got '${x}'"
+done
 [ "${nj}" -ge 1 ] || die "--nj must be >= 1"
 if [ "${train_mode}" = bljust ] && [ "${freeze_encoder_epochs}" -gt 0 ]; then
     die "--freeze_encoder_epochs applies to fine-tuning; BL-JUST trains the encoder from its first update (--train_mode bljust)"
@@ -251,7 +272,11 @@ fi
 export PYTHONIOENCODING=UTF-8
 export PYTHON=${python}  # used by the utils/*.sh wrappers
 
-# Sets: unique, in order
+# Sets: unique, in order. With --speed_perturb_factors, fine-tuning uses <train_set>_sp
+# (stage 1 makes it from the set local/data.sh wrote).
+source_train_set=${train_set}
+[ -n "${speed_perturb_factors}" ] && train_set=${train_set}_sp
+source_sets=$(echo "${pretrain_set} ${source_train_set} ${valid_set} ${test_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
 all_sets=$(echo "${pretrain_set} ${train_set} ${valid_set} ${test_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
 labelled_sets=$(echo "${train_set} ${valid_set} ${test_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
 if [ "${feats_type}" = fbank ]; then
@@ -460,7 +485,7 @@ if run_stage 1; then
     [ -x local/data.sh ] || [ -f local/data.sh ] || die "local/data.sh not found (run ssl.sh from a recipe directory)"
     # shellcheck disable=SC2086
     bash local/data.sh ${local_data_opts}
-    for dset in ${all_sets}; do
+    for dset in ${source_sets}; do
         [ -d "data/${dset}" ] || die "data/${dset} was not created by local/data.sh"
         if [ "${dset}" = "${pretrain_set}" ] && [ ! -f "data/${dset}/text" ]; then
             utils/validate_data_dir.sh --no-text "data/${dset}"
@@ -476,7 +501,50 @@ if run_stage 1; then
         fi
         awk -v d="data/${dset}" '{n++; s+=$2} END {printf "%s: %d utterances, %.2f hours\n", d, n, s/3600}' "data/${dset}/utt2dur"
     done
+    if [ -n "${speed_perturb_factors}" ]; then
+        # Kaldi's perturb_data_dir_speed.sh + combine_data.sh, as asr.sh does: wav.scp pipes
+        # (espnet2_birq.bin.speed_perturb) resample each recording when stage 2 reads it.
+        _inputs=("data/${source_train_set}/wav.scp" "data/${source_train_set}/segments" "data/${source_train_set}/utt2spk"
+            "data/${source_train_set}/text" "data/${source_train_set}/utt2dur" "factors=${speed_perturb_factors}" "python=${python}")
+        if ! is_done "data/${train_set}/.done" "speed perturbation data/${train_set}" "${_inputs[@]}"; then
+            log "speed perturbation (${speed_perturb_factors}): data/${source_train_set} -> data/${train_set}"
+            # shellcheck disable=SC2086
+            ${python} -m espnet2_birq.utils.datadir speed_perturb --python "${python}" \
+                "data/${source_train_set}" "data/${train_set}" ${speed_perturb_factors} \
+                || die "speed perturbation of data/${source_train_set} failed (above)"
+            mark_done "data/${train_set}/.done" "${_inputs[@]}"
+        fi
+        awk -v d="data/${train_set}" '{n++; s+=$2} END {printf "%s: %d utterances, %.2f hours\n", d, n, s/3600}' "data/${train_set}/utt2dur"
+    fi
 fi
+
+# The data dir stage 2 reads for SET: data/SET, or for the pre-training and fine-tuning
+# sets with --min_wav_duration/--max_wav_duration, its copy without the utterances out of
+# those limits (their list: removed_by_duration; the count is printed).
+filtered_dir=${dumpdir}/filtered
+filter_by_duration() {  # filter_by_duration SET: set_dir=the data dir to read
+    local dset=$1 out=${filtered_dir}/$1 n_removed _inputs
+    set_dir=data/${dset}
+    if { [ "${min_wav_duration}" = 0 ] && [ -z "${max_wav_duration}" ]; } \
+        || { [ "${dset}" != "${pretrain_set}" ] && [ "${dset}" != "${train_set}" ]; } \
+        || [ "${dset}" = "${valid_set}" ] || [[ " ${test_sets} " == *" ${dset} "* ]]; then
+        return 0
+    fi
+    need "data/${dset}/utt2dur" 1
+    _inputs=("data/${dset}/wav.scp" "data/${dset}/segments" "data/${dset}/utt2spk" "data/${dset}/text"
+        "data/${dset}/utt2dur" "min_wav_duration=${min_wav_duration}" "max_wav_duration=${max_wav_duration}")
+    if ! is_done "${out}/.done" "duration filter ${out}" "${_inputs[@]}"; then
+        ${python} -m espnet2_birq.utils.datadir filter_duration --min "${min_wav_duration}" \
+            ${max_wav_duration:+--max "${max_wav_duration}"} "data/${dset}" "${out}" \
+            || die "duration filter of data/${dset} failed (above)"
+        mark_done "${out}/.done" "${_inputs[@]}"
+    fi
+    n_removed=$(num_lines "${out}/removed_by_duration")
+    if [ "${n_removed}" -gt 0 ]; then
+        log "WARNING: ${n_removed} of $(num_lines "data/${dset}/utt2spk") utterances of data/${dset} left out (shorter than ${min_wav_duration} s${max_wav_duration:+ or longer than ${max_wav_duration} s}), listed in ${out}/removed_by_duration"
+    fi
+    set_dir=${out}
+}
 
 # ---------------------------------------------------------------------------
 if run_stage 2; then
@@ -488,27 +556,28 @@ if run_stage 2; then
     fi
     for dset in ${fbank_sets}; do
         need "data/${dset}/wav.scp" 1
+        filter_by_duration "${dset}"
         out=${fbank_dir}/${dset}
-        _inputs=("data/${dset}/wav.scp" "data/${dset}/segments" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
+        _inputs=("${set_dir}/wav.scp" "${set_dir}/segments" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
         if is_done "${out}/.done" "fbank ${dset}" "${_inputs[@]}"; then
             # features of an older ssl.sh: add the kept utterances' text and utt2spk
-            [ -f "data/${dset}/text" ] && [ ! -f "${out}/text" ] && keep_utts "${out}" "data/${dset}"
+            [ -f "${set_dir}/text" ] && [ ! -f "${out}/text" ] && keep_utts "${out}" "${set_dir}"
             continue
         fi
-        n_utt=$(num_lines "data/${dset}/utt2spk")
+        n_utt=$(num_lines "${set_dir}/utt2spk")
         _nj=$(min "${nj}" "${n_utt}")
         mkdir -p "${out}/log"
         rm -f "${out}"/feats.*.ark "${out}"/feats.*.scp "${out}"/utt2num_frames.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.*
-        utils/split_data.sh "data/${dset}" "${_nj}" > /dev/null
+        utils/split_data.sh "${set_dir}" "${_nj}" > /dev/null
         log "fbank ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${out}/log/extract_fbank.*.log"
         # shellcheck disable=SC2086
         ${train_cmd} JOB=1:"${_nj}" "${out}/log/extract_fbank.JOB.log" \
             ${python} -m espnet2_birq.bin.extract_fbank \
-                --data_dir "data/${dset}/split${_nj}/JOB" --out_dir "${out}" --name feats.JOB \
+                --data_dir "${set_dir}/split${_nj}/JOB" --out_dir "${out}" --name feats.JOB \
                 --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" --min_frames "${min_frames}" \
             || die_bad_audio "${out}" "feature extraction of ${dset} failed"
-        ${python} -m espnet2_birq.bin.extract_fbank merge --out_dir "${out}" --nj "${_nj}" --data_dir "data/${dset}"
-        keep_utts "${out}" "data/${dset}"
+        ${python} -m espnet2_birq.bin.extract_fbank merge --out_dir "${out}" --nj "${_nj}" --data_dir "${set_dir}"
+        keep_utts "${out}" "${set_dir}"
         mark_done "${out}/.done" "${_inputs[@]}"
     done
     if [ "${feats_type}" = raw ]; then
@@ -516,24 +585,25 @@ if run_stage 2; then
         # ignores the sampling rate and crashes on multi-channel or tiny files).
         for dset in $(echo "${pretrain_set} ${valid_set}" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
             need "data/${dset}/wav.scp" 1
+            filter_by_duration "${dset}"
             out=${raw_dir}/${dset}
-            _inputs=("data/${dset}/wav.scp" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
+            _inputs=("${set_dir}/wav.scp" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
             is_done "${out}/.done" "raw audio check ${dset}" "${_inputs[@]}" && continue
-            n_utt=$(num_lines "data/${dset}/utt2spk")
+            n_utt=$(num_lines "${set_dir}/utt2spk")
             _nj=$(min "${nj}" "${n_utt}")
             mkdir -p "${out}/log"
             rm -f "${out}"/wav.*.scp "${out}"/utt2num_samples.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.*
-            utils/split_data.sh "data/${dset}" "${_nj}" > /dev/null
+            utils/split_data.sh "${set_dir}" "${_nj}" > /dev/null
             log "raw audio check ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${out}/log/check_audio.*.log"
             # shellcheck disable=SC2086
             ${train_cmd} JOB=1:"${_nj}" "${out}/log/check_audio.JOB.log" \
                 ${python} -m espnet2_birq.bin.extract_fbank check \
-                    --data_dir "data/${dset}/split${_nj}/JOB" --out_dir "${out}" --name wav.JOB \
+                    --data_dir "${set_dir}/split${_nj}/JOB" --out_dir "${out}" --name wav.JOB \
                     --fs "${fs}" --skip_bad_audio "${skip_bad_audio}" --min_frames "${min_frames}" \
                 || die_bad_audio "${out}" "audio check of ${dset} failed"
             ${python} -m espnet2_birq.bin.extract_fbank merge --kind raw --prefix wav \
-                --out_dir "${out}" --nj "${_nj}" --data_dir "data/${dset}"
-            keep_utts "${out}" "data/${dset}"
+                --out_dir "${out}" --nj "${_nj}" --data_dir "${set_dir}"
+            keep_utts "${out}" "${set_dir}"
             mark_done "${out}/.done" "${_inputs[@]}"
         done
     fi
