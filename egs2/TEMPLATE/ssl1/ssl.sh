@@ -690,7 +690,9 @@ if run_stage 4; then
     fi
     _inputs=("${_ssl_data[@]}" "${ssl_config}" "feats_type=${feats_type}" "ssl_args=${ssl_args}")
     if ! is_done "${ssl_stats_dir}/.done" "SSL collect stats ${ssl_stats_dir}" "${_inputs[@]}"; then
-        [ -f "${ssl_config}" ] || die "--ssl_config ${ssl_config} not found"
+        # (ESPnet's collect_stats builds the model; also with --train_mode bljust, where only
+        # the SSL config's input side, --input_size 80, matters)
+        [ -f "${ssl_config}" ] || die "--ssl_config ${ssl_config} not found (stage 4 collects the statistics with the SSL task's model)"
         write_rerun "${ssl_stats_dir}" 4
         # --normalize none: the statistics are of the features before normalisation (the
         # config's global_mvn has no stats file yet). --train_dtype float64: collect_stats
