@@ -129,7 +129,7 @@ def test_ssl_collect_stats_of_raw_audio_equals_the_fbank_cmvn(corpus, tmp_path):
     """--feats_type raw: the in-model kaldi_fbank frontend gives the same statistics."""
     data, dump, _ = corpus
     out = tmp_path / "ssl_stats_raw"
-    _collect_stats("espnet2_birq.bin.ssl_train", out, f"{data}/wav.scp,speech,sound", nj=2,
+    _collect_stats("espnet2_birq.bin.ssl_train", out, f"{data}/wav.scp,speech,sound", nj=1,
                    extra=["--config", str(SSL_CONFIG), "--normalize", "none", "--train_dtype", "float64"])
     # float64 fbank of the audio vs the float32 fbank dump: float32 precision
     _check_stats(out / "train" / "feats_stats.npz", _reference_stats(dump / "feats.scp"), rtol=1e-5, atol=1e-4)

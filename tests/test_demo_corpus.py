@@ -195,10 +195,7 @@ def test_data_sh_runs_and_skips_when_done(tmp_path):
     if not ((RECIPE / "utils" / "parse_options.sh").exists()
             or (RECIPE.parents[2] / "utils" / "parse_options.sh").exists()):
         pytest.skip("utils/parse_options.sh not available")
-    # the repository on PYTHONPATH, as a recipe's path.sh puts it (data.sh writes and
-    # validates the data dirs with espnet2_birq.utils.datadir)
-    env = dict(os.environ, PYTHON=sys.executable,
-               PYTHONPATH=os.pathsep.join(filter(None, [str(RECIPE.parents[2]), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHON=sys.executable)
     cmd = ["bash", str(LOCAL / "data.sh"), "--stop_stage", "1", "--num_pretrain", "6",
            "--num_dev", "2", "--num_test", "3", "--num_speakers", "3", "--num_test_speakers", "2",
            "--nj", "1", "--data_dir", str(tmp_path / "data"), "--audio_dir", str(tmp_path / "audio")]

@@ -29,7 +29,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this repository's espnet2_birq (its data-dir writer), also when run outside a recipe
+# directory (no path.sh) or before `pip install -e .`
+sys.path.insert(1, str(Path(__file__).resolve().parents[4]))
 import text_gen  # noqa: E402
+from espnet2_birq.utils.datadir import write_data_dir as write_kaldi_dir, write_map  # noqa: E402
 
 CORPUS_VERSION = 1
 FS = 16000
@@ -211,10 +215,7 @@ def synthesize(plan: Dict[str, List[dict]], cfg: dict, audio_dir: Path, nj: int)
 
 # --------------------------------------------------------------------------- outputs
 def write_data_dir(d: Path, utts: List[dict], audio_dir: Path, nsamples: Dict[str, int]):
-    # the project's data-dir writer (C-sorted, validated); the recipe's path.sh puts the
-    # repository on PYTHONPATH
-    from espnet2_birq.utils.datadir import write_data_dir as write_kaldi_dir, write_map
-
+    # the project's data-dir writer (C-sorted, validated)
     tmp = d.with_name(f".{d.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     write_kaldi_dir(
