@@ -340,3 +340,13 @@ def test_filter_by_duration_lists_what_it_removes(data_dir):
     assert f"1 of 4 utterances of {data_dir} removed (shorter than 0.15 s), listed in {out}/removed_by_duration" in result.stderr
     with pytest.raises(datadir.DataDirError, match="nothing would be left"):
         datadir.filter_by_duration(data_dir, out, 1.0)
+
+
+def test_split_of_a_filtered_dir_does_not_warn_about_its_removed_list(data_dir):
+    write(data_dir / "utt2dur", "spk0-u0 0.100\nspk0-u1 0.200\nspk1-u2 0.300\nspk1-u3 0.400\n")
+    out = data_dir.parent / "filtered"
+    datadir.filter_by_duration(data_dir, out, 0.15)
+    result = run_wrapper("split_data.sh", out, 2)
+    assert result.returncode == 0, result.stderr
+    assert "unknown layout" not in result.stderr
+    assert not (out / "split2" / "1" / "removed_by_duration").exists()

@@ -45,6 +45,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 PER_UTTERANCE_OPTIONAL_FILES = ("utt2dur", "utt2num_frames", "feats.scp")
 # Files that split/fix know how to subset; anything else is reported, not dropped silently.
 KNOWN_FILES = {"wav.scp", "segments", "utt2spk", "spk2utt", "text", *PER_UTTERANCE_OPTIONAL_FILES}
+# Lists about a data dir, not of it: never split, and not worth a warning.
+NOT_PER_UTTERANCE_FILES = {"removed_by_duration", "bad_audio"}
 SHOWN_IDS = 5
 _KALDI_ARK_RE = re.compile(r"^(.*\.ark):\d+$")
 
@@ -647,7 +649,8 @@ def split(data_dir: Path, num_splits: int) -> Path:
     if num_splits < 1 or num_splits > len(utterances):
         raise DataDirError(f"{data_dir}: cannot split {len(utterances)} utterances into {num_splits} parts")
     unknown = sorted(
-        p.name for p in data_dir.iterdir() if p.is_file() and p.name not in KNOWN_FILES and not p.name.startswith(".")
+        p.name for p in data_dir.iterdir()
+        if p.is_file() and p.name not in KNOWN_FILES | NOT_PER_UTTERANCE_FILES and not p.name.startswith(".")
     )
     if unknown:
         print(f"split_data: warning: {data_dir}: not copied into the splits (unknown layout): {' '.join(unknown)}",
