@@ -24,7 +24,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="conf/train_ssl_birq_tiny.yaml")
     parser.add_argument("--feats_scp", default="dump/fbank/pretrain/feats.scp")
-    parser.add_argument("--cmvn", default="dump/fbank/pretrain/cmvn.npz")
+    parser.add_argument("--cmvn", default="exp/ssl_stats_fbank/train/feats_stats.npz")
     parser.add_argument("--utts", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -1,9 +1,9 @@
 """The single definition of the acoustic features used by espnet2-birq.
 
 Every place in the project that needs features (offline extraction with
-``espnet2_birq.bin.extract_fbank``, CMVN statistics with
-``espnet2_birq.bin.compute_cmvn_stats`` and on-the-fly extraction inside a
-model through :class:`KaldiFbankFrontend`) calls :func:`kaldi_fbank`, so the
+``espnet2_birq.bin.extract_fbank``, k-means features and on-the-fly
+extraction inside a model through :class:`KaldiFbankFrontend`, which ESPnet's
+collect_stats also uses for the CMVN statistics of raw audio) calls :func:`kaldi_fbank`, so the
 precomputed path and the raw-waveform path produce identical numbers.
 
 Feature definition (Kaldi ``compute-fbank-feats`` compatible):

@@ -21,6 +21,8 @@ from test_recipe import SETS, fake_python, make_recipe, run_ssl
 PYTHON = sys.executable
 # one data set in every role: each stage runs once (the real tools import torch: seconds each)
 ONE_SET = ["--pretrain_set", "train", "--train_set", "train", "--valid_set", "train", "--test_sets", "train"]
+# stage 4 builds the SSL model for ESPnet's collect_stats: the demo's tiny config
+SSL_CONFIG = Path(__file__).resolve().parents[1] / "egs2" / "mini_synth" / "ssl1" / "conf" / "train_ssl_birq_tiny.yaml"
 
 
 def write_corpus(data: Path, audio_dir: Path, names, bad=None, text=True, seed=0):
@@ -94,7 +96,7 @@ def test_skip_bad_audio_drops_utterances_from_every_later_input(recipe):
     write_corpus(recipe / "data" / "train", recipe / "audio", good,
                  bad={"s9-stereo": "stereo", "s9-short": "short", "s9-nan": "nan"})
     result = run_ssl(recipe, *ONE_SET, "--python", PYTHON, "--nj", "2", "--stage", "2", "--stop_stage", "4",
-                     "--skip_bad_audio", "true", "--global_cmvn", "false")
+                     "--skip_bad_audio", "true", "--global_cmvn", "false", "--ssl_config", SSL_CONFIG)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     dump = recipe / "dump" / "fbank" / "train"
     assert sorted(keys(dump / "bad_utts")) == ["s9-nan", "s9-short", "s9-stereo"]
@@ -112,7 +114,7 @@ def test_raw_mode_checks_the_audio_before_training(recipe):
     write_corpus(recipe / "data" / "train", recipe / "audio_t", ["s0-c", "s1-d"])
     args = ["--pretrain_set", "pretrain", "--train_set", "train", "--valid_set", "train", "--test_sets", "train",
             "--python", PYTHON, "--nj", "1", "--stage", "2", "--stop_stage", "4",
-            "--feats_type", "raw", "--global_cmvn", "false"]
+            "--feats_type", "raw", "--global_cmvn", "false", "--ssl_config", SSL_CONFIG]
     result = run_ssl(recipe, *args)
     assert result.returncode != 0
     # every bad file of the set at once, named, with a fix that works

@@ -68,7 +68,7 @@ BLJUST_CONFIGS = shipped("train_bljust_*.yaml")  # dry runs in tests/test_bljust
 
 @pytest.fixture(scope="module")
 def stats_file(tmp_path_factory) -> str:
-    """A global-CMVN stats file as compute_cmvn_stats writes it (count/sum/sum_square)."""
+    """A global-CMVN stats file as ESPnet's collect_stats writes it (count/sum/sum_square)."""
     path = tmp_path_factory.mktemp("cmvn") / "cmvn.npz"
     rng = np.random.default_rng(0)
     count = 1000

@@ -225,3 +225,128 @@ def test_scattered_speaker_is_reported(data_dir):
     write(data_dir / "spk2utt", "spkA spk0-u0 spk1-u2\nspkB spk0-u1 spk1-u3\n")
     problem = only_problem(data_dir)
     assert "not contiguous" in problem and "spkA" in problem
+
+
+# --------------------------------------------------------------------------
+# One data-dir module: every reader and writer of the project goes through it
+# --------------------------------------------------------------------------
+
+
+def test_every_reader_raises_the_one_data_dir_error_naming_file_and_line(tmp_path):
+    from espnet2_birq.bin import extract_fbank, kmeans, score
+
+    assert extract_fbank.DataDirError is datadir.DataDirError
+    assert issubclass(datadir.DataDirError, ValueError)  # the corpus preparers catch ValueError
+    (tmp_path / "wav.scp").write_text("u1 a.wav\nu2\n")
+    with pytest.raises(datadir.DataDirError, match=r"wav.scp:2: expected '<key> <value>'"):
+        extract_fbank.list_utterances(str(tmp_path))
+    with pytest.raises(datadir.DataDirError, match=r"wav.scp:2: expected '<key> <value>'"):
+        kmeans.read_scp(str(tmp_path / "wav.scp"))
+    (tmp_path / "feats.scp").write_text("u1 a.ark:1\nu1 a.ark:9\n")
+    with pytest.raises(datadir.DataDirError, match=r"feats.scp:2: duplicate utterance id 'u1' \(first on line 1\)"):
+        kmeans.read_scp(str(tmp_path / "feats.scp"))
+    (tmp_path / "text").write_text("u1 A B\n\nu2 C\n")
+    with pytest.raises(score.ScoreError, match=r"text:2: empty line"):
+        score.read_text(str(tmp_path / "text"))
+    (tmp_path / "text").write_text("u1 A B\nu2\n")
+    assert score.read_text(str(tmp_path / "text")) == {"u1": "A B", "u2": ""}
+
+
+def test_write_data_dir_writes_a_sorted_valid_dir_and_refuses_a_bad_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("b.wav", "a.wav"):
+        soundfile.write(tmp_path / name, np.zeros(1600), 16000)
+    d = datadir.write_data_dir(tmp_path / "d", wav_scp={"s2-b": "b.wav", "s1-a": "a.wav"},
+                               utt2spk={"s2-b": "s2", "s1-a": "s1"}, text={"s2-b": "B", "s1-a": "A"},
+                               utt2dur={"s2-b": 0.1, "s1-a": 0.1})
+    assert (d / "wav.scp").read_text() == "s1-a a.wav\ns2-b b.wav\n"
+    assert (d / "spk2utt").read_text() == "s1 s1-a\ns2 s2-b\n"
+    assert (d / "text").read_text() == "s1-a A\ns2-b B\n"
+    assert (d / "utt2dur").read_text() == "s1-a 0.100\ns2-b 0.100\n"
+    with pytest.raises(datadir.DataDirError, match="utt2spk"):
+        datadir.write_data_dir(tmp_path / "e", wav_scp={"s1-a": "a.wav"}, utt2spk={"s1-x": "s1"})
+
+
+def test_no_second_data_dir_module_or_dead_download_script():
+    assert not (REPO_ROOT / "espnet2_birq" / "dataprep" / "kaldi.py").exists()
+    assert not (REPO_ROOT / "local" / "download.py").exists()
+    sources = [p for p in (REPO_ROOT / "espnet2_birq").rglob("*.py")]
+    defining = [str(p.relative_to(REPO_ROOT)) for p in sources
+                if "class DataDirError" in p.read_text() or "def read_kaldi_map" in p.read_text()]
+    assert defining == ["espnet2_birq/utils/datadir.py"], defining
+
+
+# --------------------------------------------------------------------------
+# Speed perturbation and duration filter (ssl.sh --speed_perturb_factors, --min/max_wav_duration)
+# --------------------------------------------------------------------------
+
+
+def test_speed_perturb_resampler_equals_scipy_and_changes_the_duration():
+    scipy_signal = pytest.importorskip("scipy.signal")
+    from espnet2_birq.bin import speed_perturb as sp
+
+    x = np.random.default_rng(0).standard_normal((16003, 2))
+    for up, down in ((10, 9), (10, 11)):
+        np.testing.assert_allclose(sp.resample_poly(x, up, down, block=1000),
+                                   scipy_signal.resample_poly(x, up, down, axis=0), atol=1e-12)
+    assert sp.speed_perturb(x, 0.9).shape == (17782, 2)  # ceil(16003 / 0.9)
+    assert sp.speed_perturb(x, 1.1).shape == (14549, 2)  # ceil(16003 / 1.1)
+    # a 1 kHz tone sped up by 1.1 is a 1.1 kHz tone
+    t = np.arange(16000) / 16000
+    y = sp.speed_perturb(np.sin(2 * np.pi * 1000 * t)[:, None], 1.1)[:, 0]
+    assert abs(np.argmax(np.abs(np.fft.rfft(y))) * 16000 / len(y) - 1100) < 2
+
+
+def test_speed_perturb_dir_as_kaldi_with_segments(data_dir):
+    segmented = data_dir.parent / "seg"
+    segmented.mkdir()
+    write(segmented / "wav.scp", "rec1 a3.wav\nrec2 cat a2.wav |\n")
+    write(segmented / "segments", "spk0-u0 rec1 0.00 0.20\nspk1-u1 rec2 0.10 0.30\n")
+    write(segmented / "utt2spk", "spk0-u0 spk0\nspk1-u1 spk1\n")
+    write(segmented / "spk2utt", "spk0 spk0-u0\nspk1 spk1-u1\n")
+    write(segmented / "text", "spk0-u0 A\nspk1-u1 B\n")
+    write(segmented / "utt2dur", "spk0-u0 0.200\nspk1-u1 0.200\n")
+    out = data_dir.parent / "seg_sp"
+    assert datadir.speed_perturb_dir(segmented, out, ["0.9", "1.0", "1.1"], python="py") == 6
+    assert (out / "wav.scp").read_text() == (
+        "rec1 a3.wav\nrec2 cat a2.wav |\n"
+        "sp0.9-rec1 py -m espnet2_birq.bin.speed_perturb 0.9 a3.wav |\n"
+        "sp0.9-rec2 cat a2.wav | py -m espnet2_birq.bin.speed_perturb 0.9 - |\n"
+        "sp1.1-rec1 py -m espnet2_birq.bin.speed_perturb 1.1 a3.wav |\n"
+        "sp1.1-rec2 cat a2.wav | py -m espnet2_birq.bin.speed_perturb 1.1 - |\n")
+    segments = (out / "segments").read_text().splitlines()
+    assert "sp0.9-spk1-u1 sp0.9-rec2 0.111 0.333" in segments and "sp1.1-spk0-u0 sp1.1-rec1 0.000 0.182" in segments
+    assert "sp0.9-spk0-u0 sp0.9-spk0" in (out / "utt2spk").read_text().splitlines()
+    assert "sp1.1-spk1-u1 B" in (out / "text").read_text().splitlines()
+    assert "sp0.9-spk0-u0 0.222" in (out / "utt2dur").read_text().splitlines()
+    assert datadir.validate(out, check_audio=False) == []
+    with pytest.raises(datadir.DataDirError, match="positive number, got 'x'"):
+        datadir.speed_perturb_dir(segmented, out, ["x"])
+
+
+def test_filter_by_duration_lists_what_it_removes(data_dir):
+    write(data_dir / "utt2dur", "spk0-u0 0.100\nspk0-u1 0.200\nspk1-u2 0.300\nspk1-u3 0.400\n")
+    out = data_dir.parent / "filtered"
+    kept, removed = datadir.filter_by_duration(data_dir, out, 0.15, 0.35)
+    assert kept == 2 and removed == {"spk0-u0": 0.1, "spk1-u3": 0.4}
+    assert (out / "wav.scp").read_text() == "spk0-u1 a1.wav\nspk1-u2 a2.wav\n"
+    assert (out / "spk2utt").read_text() == "spk0 spk0-u1\nspk1 spk1-u2\n"
+    assert (out / "removed_by_duration").read_text() == "spk0-u0 0.100\nspk1-u3 0.400\n"
+    assert datadir.validate(out) == []
+    result = subprocess.run([sys.executable, "-m", "espnet2_birq.utils.datadir", "filter_duration", "--min", "0.15",
+                             str(data_dir), str(out)], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert result.returncode == 0, result.stderr
+    assert f"1 of 4 utterances of {data_dir} removed (shorter than 0.15 s), listed in {out}/removed_by_duration" in result.stderr
+    with pytest.raises(datadir.DataDirError, match="nothing would be left"):
+        datadir.filter_by_duration(data_dir, out, 1.0)
+
+
+def test_split_of_a_filtered_dir_does_not_warn_about_its_removed_list(data_dir):
+    write(data_dir / "utt2dur", "spk0-u0 0.100\nspk0-u1 0.200\nspk1-u2 0.300\nspk1-u3 0.400\n")
+    out = data_dir.parent / "filtered"
+    datadir.filter_by_duration(data_dir, out, 0.15)
+    result = run_wrapper("split_data.sh", out, 2)
+    assert result.returncode == 0, result.stderr
+    assert "unknown layout" not in result.stderr
+    assert not (out / "split2" / "1" / "removed_by_duration").exists()

@@ -581,7 +581,7 @@ def test_recipe_refuses_labels_that_disagree_with_the_features(tmp_path):
         stats = recipe / "exp" / "ssl_stats_fbank" / split
         stats.mkdir(parents=True)
         (stats / "speech_shape").write_text((feats.parent / "feats_shape").read_text())
-    np.savez(recipe / "dump" / "fbank" / "pretrain" / "cmvn.npz", count=np.array(10),
+    np.savez(recipe / "exp" / "ssl_stats_fbank" / "train" / "feats_stats.npz", count=np.array(10),
              sum=np.zeros(80), sum_square=np.full(80, 10.0))  # fmt: skip
     kmeans_dir = recipe / "dump" / "kmeans" / "fbank_50"
     for dset, count in (("pretrain", 14), ("dev", 13)):  # dev: 13 labels for 57 frames

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from espnet2_birq.dataprep import librispeech as ls
-from espnet2_birq.dataprep.kaldi import KaldiDirError, validate_data_dir
+from espnet2_birq.utils.datadir import DataDirError, validate_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,7 +126,7 @@ def test_validator_catches_unsorted(tmp_path):
     ls.prepare_librispeech(corpus, tmp_path / "data", dirs=["dev_clean"])
     t = tmp_path / "data" / "dev_clean" / "text"
     t.write_text("\n".join(reversed(_lines(t))) + "\n")
-    with pytest.raises(KaldiDirError, match="not sorted"):
+    with pytest.raises(DataDirError, match="not sorted"):
         validate_data_dir(tmp_path / "data" / "dev_clean")
 
 

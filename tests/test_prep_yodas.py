@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from espnet2_birq.dataprep import yodas
-from espnet2_birq.dataprep.kaldi import validate_data_dir
+from espnet2_birq.utils.datadir import validate_data_dir
 from espnet2_birq.dataprep.text import normalize_caption
 
 REPO = Path(__file__).resolve().parent.parent

@@ -220,6 +220,88 @@ def test_raw_features_refuse_a_segmented_pretraining_set(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# Speed perturbation and duration filters (--speed_perturb_factors, --min/max_wav_duration)
+# --------------------------------------------------------------------------
+
+
+def test_speed_perturbation_and_duration_options_are_checked(tmp_path):
+    recipe = make_recipe(tmp_path)
+    result = run_ssl(recipe, *SETS, "--speed_perturb_factors", "0.9 fast", "--stage", "9")
+    assert result.returncode != 0 and "--speed_perturb_factors entry must be a non-negative number (seconds or a factor), got 'fast'" in result.stderr
+    result = run_ssl(recipe, *SETS, "--speed_perturb_factors", "0 1.1", "--stage", "9")
+    assert result.returncode != 0 and "a factor must be positive, got '0'" in result.stderr
+    result = run_ssl(recipe, *SETS, "--max_wav_duration", "20s", "--stage", "9")
+    assert result.returncode != 0 and "--max_wav_duration must be a non-negative number" in result.stderr
+
+
+def test_speed_perturbation_and_duration_filters_in_stages_1_and_2(tmp_path):
+    """Stage 1 writes data/train_sp (sp0.9-/sp1.1- copies and the original), stage 2 leaves
+    out the pre-training and fine-tuning utterances outside [0.4 s, 2.0 s] with a count in the
+    log and their list, and extracts the perturbed audio at its new length."""
+    import numpy as np
+    import soundfile
+
+    from espnet2_birq.features import num_frames
+
+    recipe = make_recipe(tmp_path)
+    (recipe / "local").mkdir()
+    (recipe / "local" / "data.sh").write_text("#!/usr/bin/env bash\n# the data dirs are in place\n")
+    durations = {"pretrain": {"s0-p1": 0.3, "s0-p2": 0.5, "s0-p3": 1.0, "s0-p4": 2.5},
+                 "train": {"s1-t1": 0.3, "s1-t2": 1.0, "s1-t3": 2.5},
+                 "dev": {"s2-d1": 0.3, "s2-d2": 2.5}, "test": {"s3-e1": 1.0}}
+    rng = np.random.default_rng(0)
+    for dset, utts in durations.items():
+        d = recipe / "data" / dset
+        d.mkdir(parents=True)
+        for utt, sec in utts.items():
+            t = np.arange(int(sec * 16000)) / 16000
+            soundfile.write(tmp_path / f"{utt}.wav", 0.3 * np.sin(2 * np.pi * 440 * t)
+                            + 0.01 * rng.standard_normal(len(t)), 16000, subtype="PCM_16")
+        (d / "wav.scp").write_text("".join(f"{u} {tmp_path / u}.wav\n" for u in utts))
+        (d / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in utts))
+        (d / "spk2utt").write_text(f"{next(iter(utts)).split('-')[0]} {' '.join(utts)}\n")
+        if dset != "pretrain":
+            (d / "text").write_text("".join(f"{u} A\n" for u in utts))
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    args = [*SETS, "--python", "python3", "--nj", "1", "--stage", "1", "--stop_stage", "2",
+            "--speed_perturb_factors", "0.9 1.0 1.1", "--min_wav_duration", "0.4", "--max_wav_duration", "2.0"]
+    result = run_ssl(recipe, *args, env=env, timeout=600)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    # Stage 1: the perturbed copies, Kaldi's ids and durations
+    sp = recipe / "data" / "train_sp"
+    wav_scp = dict(line.split(" ", 1) for line in (sp / "wav.scp").read_text().splitlines())
+    assert sorted(wav_scp) == sorted(f"{p}s1-t{i}" for p in ("", "sp0.9-", "sp1.1-") for i in (1, 2, 3))
+    assert wav_scp["sp0.9-s1-t2"] == f"python3 -m espnet2_birq.bin.speed_perturb 0.9 {tmp_path}/s1-t2.wav |"
+    assert wav_scp["s1-t2"] == f"{tmp_path}/s1-t2.wav"
+    assert "sp1.1-s1-t2 sp1.1-s1" in (sp / "utt2spk").read_text().splitlines()
+    utt2dur = dict(line.split() for line in (sp / "utt2dur").read_text().splitlines())
+    assert utt2dur["sp0.9-s1-t2"] == "1.111" and utt2dur["sp1.1-s1-t3"] == "2.273" and utt2dur["s1-t1"] == "0.300"
+    # Stage 2: the filters, counted in the log and listed
+    out = result.stdout
+    assert ("WARNING: 6 of 9 utterances of data/train_sp left out (shorter than 0.4 s or longer than 2.0 s), "
+            "listed in dump/filtered/train_sp/removed_by_duration") in out, out
+    assert "WARNING: 2 of 4 utterances of data/pretrain left out" in out
+    removed = dict(line.split() for line in (recipe / "dump" / "filtered" / "train_sp" / "removed_by_duration").read_text().splitlines())
+    assert removed == {"s1-t1": "0.300", "s1-t3": "2.500", "sp0.9-s1-t1": "0.333", "sp0.9-s1-t3": "2.778",
+                       "sp1.1-s1-t1": "0.273", "sp1.1-s1-t3": "2.273"}
+    frames = dict(line.split() for line in (recipe / "dump" / "fbank" / "train_sp" / "utt2num_frames").read_text().splitlines())
+    # the perturbed audio lasts 1/factor as long: ceil(16000 / factor) samples
+    assert frames == {"s1-t2": str(num_frames(16000, 16000)), "sp0.9-s1-t2": str(num_frames(17778, 16000)),
+                      "sp1.1-s1-t2": str(num_frames(14546, 16000))}
+    assert (recipe / "dump" / "fbank" / "train_sp" / "text").read_text() == "s1-t2 A\nsp0.9-s1-t2 A\nsp1.1-s1-t2 A\n"
+    pretrain = [line.split()[0] for line in (recipe / "dump" / "fbank" / "pretrain" / "feats.scp").read_text().splitlines()]
+    assert pretrain == ["s0-p2", "s0-p3"]
+    # the validation and test sets are never filtered
+    assert len((recipe / "dump" / "fbank" / "dev" / "feats.scp").read_text().splitlines()) == 2
+    # A re-run skips the finished work and still reports the filters.
+    result = run_ssl(recipe, *args, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "speed perturbation data/train_sp: already done, skipping" in result.stdout
+    assert "fbank train_sp: already done, skipping" in result.stdout
+    assert "WARNING: 6 of 9 utterances of data/train_sp left out" in result.stdout
+
+
+# --------------------------------------------------------------------------
 # BL-JUST mode (--train_mode bljust)
 # --------------------------------------------------------------------------
 
@@ -246,7 +328,7 @@ def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
         "data/token_list/char/tokens.txt",
         "exp/asr_stats_fbank_char/train/text_shape.char",
         "exp/ssl_stats_fbank/train/speech_shape",
-        "dump/fbank/pretrain/cmvn.npz",
+        "exp/ssl_stats_fbank/train/feats_stats.npz",
     ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev", "pretrain")]
     for name in needed:
         (recipe / name).parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +347,7 @@ def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
     assert "--train_data_path_and_name_and_type dump/fbank/train/feats.scp,speech,kaldi_ark" in call
     assert "--unlabelled_data_path_and_name_and_type dump/fbank/pretrain/feats.scp,speech,kaldi_ark" in call
     assert "--unlabelled_shape_file exp/ssl_stats_fbank/train/speech_shape" in call
-    assert "--normalize_conf stats_file=dump/fbank/pretrain/cmvn.npz" in call
+    assert "--normalize_conf stats_file=exp/ssl_stats_fbank/train/feats_stats.npz" in call
     assert call.rstrip().endswith("--max_epoch 3") and "--init_param" not in call
     assert (recipe / "exp" / "asr_train_bljust_conformer_scratch" / ".done").is_file()
     # a marker that records no inputs is not "changed" on the next run: it is skipped

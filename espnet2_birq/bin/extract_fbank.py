@@ -57,6 +57,7 @@ import torch
 
 from espnet2.utils.types import str2bool
 from espnet2_birq.features import kaldi_fbank, num_frames
+from espnet2_birq.utils.datadir import DataDirError, parse_segment, read_kaldi_map
 
 logger = logging.getLogger("espnet2_birq.extract_fbank")
 
@@ -67,51 +68,6 @@ MAX_SEGMENT_OVERSHOOT_S = 0.5
 
 class BadAudioError(Exception):
     """Audio of an utterance is missing, unreadable or unusable."""
-
-
-class DataDirError(Exception):
-    """A Kaldi data-dir file is malformed or inconsistent."""
-
-
-def read_kaldi_map(path: str, min_fields: int = 2) -> List[Tuple[str, str]]:
-    """Read a Kaldi ``key value...`` file into an ordered list of pairs.
-
-    Args:
-        path: File to read (``wav.scp``, ``segments``, ``text``, ...).
-        min_fields: Minimum number of whitespace-separated fields per line
-            (``1`` allows an empty value, e.g. an empty transcript).
-
-    Returns:
-        List of ``(key, rest_of_line)`` with the value stripped.
-
-    Raises:
-        DataDirError: on missing file, malformed lines or duplicate keys,
-            naming the file and line number.
-    """
-    if not os.path.isfile(path):
-        raise DataDirError(f"{path}: file not found")
-    out: List[Tuple[str, str]] = []
-    seen: Dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if line.strip() == "":
-                raise DataDirError(f"{path}:{lineno}: empty line")
-            parts = line.strip().split(maxsplit=1)
-            key = parts[0]
-            value = parts[1].strip() if len(parts) > 1 else ""
-            if len(parts) < min_fields or (min_fields >= 2 and value == ""):
-                raise DataDirError(
-                    f"{path}:{lineno}: expected '<key> <value>', got {line!r}"
-                )
-            if key in seen:
-                raise DataDirError(
-                    f"{path}:{lineno}: duplicate key '{key}' (first on line "
-                    f"{seen[key]})"
-                )
-            seen[key] = lineno
-            out.append((key, value))
-    return out
 
 
 def job_suffix(name: str) -> str:
@@ -240,11 +196,8 @@ def list_utterances(data_dir: str) -> List[Utterance]:
     wavs = dict(wav_scp)
     utts = []
     for lineno, (utt_id, rest) in enumerate(read_kaldi_map(seg_path), 1):
-        fields = rest.split()
         try:
-            if len(fields) != 3:
-                raise ValueError
-            reco, start, end = fields[0], float(fields[1]), float(fields[2])
+            reco, start, end = parse_segment(rest)
         except ValueError:
             raise DataDirError(
                 f"{seg_path}:{lineno}: expected '<utt> <reco> <start> <end>', "

@@ -101,9 +101,11 @@ class FeatureSource:
         )  # fmt: skip
         if source == "fbank":
             if cmvn_stats:
-                from espnet2_birq.bin.compute_cmvn_stats import CMVNAccumulator
+                from espnet2.layers.global_mvn import GlobalMVN
 
-                self.mean, self.std = CMVNAccumulator.load(cmvn_stats).mean_std()
+                # the mean and std the models normalise with (ESPnet's GlobalMVN)
+                mvn = GlobalMVN(stats_file=cmvn_stats)
+                self.mean, self.std = mvn.mean.numpy(), mvn.std.numpy()
         else:
             if not (model_config and model_file and layer is not None):
                 raise ValueError(
@@ -160,8 +162,10 @@ class FeatureSource:
 
 
 def read_scp(path: str) -> List[Tuple[str, str]]:
-    with open(path, encoding="utf-8") as f:
-        return [tuple(line.rstrip("\n").split(maxsplit=1)) for line in f if line.strip()]
+    """``(utt, spec)`` pairs of a feats.scp or wav.scp (malformed lines: DataDirError naming the line)."""
+    from espnet2_birq.utils.datadir import read_kaldi_map
+
+    return read_kaldi_map(path, key_name="utterance id")
 
 
 class InputReader:

@@ -78,6 +78,8 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from espnet2_birq.utils.datadir import DataDirError, read_kaldi_map
+
 logger = logging.getLogger("espnet2_birq.score")
 
 SUB_COST = 4
@@ -125,28 +127,13 @@ def tokenize(text: str, unit: str) -> List[str]:
 def read_text(path: str) -> Dict[str, str]:
     """Read a Kaldi ``text`` file into ``{utt_id: transcript}`` (file order kept).
 
-    Lines with only an id give an empty transcript.  Blank lines and duplicate
-    ids raise :class:`ScoreError` naming the file and line.
+    Lines with only an id give an empty transcript.  A missing file, blank lines and
+    duplicate ids raise :class:`ScoreError` naming the file and line.
     """
-    if not os.path.isfile(path):
-        raise ScoreError(f"{path}: file not found")
-    out: Dict[str, str] = {}
-    first: Dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if line.strip() == "":
-                raise ScoreError(f"{path}:{lineno}: blank line")
-            parts = line.strip().split(maxsplit=1)
-            key = parts[0]
-            if key in out:
-                raise ScoreError(
-                    f"{path}:{lineno}: duplicate utterance id '{key}' (first on "
-                    f"line {first[key]})"
-                )
-            first[key] = lineno
-            out[key] = parts[1] if len(parts) > 1 else ""
-    return out
+    try:
+        return dict(read_kaldi_map(path, min_fields=1, key_name="utterance id"))
+    except DataDirError as error:
+        raise ScoreError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import download as dl
-from .kaldi import write_data_dir
+from espnet2_birq.utils.datadir import write_data_dir
 from .text import normalize_ami
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from . import download as dl
-from .kaldi import write_data_dir
+from espnet2_birq.utils.datadir import write_data_dir
 from .text import normalize_librispeech
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from . import download as dl
-from .kaldi import write_data_dir
+from espnet2_birq.utils.datadir import write_data_dir
 from .text import normalize_caption
 
 logger = logging.getLogger(__name__)

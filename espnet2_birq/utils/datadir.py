@@ -1,4 +1,10 @@
-"""Kaldi-style data directory tools: validate, fix, utt2dur, spk2utt, split.
+"""Kaldi-style data directory tools: read, write, validate, fix, utt2dur, spk2utt, split.
+
+The project's one Kaldi data-dir module: every reader and writer of data-dir files
+(feature extraction, scoring, k-means, corpus preparation) goes through
+:func:`read_kaldi_map` (strict: errors name the file and line), :class:`KaldiMap`
+(lenient, for validation reports), :func:`write_map` and :func:`write_data_dir`, and
+raises :class:`DataDirError`.
 
 A data directory holds text files of ``key value`` lines sorted by key in C
 (byte) order:
@@ -17,6 +23,8 @@ Command line (the utils/*.sh wrappers call these)::
     python -m espnet2_birq.utils.datadir utt2dur [--nj N] DIR
     python -m espnet2_birq.utils.datadir spk2utt [UTT2SPK]        (stdin -> stdout)
     python -m espnet2_birq.utils.datadir split DIR N
+    python -m espnet2_birq.utils.datadir filter_duration [--min S] [--max S] DIR OUT_DIR
+    python -m espnet2_birq.utils.datadir speed_perturb [--python P] DIR OUT_DIR FACTOR...
 
 Relative audio paths are resolved from the current directory (the recipe
 directory), as Kaldi does.
@@ -24,6 +32,7 @@ directory), as Kaldi does.
 
 import argparse
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -31,17 +40,19 @@ import sys
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 PER_UTTERANCE_OPTIONAL_FILES = ("utt2dur", "utt2num_frames", "feats.scp")
 # Files that split/fix know how to subset; anything else is reported, not dropped silently.
 KNOWN_FILES = {"wav.scp", "segments", "utt2spk", "spk2utt", "text", *PER_UTTERANCE_OPTIONAL_FILES}
+# Lists about a data dir, not of it: never split, and not worth a warning.
+NOT_PER_UTTERANCE_FILES = {"removed_by_duration", "bad_audio"}
 SHOWN_IDS = 5
 _KALDI_ARK_RE = re.compile(r"^(.*\.ark):\d+$")
 
 
-class DataDirError(Exception):
-    """A problem with a data directory; the message names the file and ids."""
+class DataDirError(ValueError):
+    """A problem with a data directory; the message names the file and ids (or line)."""
 
 
 def c_sort_key(key: str) -> bytes:
@@ -102,10 +113,47 @@ class KaldiMap:
         return [key for key, count in counts.items() if count > 1]
 
 
-def write_map(path: Path, mapping: Dict[str, str]) -> None:
+def read_kaldi_map(path: Union[str, Path], min_fields: int = 2, key_name: str = "key") -> List[Tuple[str, str]]:
+    """Read a Kaldi ``key value...`` file into an ordered list of pairs, strictly.
+
+    Args:
+        path: File to read (``wav.scp``, ``segments``, ``text``, ``feats.scp``, ...).
+        min_fields: Minimum number of whitespace-separated fields per line
+            (``1`` allows an empty value, e.g. an empty transcript).
+        key_name: What the keys are, in the duplicate-key message (e.g. "utterance id").
+
+    Returns:
+        List of ``(key, rest_of_line)`` with the value stripped.
+
+    Raises:
+        DataDirError: on a missing file, blank or malformed lines or duplicate keys,
+            naming the file and line number.
+    """
+    if not os.path.isfile(path):
+        raise DataDirError(f"{path}: file not found")
+    out: List[Tuple[str, str]] = []
+    seen: Dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip() == "":
+                raise DataDirError(f"{path}:{lineno}: empty line")
+            parts = line.strip().split(maxsplit=1)
+            key = parts[0]
+            value = parts[1].strip() if len(parts) > 1 else ""
+            if len(parts) < min_fields or (min_fields >= 2 and value == ""):
+                raise DataDirError(f"{path}:{lineno}: expected '<key> <value>', got {line!r}")
+            if key in seen:
+                raise DataDirError(f"{path}:{lineno}: duplicate {key_name} '{key}' (first on line {seen[key]})")
+            seen[key] = lineno
+            out.append((key, value))
+    return out
+
+
+def write_map(path: Path, mapping: Mapping[str, str]) -> None:
     """Write ``key value`` lines sorted in C order (``key`` alone for empty values)."""
     lines = [f"{key} {value}" if value else key for key, value in sorted(mapping.items(), key=lambda kv: c_sort_key(kv[0]))]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def make_spk2utt(utt2spk: Dict[str, str]) -> "OrderedDict[str, str]":
@@ -290,6 +338,59 @@ def summary(data_dir: Path) -> str:
         f"{data_dir}: {len(utt2spk)} utterances, {len(set(utt2spk.values()))} speakers, "
         f"{len(wav_scp)} recordings ({pipes} piped wav.scp entries not opened)"
     )
+
+
+def validate_data_dir(data_dir, require_text: bool = True) -> Dict[str, int]:
+    """:func:`validate` that raises; returns the numbers of utterances, speakers,
+    recordings and transcripts.
+
+    Raises:
+        DataDirError: naming every problem found (file, count and first ids).
+    """
+    d = Path(data_dir)
+    problems = validate(d, require_text=require_text)
+    if problems:
+        raise DataDirError(f"{d}: " + "; ".join(problems))
+    counts = {}
+    for key, name in (("utts", "utt2spk"), ("spks", "spk2utt"), ("recs", "wav.scp"), ("text", "text")):
+        path = d / name
+        counts[key] = len(KaldiMap.read(path).keys) if path.is_file() else 0
+    return counts
+
+
+def write_data_dir(
+    data_dir,
+    wav_scp: Mapping[str, str],
+    utt2spk: Mapping[str, str],
+    text: Optional[Mapping[str, str]] = None,
+    segments: Optional[Mapping[str, Tuple[str, float, float]]] = None,
+    utt2dur: Optional[Mapping[str, float]] = None,
+    reco2dur: Optional[Mapping[str, float]] = None,
+) -> Path:
+    """Write a validated, C-sorted Kaldi data directory (corpus preparation) and return it.
+
+    ``segments`` maps ``utt -> (recording, start_s, end_s)``; without it the keys of
+    ``wav_scp`` are utterance ids. Files of an earlier run that this one does not
+    write are removed.
+    """
+    d = Path(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("wav.scp", "utt2spk", "spk2utt", "text", "segments", "utt2dur", "reco2dur",
+                 "feats.scp", "utt2num_frames", "spk2gender", "cmvn.scp"):
+        (d / name).unlink(missing_ok=True)  # stale files from earlier runs
+    write_map(d / "wav.scp", wav_scp)
+    write_map(d / "utt2spk", utt2spk)
+    write_map(d / "spk2utt", make_spk2utt(dict(utt2spk)))
+    if text is not None:
+        write_map(d / "text", text)
+    if segments is not None:
+        write_map(d / "segments", {u: f"{r} {s:.2f} {e:.2f}" for u, (r, s, e) in segments.items()})
+    if utt2dur is not None:
+        write_map(d / "utt2dur", {u: f"{v:.3f}" for u, v in utt2dur.items()})
+    if reco2dur is not None:
+        write_map(d / "reco2dur", {u: f"{v:.3f}" for u, v in reco2dur.items()})
+    validate_data_dir(d, require_text=text is not None)
+    return d
 
 
 # --------------------------------------------------------------------------
@@ -548,7 +649,8 @@ def split(data_dir: Path, num_splits: int) -> Path:
     if num_splits < 1 or num_splits > len(utterances):
         raise DataDirError(f"{data_dir}: cannot split {len(utterances)} utterances into {num_splits} parts")
     unknown = sorted(
-        p.name for p in data_dir.iterdir() if p.is_file() and p.name not in KNOWN_FILES and not p.name.startswith(".")
+        p.name for p in data_dir.iterdir()
+        if p.is_file() and p.name not in KNOWN_FILES | NOT_PER_UTTERANCE_FILES and not p.name.startswith(".")
     )
     if unknown:
         print(f"split_data: warning: {data_dir}: not copied into the splits (unknown layout): {' '.join(unknown)}",
@@ -564,18 +666,121 @@ def split(data_dir: Path, num_splits: int) -> Path:
         size = base + (1 if part <= extra else 0)
         chunk = utterances[start:start + size]
         start += size
-        part_dir = split_root / str(part)
-        part_dir.mkdir(parents=True)
-        for name in ("utt2spk", "text", "segments", *PER_UTTERANCE_OPTIONAL_FILES):
-            if name in files:
-                write_map(part_dir / name, {utt: files[name][utt] for utt in chunk})
-        if "segments" in files:
-            recordings = {parse_segment(files["segments"][utt])[0] for utt in chunk}
-        else:
-            recordings = set(chunk)
-        write_map(part_dir / "wav.scp", {rec: files["wav.scp"][rec] for rec in recordings})
-        write_map(part_dir / "spk2utt", make_spk2utt({utt: utt2spk[utt] for utt in chunk}))
+        _write_subset(files, chunk, split_root / str(part))
     return split_root
+
+
+def _write_subset(files: Dict[str, Dict[str, str]], utterances: List[str], out_dir: Path) -> None:
+    """The data dir of ``utterances`` (and their recordings) from a valid one's ``files``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("utt2spk", "text", "segments", *PER_UTTERANCE_OPTIONAL_FILES):
+        if name in files:
+            write_map(out_dir / name, {utt: files[name][utt] for utt in utterances})
+    if "segments" in files:
+        recordings = {parse_segment(files["segments"][utt])[0] for utt in utterances}
+    else:
+        recordings = set(utterances)
+    write_map(out_dir / "wav.scp", {rec: files["wav.scp"][rec] for rec in recordings})
+    write_map(out_dir / "spk2utt", make_spk2utt({utt: files["utt2spk"][utt] for utt in utterances}))
+
+
+# --------------------------------------------------------------------------
+# duration filter and speed perturbation (ssl.sh --min/max_wav_duration, --speed_perturb_factors)
+# --------------------------------------------------------------------------
+
+
+def _read_valid(data_dir: Path, need_utt2dur: bool = True) -> Dict[str, Dict[str, str]]:
+    problems = validate(data_dir, require_text=(data_dir / "text").is_file(), check_audio=False)
+    if problems:
+        raise DataDirError(f"{data_dir}: not a valid data directory:\n  " + "\n  ".join(problems))
+    if need_utt2dur and not (data_dir / "utt2dur").is_file():
+        raise DataDirError(f"{data_dir / 'utt2dur'}: file not found (utils/get_utt2dur.sh writes it)")
+    return {name: KaldiMap.read(data_dir / name).as_dict() for name in KNOWN_FILES if (data_dir / name).is_file()}
+
+
+def filter_by_duration(
+    data_dir: Path, out_dir: Path, min_seconds: float = 0.0, max_seconds: Optional[float] = None
+) -> Tuple[int, Dict[str, float]]:
+    """Write to ``out_dir`` the utterances of ``data_dir`` lasting from ``min_seconds`` to
+    ``max_seconds`` (utt2dur), and the others, with their durations, to
+    ``out_dir/removed_by_duration``.
+
+    Returns:
+        The number kept and the removed utterances' durations.
+    """
+    files = _read_valid(data_dir)
+    durations = {}
+    for utt in files["utt2spk"]:
+        try:
+            durations[utt] = float(files["utt2dur"][utt])
+        except (KeyError, ValueError):
+            raise DataDirError(f"{data_dir / 'utt2dur'}: no duration for utterance {utt}") from None
+    removed = {u: d for u, d in durations.items() if d < min_seconds or (max_seconds is not None and d > max_seconds)}
+    kept = [u for u in files["utt2spk"] if u not in removed]
+    if not kept:
+        raise DataDirError(f"{data_dir}: all {len(durations)} utterances last less than {min_seconds} s or more "
+                           f"than {max_seconds} s (utt2dur); nothing would be left")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    _write_subset(files, kept, out_dir)
+    write_map(out_dir / "removed_by_duration", {u: f"{d:.3f}" for u, d in removed.items()})
+    return len(kept), removed
+
+
+def speed_perturb_entry(value: str, factor: str, python: str = "python3") -> str:
+    """The ``wav.scp`` value of a recording played ``factor`` times faster: a pipe through
+    ``espnet2_birq.bin.speed_perturb`` (what Kaldi's perturb_data_dir_speed.sh does with sox)."""
+    command = f"{python} -m espnet2_birq.bin.speed_perturb {factor}"
+    if value.endswith("|"):
+        return f"{value[:-1].strip()} | {command} - |"
+    if _KALDI_ARK_RE.match(value):
+        raise DataDirError(f"speed perturbation reads audio files and pipes, not ark entries: {value}")
+    return f"{command} {value} |"
+
+
+def speed_perturb_dir(data_dir: Path, out_dir: Path, factors: List[str], python: str = "python3") -> int:
+    """Kaldi's perturb_data_dir_speed.sh for each factor, combined (utils/combine_data.sh)
+    in ``out_dir``: utterance, speaker and recording ids get an ``sp<factor>-`` prefix
+    (none for 1.0, the original), durations and segment times are divided by the factor.
+
+    Returns:
+        The number of utterances written.
+    """
+    files = _read_valid(data_dir)
+    out: Dict[str, Dict[str, str]] = {"wav.scp": {}, "utt2spk": {}, "utt2dur": {}}
+    if "text" in files:
+        out["text"] = {}
+    if "segments" in files:
+        out["segments"] = {}
+    for factor in factors:
+        try:
+            speed = float(factor)
+        except ValueError:
+            speed = -1.0
+        if not speed > 0:
+            raise DataDirError(f"speed perturbation factor must be a positive number, got '{factor}'")
+        prefix = "" if speed == 1.0 else f"sp{factor}-"
+        for rec, value in files["wav.scp"].items():
+            out["wav.scp"][prefix + rec] = value if not prefix else speed_perturb_entry(value, factor, python)
+        for utt, spk in files["utt2spk"].items():
+            out["utt2spk"][prefix + utt] = prefix + spk
+            out["utt2dur"][prefix + utt] = f"{float(files['utt2dur'][utt]) / speed:.3f}"
+            if "text" in files:
+                out["text"][prefix + utt] = files["text"][utt]
+            if "segments" in files:
+                rec, start, end = parse_segment(files["segments"][utt])
+                end_text = "-1" if end == -1 else f"{end / speed:.3f}"
+                out["segments"][prefix + utt] = f"{prefix + rec} {start / speed:.3f} {end_text}"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    for name, mapping in out.items():
+        write_map(out_dir / name, mapping)
+    write_map(out_dir / "spk2utt", make_spk2utt(out["utt2spk"]))
+    problems = validate(out_dir, require_text="text" in out, check_audio=False)
+    if problems:
+        raise DataDirError(f"{out_dir}: " + "; ".join(problems))
+    return len(out["utt2spk"])
 
 
 # --------------------------------------------------------------------------
@@ -601,6 +806,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("data_dir", type=Path)
     p = commands.add_parser("spk2utt", help="utt2spk (file or stdin) -> spk2utt on stdout")
     p.add_argument("utt2spk", nargs="?", help="default: stdin")
+    p = commands.add_parser("filter_duration", help="utterances of DIR from --min to --max seconds (utt2dur) -> OUT_DIR")
+    p.add_argument("--min", type=float, default=0.0, help="seconds; shorter utterances are removed")
+    p.add_argument("--max", type=float, default=None, help="seconds; longer utterances are removed")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p = commands.add_parser("speed_perturb", help="speed-perturbed copies of DIR, combined in OUT_DIR")
+    p.add_argument("--python", default="python3", help="interpreter of the wav.scp pipes")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("factors", nargs="+", help="e.g. 0.9 1.0 1.1 (1.0: the original ids)")
     p = commands.add_parser("split", help="split by utterance into DIR/splitN/1..N")
     p.add_argument("--per-utt", action="store_true", help="accepted for Kaldi compatibility; splitting is always per utterance")
     p.add_argument("data_dir", type=Path)
@@ -608,7 +823,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     program = {"validate": "validate_data_dir", "fix": "fix_data_dir", "utt2dur": "get_utt2dur",
-               "spk2utt": "utt2spk_to_spk2utt", "split": "split_data"}[args.command]
+               "spk2utt": "utt2spk_to_spk2utt", "split": "split_data", "filter_duration": "filter_duration",
+               "speed_perturb": "speed_perturb"}[args.command]
     try:
         if args.command == "validate":
             problems = validate(args.data_dir, require_text=not args.no_text)
@@ -651,6 +867,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise DataDirError(f"{source}: {len(no_speaker)} utterance(s) without a speaker, first: {first_ids(no_speaker)}")
             for speaker, utts in make_spk2utt(utt2spk.as_dict()).items():
                 sys.stdout.write(f"{speaker} {utts}\n")
+        elif args.command == "filter_duration":
+            kept, removed = filter_by_duration(args.data_dir, args.out_dir, args.min, args.max)
+            limits = f"shorter than {args.min} s" + (f" or longer than {args.max} s" if args.max is not None else "")
+            if removed:
+                print(f"{program}: warning: {len(removed)} of {kept + len(removed)} utterances of {args.data_dir} "
+                      f"removed ({limits}), listed in {args.out_dir / 'removed_by_duration'}", file=sys.stderr)
+            else:
+                print(f"{program}: {args.data_dir}: no utterance {limits}; all {kept} kept", file=sys.stderr)
+        elif args.command == "speed_perturb":
+            count = speed_perturb_dir(args.data_dir, args.out_dir, args.factors, args.python)
+            print(f"{program}: wrote {args.out_dir} ({count} utterances, factors {' '.join(args.factors)})",
+                  file=sys.stderr)
         elif args.command == "split":
             root = split(args.data_dir, args.num_splits)
             print(f"{program}: wrote {root}/1..{args.num_splits}", file=sys.stderr)

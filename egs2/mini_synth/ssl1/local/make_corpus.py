@@ -29,7 +29,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this repository's espnet2_birq (its data-dir writer), also when run outside a recipe
+# directory (no path.sh) or before `pip install -e .`
+sys.path.insert(1, str(Path(__file__).resolve().parents[4]))
 import text_gen  # noqa: E402
+from espnet2_birq.utils.datadir import write_data_dir as write_kaldi_dir, write_map  # noqa: E402
 
 CORPUS_VERSION = 1
 FS = 16000
@@ -210,28 +214,19 @@ def synthesize(plan: Dict[str, List[dict]], cfg: dict, audio_dir: Path, nj: int)
 
 
 # --------------------------------------------------------------------------- outputs
-def write_lines(path: Path, lines: List[str]):
-    with open(path, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line + "\n")
-
-
 def write_data_dir(d: Path, utts: List[dict], audio_dir: Path, nsamples: Dict[str, int]):
+    # the project's data-dir writer (C-sorted, validated)
     tmp = d.with_name(f".{d.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    utts = sorted(utts, key=lambda u: u["utt"].encode())  # C-locale order
-    write_lines(tmp / "wav.scp", [f"{u['utt']} {wav_path(audio_dir, u)}" for u in utts])
-    write_lines(tmp / "text", [f"{u['utt']} {u['text']}" for u in utts])
-    write_lines(tmp / "utt2spk", [f"{u['utt']} {u['spk']}" for u in utts])
-    write_lines(tmp / "utt2dur", [f"{u['utt']} {nsamples[u['utt']] / FS:.4f}" for u in utts])
-    spk2utt: Dict[str, List[str]] = {}
-    for u in utts:
-        spk2utt.setdefault(u["spk"], []).append(u["utt"])
-    write_lines(tmp / "spk2utt", [f"{s} {' '.join(us)}" for s, us in sorted(spk2utt.items(),
-                                                                          key=lambda kv: kv[0].encode())])
+    write_kaldi_dir(
+        tmp,
+        wav_scp={u["utt"]: str(wav_path(audio_dir, u)) for u in utts},
+        utt2spk={u["utt"]: u["spk"] for u in utts},
+        text={u["utt"]: u["text"] for u in utts},
+        utt2dur={u["utt"]: nsamples[u["utt"]] / FS for u in utts},
+    )
     # extra per-utterance metadata (not a Kaldi file; ignored by the tools)
-    write_lines(tmp / "utt2category", [f"{u['utt']} {u['category']}" for u in utts])
+    write_map(tmp / "utt2category", {u["utt"]: u["category"] for u in utts})
     if d.exists():
         shutil.rmtree(d)
     os.replace(tmp, d)
@@ -348,7 +343,7 @@ def main(argv=None):
     local = data_dir / "local" / "mini_synth"
     local.mkdir(parents=True, exist_ok=True)
     (local / "HELDOUT.md").write_text(heldout_doc(cfg, plan))
-    write_lines(local / "vocabulary.txt", text_gen.vocabulary())
+    (local / "vocabulary.txt").write_text("".join(w + "\n" for w in text_gen.vocabulary()), encoding="utf-8")
     with open(local / "utterances.jsonl", "w") as f:
         for split in SPLITS:
             for u in plan[split]:
