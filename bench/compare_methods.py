@@ -588,6 +588,8 @@ def main(argv=None) -> int:
 
 
 def report_only(args) -> int:
+    # the report shows the command that ran the jobs
+    args.command_line = args.command_line.replace(" --report_only", "")
     recipe = args.work_dir / "ssl1"
     budgets = sorted(set(args.budgets))
     full_train = len(read_ids(recipe / "data" / "train" / "text"))
