@@ -60,6 +60,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout
+from espnet2_birq.utils import datadir  # noqa: E402
 DEMO = REPO / "egs2" / "mini_synth" / "ssl1"
 TEMPLATE = REPO / "egs2" / "TEMPLATE" / "ssl1"
 
@@ -127,32 +129,15 @@ def read_ids(path: Path) -> List[str]:
 def subset_data_dir(src: Path, dst: Path, count: int) -> List[str]:
     """The labelled subset of ``count`` utterances: evenly spaced over ``src``'s sorted
     ids (utterance ids start with the speaker id, so this spreads the subset over the
-    speakers). Every per-utterance file is filtered; ``spk2utt`` is rebuilt."""
+    speakers), written by :func:`espnet2_birq.utils.datadir.subset`."""
     ids = read_ids(src / "text")
     if count > len(ids):
         raise CompareError(f"budget {count} is larger than {src} ({len(ids)} utterances)")
     step = len(ids) / count
     keep = {ids[int(i * step)] for i in range(count)}
-    dst.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(src.iterdir()):
-        if entry.is_dir() or entry.name == "spk2utt":
-            continue  # split dirs of the source; spk2utt is rebuilt below
-        if entry.name == "wav.scp" and (src / "segments").exists():
-            shutil.copyfile(entry, dst / entry.name)  # keyed by recording: keep all
-            continue
-        with open(entry, encoding="utf-8") as f_in, open(dst / f"{entry.name}.tmp", "w", encoding="utf-8") as f_out:
-            for line in f_in:
-                if line.split(maxsplit=1)[0] in keep:
-                    f_out.write(line)
-        os.replace(dst / f"{entry.name}.tmp", dst / entry.name)
-    spk2utt: Dict[str, List[str]] = {}
-    with open(dst / "utt2spk", encoding="utf-8") as f:
-        for line in f:
-            utt, spk = line.split()
-            spk2utt.setdefault(spk, []).append(utt)
-    with open(dst / "spk2utt", "w", encoding="utf-8") as f:
-        for spk in sorted(spk2utt):
-            f.write(f"{spk} {' '.join(spk2utt[spk])}\n")
+    # the project's data-dir writer: known files kept in step, recordings of the kept
+    # utterances, spk2utt rebuilt
+    datadir.subset(src, sorted(keep), dst)
     return sorted(keep)
 
 

@@ -34,7 +34,10 @@ def write_data_dir(path: Path, spk_utts):
     (path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in utts))
     (path / "wav.scp").write_text("".join(f"{u} /a/{u}.wav\n" for u, _ in utts))
     (path / "utt2dur").write_text("".join(f"{u} 2.0\n" for u, _ in utts))
-    (path / "spk2utt").write_text("stale\n")
+    spk2utt = {}
+    for u, s in utts:
+        spk2utt.setdefault(s, []).append(u)
+    (path / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
     return [u for u, _ in utts]
 
 

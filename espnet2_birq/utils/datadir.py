@@ -684,6 +684,11 @@ def _write_subset(files: Dict[str, Dict[str, str]], utterances: List[str], out_d
     write_map(out_dir / "spk2utt", make_spk2utt({utt: files["utt2spk"][utt] for utt in utterances}))
 
 
+def subset(data_dir: Path, utterances: List[str], out_dir: Path) -> None:
+    """Write to ``out_dir`` the data dir of ``utterances`` of the valid ``data_dir``."""
+    _write_subset(_read_valid(data_dir, need_utt2dur=False), utterances, out_dir)
+
+
 # --------------------------------------------------------------------------
 # duration filter and speed perturbation (ssl.sh --min/max_wav_duration, --speed_perturb_factors)
 # --------------------------------------------------------------------------
