@@ -360,6 +360,51 @@ def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
     assert len([c for c in calls.splitlines() if "espnet2_birq.bin.bljust_train" in c]) == 1
 
 
+def test_frozen_encoder_phase_keeps_its_length_under_user_max_epoch(tmp_path):
+    """--freeze_encoder_epochs N trains N frozen epochs even when --asr_args sets --max_epoch.
+
+    The frozen phase's options must come after --asr_args (argparse keeps the last value):
+    with them first, a user's --max_epoch 8 silently made the frozen phase 8 epochs long.
+    """
+    recipe = make_recipe(tmp_path)
+    (recipe / "conf").mkdir()
+    (recipe / "conf" / "train_asr.yaml").write_text("{}\n")
+    (recipe / "conf" / "train_ssl_birq_conformer.yaml").write_text("{}\n")
+    py = tmp_path / "fake_python"
+    py.write_text(textwrap.dedent(
+        """\
+        #!/usr/bin/env bash
+        echo "$*" >> "$(dirname "$0")/python_calls.txt"
+        case "$*" in *"check_init name"*) echo valid.best_rq_acc.ave.pth ;; esac
+        while [ $# -gt 0 ]; do
+            if [ "$1" = --output_dir ]; then mkdir -p "$2"; touch "$2/latest.pth" "$2/valid.cer_ctc.ave.pth"; fi
+            shift
+        done
+        """))
+    py.chmod(0o755)
+    needed = [
+        "data/token_list/char/tokens.txt",
+        "exp/asr_stats_fbank_char/train/text_shape.char",
+        "exp/ssl_stats_fbank/train/feats_stats.npz",
+    ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev")]
+    for name in needed:
+        (recipe / name).parent.mkdir(parents=True, exist_ok=True)
+        (recipe / name).write_text("x\n")
+    result = run_ssl(recipe, *SETS, "--python", py, "--ngpu", "0", "--stage", "6", "--stop_stage", "6",
+                     "--pretrained", "none", "--asr_config", "conf/train_asr.yaml",
+                     "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
+                     "--freeze_encoder_epochs", "2", "--asr_args", "--max_epoch 8 --seed 3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    train = [c for c in (tmp_path / "python_calls.txt").read_text().splitlines()
+             if "espnet2_birq.bin.asr_train" in c]
+    assert len(train) == 2, train
+    frozen, unfrozen = train
+    assert "/frozen " in frozen and frozen.rstrip().endswith("--freeze_param encoder --max_epoch 2"), frozen
+    assert "--seed 3" in frozen
+    assert "--freeze_param" not in unfrozen and "--max_epoch 8" in unfrozen and "--max_epoch 2" not in unfrozen
+    assert "/frozen/latest.pth" in unfrozen
+
+
 # --------------------------------------------------------------------------
 # The demo recipe, end to end, smallest size
 # --------------------------------------------------------------------------

@@ -927,8 +927,10 @@ asr_launch() {  # asr_launch WHAT OUTPUT_DIR MODULE CONFIG [extra args]: one ASR
 asr_train() {  # asr_train OUTPUT_DIR [extra args]: fine-tuning (guarded asr_train) of stage 6
     local out=$1
     shift
+    # The phase's own options come after --asr_args: a user's --max_epoch sets the unfrozen
+    # phase and must not stretch the frozen one (--freeze_encoder_epochs) to its length.
     # shellcheck disable=SC2086
-    asr_launch ASR "${out}" espnet2_birq.bin.asr_train "${asr_exp}/train_asr.yaml" "$@" ${asr_args}
+    asr_launch ASR "${out}" espnet2_birq.bin.asr_train "${asr_exp}/train_asr.yaml" ${asr_args} "$@"
 }
 
 # --------------------------------------------------------------- BL-JUST stage 6
