@@ -110,6 +110,18 @@ def test_every_arm_gets_the_same_budget_in_updates(tmp_path):
     assert all(order.index(d) < order.index(j.name) for j in jobs for d in j.deps)
 
 
+def test_ssl_args_reach_every_pretraining_run_and_not_fine_tuning(tmp_path):
+    args, jobs = plan(tmp_path, "--ssl_updates", "300", "--ssl_args", "--optim_conf lr=0.005")
+    for j in jobs:
+        if j.kind == "pretrain":
+            seed = j.name.rsplit("seed", 1)[1]
+            # the budget and seed come last: options given here cannot change them
+            assert option(j, "--ssl_args") == (
+                f"--optim_conf lr=0.005 --max_epoch 6 --num_iters_per_epoch 50 --seed {seed}")
+        else:
+            assert "lr=0.005" not in " ".join(j.args)
+
+
 def test_budgets_must_be_whole_validation_intervals(tmp_path):
     with pytest.raises(cm.CompareError, match="multiple of --updates_per_epoch"):
         plan(tmp_path, "--ft_updates", "120")
