@@ -389,8 +389,9 @@ def write_report(results: dict, args, budgets, hours: Dict[int, float], pretrain
         "",
         f"- Pre-training set: {pretrain_hours:.2f} h (unlabelled); {args.ssl_updates} pre-training updates per SSL method"
         + (f", trainer options `{args.ssl_args}` on top of each method's config." if args.ssl_args else "."),
-        f"- Fine-tuning: `{ASR_CONFIG}`, {args.ft_updates} updates for every arm and budget; "
-        f"BL-JUST: {args.ssl_updates} joint updates + {args.ft_updates} supervised-only updates (`{BLJUST_CONFIG}`).",
+        f"- Fine-tuning: `{ASR_CONFIG}`, {args.ft_updates} updates for every arm and budget"
+        + (f"; BL-JUST: {args.ssl_updates} joint updates + {args.ft_updates} supervised-only updates "
+           f"(`{BLJUST_CONFIG}`)." if "bljust" in args.methods else "."),
         f"- Seeds: {' '.join(map(str, args.seeds))} (trainer seed of pre-training and fine-tuning); "
         f"greedy CTC decoding; model: average of the 3 best checkpoints by dev CER.",
         "- Values: mean ± standard deviation over seeds, in %. Wall time: mean minutes per run "

@@ -157,6 +157,20 @@ def test_report_table_and_plot(tmp_path):
     png = tmp_path / "o" / "compare_methods.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "(compare_methods.png)" in text
+    assert "BL-JUST: 600 joint updates + 600 supervised-only updates" in text
+
+
+def test_report_names_bljust_budgets_only_when_bljust_ran(tmp_path):
+    args = cm.parse_args(["--work_dir", str(tmp_path / "w"), "--out_dir", str(tmp_path / "o"),
+                          "--methods", "scratch", "birq", "--seeds", "0", "1", "--ssl_args", "--optim_conf lr=0.005"])
+    runs = [dict(budget=40, method=m, seed=s, dev_wer=50.0 + s, dev_cer=20.0 + s, test_wer=50.0 + s,
+                 test_cer=20.0 + s, pretrain_seconds=60.0, finetune_seconds=30.0)
+            for m in ("scratch", "birq") for s in (0, 1)]
+    text = cm.write_report(dict(runs=runs, job_seconds=360.0), args, [40], {40: 80 / 3600}, 2.0,
+                           tmp_path / "o", 60.0).read_text()
+    assert "BL-JUST" not in text
+    assert "trainer options `--optim_conf lr=0.005` on top of each method's config" in text
+    assert json.loads((tmp_path / "o" / "compare_methods.json").read_text())["ssl_args"] == "--optim_conf lr=0.005"
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
