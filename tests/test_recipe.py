@@ -40,8 +40,11 @@ def make_recipe(root: Path, demo: bool = False) -> Path:
     return recipe
 
 
-def fake_python(root: Path) -> Path:
-    """A stand-in interpreter: logs its arguments, writes --output files."""
+def fake_python(root: Path, trains: bool = False) -> Path:
+    """A stand-in interpreter: logs its arguments, writes --output files; with ``trains``,
+    a training run also leaves the models its --output_dir should hold."""
+    train_line = ('if [ "$1" = --output_dir ]; then mkdir -p "$2"; '
+                  'touch "$2/latest.pth" "$2/valid.cer_ctc.ave.pth"; fi' if trains else ":")
     script = root / "fake_python"
     script.write_text(
         textwrap.dedent(
@@ -51,10 +54,11 @@ def fake_python(root: Path) -> Path:
             case "$*" in *"check_init name"*) echo valid.best_rq_acc.ave.pth ;; esac
             while [ $# -gt 0 ]; do
                 if [ "$1" = --output ]; then printf '<blank>\\n<unk>\\nA\\n<sos/eos>\\n' > "$2"; fi
+                TRAIN_LINE
                 shift
             done
             """
-        )
+        ).replace("TRAIN_LINE", train_line)
     )
     script.chmod(0o755)
     return script
@@ -370,18 +374,7 @@ def test_frozen_encoder_phase_keeps_its_length_under_user_max_epoch(tmp_path):
     (recipe / "conf").mkdir()
     (recipe / "conf" / "train_asr.yaml").write_text("{}\n")
     (recipe / "conf" / "train_ssl_birq_conformer.yaml").write_text("{}\n")
-    py = tmp_path / "fake_python"
-    py.write_text(textwrap.dedent(
-        """\
-        #!/usr/bin/env bash
-        echo "$*" >> "$(dirname "$0")/python_calls.txt"
-        case "$*" in *"check_init name"*) echo valid.best_rq_acc.ave.pth ;; esac
-        while [ $# -gt 0 ]; do
-            if [ "$1" = --output_dir ]; then mkdir -p "$2"; touch "$2/latest.pth" "$2/valid.cer_ctc.ave.pth"; fi
-            shift
-        done
-        """))
-    py.chmod(0o755)
+    py = fake_python(tmp_path, trains=True)
     needed = [
         "data/token_list/char/tokens.txt",
         "exp/asr_stats_fbank_char/train/text_shape.char",
