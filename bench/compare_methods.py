@@ -269,6 +269,20 @@ def asr_exp(budget: int, method: str, seed: int) -> str:
     return f"exp/{budget_name(budget)}/asr_{method}_seed{seed}"
 
 
+# The one LM of --decode lm: trained on the text-only LM data (none of the labelled
+# transcripts, so every budget and arm gets the same LM), by the first fine-tuning run.
+LM_EXP = "exp/lm_text_only"
+
+
+def decode_args(decode: str) -> List[str]:
+    """run.sh options of the decoding: greedy CTC without an LM (the default: the arms then
+    differ only in their encoders), or the demo's beam search with a character LM."""
+    if decode == "greedy":
+        return ["--use_lm", "false", "--inference_config", "conf/decode_ctc_greedy.yaml"]
+    return ["--use_lm", "true", "--lm_exp", LM_EXP, "--lm_train_text", "data/local/other_text/text",
+            "--inference_config", "conf/decode_ctc_lm.yaml"]
+
+
 def plan_jobs(args, recipe: Path, budgets: Sequence[int], full_train: int) -> List[Job]:
     per_epoch = args.updates_per_epoch
     ssl_epochs = epochs_for(args.ssl_updates, per_epoch, "--ssl_updates")
@@ -297,7 +311,8 @@ def plan_jobs(args, recipe: Path, budgets: Sequence[int], full_train: int) -> Li
     for budget in budgets:
         # stages 6-8 of every budget in exp/<budget>/ with its own shape files (stage 4)
         per_budget = [*common, "--train_set", "train" if budget == full_train else budget_name(budget),
-                      "--expdir", f"exp/{budget_name(budget)}", "--stage", "6", "--stop_stage", "8"]
+                      "--expdir", f"exp/{budget_name(budget)}", "--stage", "6", "--stop_stage", "8",
+                      *decode_args(args.decode)]
         for method in args.methods:
             for seed in args.seeds:
                 name = f"{budget_name(budget)}_{method}_seed{seed}"
@@ -319,14 +334,23 @@ def plan_jobs(args, recipe: Path, budgets: Sequence[int], full_train: int) -> Li
                 jobs.append(Job(name=name, kind="finetune", deps=[f"pretrain_{method}_seed{seed}"], args=[
                     *per_budget, "--ssl_config", SSL_CONFIGS[method], "--ssl_exp", ssl_exp(method, seed),
                     "--pretrained", "auto", "--asr_exp", exp, "--asr_args", ft_args]))
+    if args.decode == "lm":
+        # the first fine-tuning run trains the shared LM in its stage 6; the others wait for
+        # it (the LM directory is locked while it trains)
+        runs = [job for job in jobs if job.kind in ("finetune", "bljust")]
+        for job in runs[1:]:
+            job.deps.append(runs[0].name)
     return jobs
 
 
 # ---------------------------------------------------------------------------- results
-def read_err(exp_dir: Path, dset: str, metric: str) -> float:
-    found = sorted(exp_dir.glob(f"decode_*/{dset}/score_{metric}/summary.json"))
+def read_err(exp_dir: Path, dset: str, metric: str, decode: str = "greedy") -> float:
+    # decodings with an LM carry "_lm_<lm dir>" in their name (ssl.sh's inference tag)
+    found = sorted(p for p in exp_dir.glob(f"decode_*/{dset}/score_{metric}/summary.json")
+                   if ("_lm_" in p.parents[2].name) == (decode == "lm"))
     if len(found) != 1:
-        raise CompareError(f"expected one {dset} {metric} summary under {exp_dir}/decode_*, found {len(found)}")
+        raise CompareError(f"expected one {decode} {dset} {metric} summary under {exp_dir}/decode_*, "
+                           f"found {len(found)}")
     return float(json.loads(found[0].read_text())["Err"])
 
 
@@ -365,7 +389,7 @@ def collect(recipe: Path, args, budgets, jobs: Dict[str, Job]) -> dict:
                 row = dict(budget=budget, method=method, seed=seed, exp=str(exp.relative_to(recipe)))
                 for dset in (DEV_SET, TEST_SET):
                     for metric in ("wer", "cer"):
-                        row[f"{dset}_{metric}"] = read_err(exp, dset, metric)
+                        row[f"{dset}_{metric}"] = read_err(exp, dset, metric, args.decode)
                 row["finetune_seconds"] = round(jobs[name].seconds, 1)
                 pre = jobs.get(f"pretrain_{method}_seed{seed}")
                 row["pretrain_seconds"] = round(pre.seconds, 1) if pre else 0.0
@@ -392,7 +416,10 @@ def write_report(results: dict, args, budgets, hours: Dict[int, float], pretrain
         + (f"; BL-JUST: {args.ssl_updates} joint updates + {args.ft_updates} supervised-only updates "
            f"(`{BLJUST_CONFIG}`)." if "bljust" in args.methods else "."),
         f"- Seeds: {' '.join(map(str, args.seeds))} (trainer seed of pre-training and fine-tuning); "
-        f"greedy CTC decoding; model: average of the 3 best checkpoints by dev CER.",
+        + ("greedy CTC decoding" if args.decode == "greedy" else
+           f"CTC beam search with one character LM for every arm (`conf/decode_ctc_lm.yaml`; `{LM_EXP}`, "
+           "trained on the text-only LM data only)")
+        + "; model: average of the 3 best checkpoints by dev CER.",
         "- Values: mean ± standard deviation over seeds, in %. Wall time: mean minutes per run "
         "(pre-training + fine-tuning incl. decoding; a job's longest run, so a re-run that skips "
         f"finished stages keeps the first run's time), measured with {args.jobs} jobs side by side on this machine.",
@@ -452,7 +479,7 @@ def write_report(results: dict, args, budgets, hours: Dict[int, float], pretrain
     md.write_text("\n".join(lines))
     (out_dir / f"{args.out_name}.json").write_text(json.dumps(
         dict(command=args.command_line, ssl_updates=args.ssl_updates, ssl_args=args.ssl_args,
-             ft_updates=args.ft_updates,
+             ft_updates=args.ft_updates, decode=args.decode,
              seeds=args.seeds, budgets=list(budgets), labelled_hours={str(b): hours[b] for b in budgets},
              pretrain_hours=pretrain_hours, elapsed_seconds=round(elapsed, 1), **results), indent=1) + "\n")
     plot(by, args, budgets, hours, out_dir / f"{args.out_name}.png")
@@ -508,6 +535,9 @@ def parse_args(argv=None):
     p.add_argument("--ft_updates", type=int, default=None, help="fine-tuning updates (default: 600; --quick: 20)")
     p.add_argument("--updates_per_epoch", type=int, default=None,
                    help="ESPnet epoch length in updates: validation and checkpoints (default: 50; --quick: 10)")
+    p.add_argument("--decode", choices=("greedy", "lm"), default="greedy",
+                   help="greedy CTC (default), or the demo's beam search with one character LM for every arm "
+                        "(fine-tuned models of an earlier run are reused: only decoding is added)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one core each (default: 2)")
     p.add_argument("--work_dir", type=Path, default=None,
                    help="recipe work directory (default: bench/work/compare_methods_<size>)")

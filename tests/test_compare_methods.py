@@ -122,6 +122,30 @@ def test_ssl_args_reach_every_pretraining_run_and_not_fine_tuning(tmp_path):
             assert "lr=0.005" not in " ".join(j.args)
 
 
+def test_decoding_is_greedy_by_default_and_lm_decoding_shares_one_text_only_lm(tmp_path):
+    _, jobs = plan(tmp_path)
+    runs = [j for j in jobs if j.kind in ("finetune", "bljust")]
+    for j in runs:
+        assert option(j, "--use_lm") == "false" and option(j, "--inference_config") == "conf/decode_ctc_greedy.yaml"
+    _, jobs = plan(tmp_path, "--decode", "lm")
+    runs = [j for j in jobs if j.kind in ("finetune", "bljust")]
+    for j in runs:
+        assert option(j, "--use_lm") == "true" and option(j, "--inference_config") == "conf/decode_ctc_lm.yaml"
+        # one LM for every arm and budget (not the budget's transcripts), trained by the first run
+        assert option(j, "--lm_exp") == cm.LM_EXP and option(j, "--lm_train_text") == "data/local/other_text/text"
+        assert (runs[0].name in j.deps) == (j is not runs[0])
+    assert not [j for j in jobs if j.kind == "pretrain" and "--use_lm" in j.args]
+    # the report reads the decoding it asked for when both are on disk
+    exp = tmp_path / "exp"
+    for tag, err in (("decode_ctc_greedy_asr_model_valid.cer_ctc.ave", 50.0),
+                     ("decode_ctc_lm_asr_model_valid.cer_ctc.ave_lm_lm_text_only_valid.loss.ave", 20.0)):
+        summary = exp / tag / "test" / "score_wer" / "summary.json"
+        summary.parent.mkdir(parents=True)
+        summary.write_text(json.dumps({"Err": err}))
+    assert cm.read_err(exp, "test", "wer") == 50.0
+    assert cm.read_err(exp, "test", "wer", "lm") == 20.0
+
+
 def test_budgets_must_be_whole_validation_intervals(tmp_path):
     with pytest.raises(cm.CompareError, match="multiple of --updates_per_epoch"):
         plan(tmp_path, "--ft_updates", "120")

@@ -26,6 +26,7 @@ sys.path.insert(0, str(LOCAL))
 make_corpus = importlib.import_module("make_corpus")
 espeak_synth = importlib.import_module("espeak_synth")
 text_gen = importlib.import_module("text_gen")
+make_lm_text = importlib.import_module("make_lm_text")
 
 SPLITS = ("pretrain", "train", "dev", "test")
 TINY = ["--num_pretrain", "20", "--train_fraction", "0.25", "--num_dev", "4", "--num_test", "12",
@@ -205,6 +206,46 @@ def test_data_sh_runs_and_skips_when_done(tmp_path):
     assert len((tmp_path / "data" / "train" / "text").read_text().splitlines()) == 1  # round(0.6)
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "skipping" in r.stdout + r.stderr
+    # stage 3: the text-only LM data, without the dev and test sentences
+    lm = subprocess.run([*cmd, "--stage", "3", "--stop_stage", "3", "--num_lm_text", "300"], cwd=tmp_path,
+                        env=env, capture_output=True, text=True, timeout=120)
+    assert lm.returncode == 0, lm.stdout + lm.stderr
+    lm_text = (tmp_path / "data" / "local" / "other_text" / "text").read_text().splitlines()
+    assert 0 < len(lm_text) <= 300 and all(line.startswith("lm") for line in lm_text)
+    evaluation = {line.split(" ", 1)[1] for d in ("dev", "test")
+                  for line in (tmp_path / "data" / d / "text").read_text().splitlines()}
+    assert not {line.split(" ", 1)[1] for line in lm_text} & evaluation
     changed = [("7" if prev == "--num_pretrain" else arg) for prev, arg in zip([""] + cmd, cmd)]
     r = subprocess.run(changed, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "other options" in r.stdout + r.stderr
+
+
+def test_lm_text_leaves_out_evaluation_sentences_and_heldout_material(tmp_path, capsys):
+    """local/make_lm_text.py: seeded, never a dev/test sentence, never held-out material."""
+    # an evaluation set that shares sentences with the LM text's stream
+    first = [s for _, s in make_lm_text.make_lm_text(400, seed=5, exclude=set())]
+    evaluation = tmp_path / "test_text"
+    evaluation.write_text("".join(f"t{i} {s}\n" for i, s in enumerate(first[:150:3])))
+    out = tmp_path / "other_text" / "text"
+    args = ["--num_sentences", "400", "--seed", "5", "--exclude", str(evaluation), "--out", str(out)]
+    make_lm_text.main(args)
+    lines = out.read_text().splitlines()
+    sentences = [line.split(" ", 1)[1] for line in lines]
+    excluded = set(first[:150:3])
+    assert not set(sentences) & excluded
+    assert len(lines) == sum(s not in excluded for s in first) < 400
+    assert len({line.split()[0] for line in lines}) == len(lines)  # unique ids
+    # same options, same file; another seed, another text
+    again = tmp_path / "again"
+    make_lm_text.main([*args[:-1], str(again)])
+    assert again.read_text() == out.read_text()
+    assert [s for _, s in make_lm_text.make_lm_text(50, seed=6, exclude=set())] != first[:50]
+    # only seen templates and seen (room, device) pairs
+    pairs = [(r.upper(), d.upper()) for r, d in text_gen.HELDOUT_ROOM_DEVICE]
+    many = [s for _, s in make_lm_text.make_lm_text(5000, seed=5, exclude=set())]
+    assert not any(f"THE {r} {d}" in s or f"THE {d} IN THE {r}" in s for s in many for r, d in pairs)
+    assert not any(s.startswith("CALL ") and " ON " in s for s in many)  # held-out call_date
+    assert not any(s.startswith("WHAT IS THE WEATHER") and " ON THE " in s for s in many)  # weather_date
+    assert any(s.startswith("CALL ") for s in many) and any(s.startswith("WHAT IS THE WEATHER") for s in many)
+    with pytest.raises(SystemExit):
+        make_lm_text.main(["--num_sentences", "10", "--exclude", str(tmp_path / "missing"), "--out", str(out)])

@@ -140,6 +140,11 @@ def test_greedy_decode_and_espnet_delegation(tmp_path, audio_set, monkeypatch):
                      "--output_dir", "greedy"])
     asr_decode.main([*common, "--beam_size", "1", "--ctc_weight", "1.0",
                      "--output_dir", "beam"])
+    # best-path decoding cannot use a language model: an LM next to it is refused, not ignored
+    with pytest.raises(SystemExit) as refused:
+        asr_decode.main([*common, "--ctc_greedy", "true", "--lm_train_config", "lm/config.yaml",
+                         "--lm_file", "lm/valid.loss.ave.pth", "--output_dir", "greedy_lm"])
+    assert refused.value.code == 2 and not Path("greedy_lm").exists()
     greedy = read_kaldi_text(Path("greedy/1best_recog/token_int"))
     greedy_text = read_kaldi_text(Path("greedy/1best_recog/text"))
     beam = read_kaldi_text(Path("beam/1best_recog/text"))

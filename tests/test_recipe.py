@@ -427,6 +427,15 @@ def test_demo_recipe_tiny_end_to_end(tmp_path):
             assert len(found) == 1, (dset, metric, found)
             assert "Sum/Avg" in found[0].read_text() or "Scores:" in found[0].read_text()
     assert "|dataset|Snt|Wrd|" in result.stdout  # the table is printed
+    # the demo decodes with its character LM, trained in stage 6 on the labelled and the
+    # text-only LM data (local/data.sh stage 3)
+    lm_exp = recipe / "exp" / "lm_train_lm_rnn_tiny"
+    assert (lm_exp / "valid.loss.ave.pth").exists()
+    assert "1epoch results" in (lm_exp / "train.log").read_text()
+    assert len((lm_exp / "data" / "train.txt").read_text().splitlines()) > 200
+    decodes = [p.name for p in exp.glob("decode_*")]
+    assert decodes == ["decode_ctc_lm_asr_model_valid.cer_ctc.ave_lm_lm_train_lm_rnn_tiny_valid.loss.ave"], decodes
+    assert "language model: exp/lm_train_lm_rnn_tiny/valid.loss.ave.pth" in text
     # Stage 6 started from the pre-trained encoder, every tensor of it (checked by
     # check_init before training; ESPnet's --init_param alone says nothing when it
     # loads nothing).
@@ -441,7 +450,8 @@ def test_demo_recipe_tiny_end_to_end(tmp_path):
         cwd=recipe, capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("already done, skipping") >= 4  # ssl, asr, dev, test
+    assert result.stdout.count("already done, skipping") >= 5  # ssl, lm, asr, dev, test
+    assert "LM training exp/lm_train_lm_rnn_tiny: already done" in result.stdout
     # BL-JUST on the same data (stages 1-4 reused): one joint stage 6, then stages 7-8
     # decode its model with ESPnet's inference unchanged.
     result = subprocess.run(
@@ -526,3 +536,103 @@ def test_stage_8_refuses_a_model_that_emits_only_blanks(tmp_path):
     (decode / "dev" / "text").write_text("u1 A\nu2\n")
     (decode / "test" / "text").write_text("u1 A\nu2\n")
     assert run_ssl(recipe, *SETS, "--python", py, "--stage", "8", "--stop_stage", "8").returncode == 0
+
+
+def lm_fake_python(root: Path) -> Path:
+    """A stand-in interpreter for the LM steps: logs its arguments; aggregate_stats_dirs
+    writes text_shape files, a launched lm_train its model, asr_decode a hypothesis."""
+    script = root / "fake_python"
+    script.write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        echo "$*" >> "$(dirname "$0")/python_calls.txt"
+        out=; prev=
+        for a in "$@"; do [ "$prev" = --output_dir ] && out=$a; prev=$a; done
+        case "$*" in
+            *"check_init name"*) echo valid.best_rq_acc.ave.pth ;;
+            *aggregate_stats_dirs*)
+                for s in train valid; do mkdir -p "$out/$s"; echo "lm1 7" > "$out/$s/text_shape"; done ;;
+            *espnet2.bin.launch*espnet2.bin.lm_train*)
+                mkdir -p "$out"; touch "$out/valid.loss.ave.pth" "$out/config.yaml" ;;
+            *espnet2.bin.launch*asr_train*)
+                mkdir -p "$out"; touch "$out/valid.cer_ctc.ave.pth" "$out/config.yaml" ;;
+            *asr_decode*)
+                mkdir -p "$out/1best_recog"; echo "u1 A" > "$out/1best_recog/text" ;;
+        esac
+        """))
+    script.chmod(0o755)
+    return script
+
+
+def test_language_model_trained_in_stage_6_and_used_by_stage_7(tmp_path):
+    """--use_lm true: stage 6 trains ESPnet's lm_train on --lm_train_text (ids unique,
+    lines without text counted and left out), stage 7 decodes with it into a directory
+    named after it, and a finished LM is not trained again."""
+    recipe = make_recipe(tmp_path)
+    result = run_ssl(recipe, *SETS, "--use_lm", "true", "--stage", "9")
+    assert result.returncode != 0 and "--use_lm true needs --lm_config" in result.stderr
+    result = run_ssl(recipe, *SETS, "--use_lm", "yes", "--stage", "9")
+    assert result.returncode != 0 and "'--use_lm' expects true or false" in result.stderr
+
+    conf = recipe / "conf"
+    conf.mkdir()
+    for name in ("train_asr.yaml", "train_ssl_birq_conformer.yaml", "train_lm.yaml", "decode_lm.yaml"):
+        (conf / name).write_text("{}\n")
+    py = lm_fake_python(tmp_path)
+    needed = [
+        "exp/asr_stats_fbank_char/train/text_shape.char",
+        "exp/ssl_stats_fbank/train/feats_stats.npz",
+    ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev", "test")]
+    for name in needed:
+        (recipe / name).parent.mkdir(parents=True, exist_ok=True)
+        (recipe / name).write_text("u1 x\n")
+    tokens = recipe / "data" / "token_list" / "char" / "tokens.txt"
+    tokens.parent.mkdir(parents=True)
+    tokens.write_text("<blank>\n<unk>\n<space>\nA\nB\n<sos/eos>\n")
+    write_text_dir(recipe / "data" / "train", [("u1", "A B"), ("u2", "")])
+    write_text_dir(recipe / "data" / "dev", [("d1", "B A")])
+    other = recipe / "data" / "local" / "other_text" / "text"
+    other.parent.mkdir(parents=True)
+    other.write_text("lm1 A A B\nlm2 B\n")
+    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained", "none",
+              "--asr_config", "conf/train_asr.yaml", "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
+              "--use_lm", "true", "--lm_config", "conf/train_lm.yaml",
+              "--lm_train_text", "data/train/text data/local/other_text/text"]
+    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "6", "--lm_args", "--max_epoch 2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lm_exp = recipe / "exp" / "lm_train_lm"
+    assert (lm_exp / "data" / "train.txt").read_text() == "u1 A B\nlm1 A A B\nlm2 B\n"
+    assert (lm_exp / "data" / "dev.txt").read_text() == "d1 B A\n"
+    assert "WARNING: 1 line(s) without text in data/train/text data/local/other_text/text" in result.stdout
+    assert (lm_exp / "stats" / "train" / "text_shape.char").read_text() == "lm1 7,6\n"
+    calls = (tmp_path / "python_calls.txt").read_text().splitlines()
+    stats = [c for c in calls if "espnet2.bin.lm_train --collect_stats true" in c]
+    assert stats and "--train_data_path_and_name_and_type exp/lm_train_lm/data/train.txt,text,text" in stats[0]
+    train = [c for c in calls if "espnet2.bin.launch" in c and "espnet2.bin.lm_train" in c]
+    assert len(train) == 1, calls
+    assert "--output_dir exp/lm_train_lm" in train[0] and "--token_list data/token_list/char/tokens.txt" in train[0]
+    assert "--train_shape_file exp/lm_train_lm/stats/train/text_shape.char" in train[0]
+    assert train[0].rstrip().endswith("--max_epoch 2")
+    assert (lm_exp / ".done").is_file() and (lm_exp / "run.sh").is_file()
+
+    # stage 7 decodes with it; the decode directory names the LM
+    result = run_ssl(recipe, *common, "--stage", "7", "--stop_stage", "7", "--test_sets", "test",
+                     "--inference_config", "conf/decode_lm.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    decode = [c for c in (tmp_path / "python_calls.txt").read_text().splitlines() if "asr_decode" in c]
+    assert len(decode) == 1
+    assert "--lm_train_config exp/lm_train_lm/config.yaml --lm_file exp/lm_train_lm/valid.loss.ave.pth" in decode[0]
+    tag = "decode_lm_asr_model_valid.cer_ctc.ave_lm_lm_train_lm_valid.loss.ave"
+    assert (recipe / "exp" / "asr_train_asr_scratch" / tag / "test" / "text").read_text() == "u1 A\n"
+
+    # re-running stage 6 skips the finished LM (and ASR) training
+    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "6", "--lm_args", "--max_epoch 2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LM training exp/lm_train_lm: already done, skipping" in result.stdout
+    calls = (tmp_path / "python_calls.txt").read_text().splitlines()
+    assert len([c for c in calls if "espnet2.bin.launch" in c and "espnet2.bin.lm_train" in c]) == 1
+
+    # ids must be unique across the LM text files: a repeated id is refused, naming it
+    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "6", "--lm_tag", "dup",
+                     "--lm_train_text", "data/train/text data/train/text")
+    assert result.returncode != 0
+    assert "the ids u1 occur more than once" in result.stderr, result.stderr

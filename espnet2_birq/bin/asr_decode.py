@@ -133,7 +133,16 @@ def greedy_ctc_decode(args) -> None:
 
 def main(cmd=None) -> None:
     print(" ".join(sys.argv), file=sys.stderr)
-    args = get_parser().parse_args(cmd)
+    parser = get_parser()
+    args = parser.parse_args(cmd)
+    if args.ctc_greedy and (args.lm_file or args.lm_train_config or args.word_lm_file or args.ngram_file):
+        # best-path decoding has no search for a language model to steer: refuse rather
+        # than write LM-free hypotheses into a directory named after the LM
+        parser.error(
+            "--ctc_greedy true decodes without a language model, but an LM was given "
+            "(--lm_file/--lm_train_config/--word_lm_file/--ngram_file): use a beam-search "
+            "decoding config (ctc_greedy: false, beam_size, lm_weight)"
+        )
     if args.ctc_greedy:
         greedy_ctc_decode(args)
         return

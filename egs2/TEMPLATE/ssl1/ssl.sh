@@ -13,7 +13,8 @@
 #   6 ASR fine-tuning (encoder from stage 5) -> exp/asr_<tag>/
 #     (--train_mode bljust: stage 5 is skipped and stage 6 trains BL-JUST, supervised
 #      and self-supervised at once, on the train set and the unlabelled pre-training set)
-#   7 decoding of every test set
+#     (--use_lm true: stage 6 also trains a language model -> exp/lm_<tag>/, ESPnet's lm_train)
+#   7 decoding of every test set (--use_lm true: beam search with the stage-6 LM)
 #   8 scoring (WER, CER) and exp/asr_<tag>/RESULTS.md
 #   9 packing (espnet2.bin.pack): exp/ssl_<tag>/*.zip (SSL model) and exp/asr_<tag>/*.zip (ASR model)
 #  10 upload of the packed models to the Hugging Face Hub (only with --hf_repo / --hf_ssl_repo)
@@ -97,6 +98,16 @@ train_mode=pretrain_finetune  # pretrain_finetune: stages 5 + 6; bljust: one joi
 bljust_config=conf/train_bljust_conformer.yaml  # BL-JUST config (encoder, CTC head, SSL loss, schedule)
 bljust_args=         # extra arguments for espnet2_birq.bin.bljust_train
 
+# Language model options (--use_lm true; ESPnet's lm_train, used by a beam-search --inference_config)
+use_lm=false         # true: stage 6 also trains an LM (exp/lm_<tag>) and stage 7 decodes with it
+lm_config=           # LM config for espnet2.bin.lm_train (required with --use_lm true)
+lm_tag=              # exp/lm_<tag>; default: basename of lm_config
+lm_exp=              # LM experiment dir (overrides lm_tag)
+lm_args=             # extra arguments for espnet2.bin.lm_train
+lm_train_text=       # LM training text: Kaldi text files (ids unique across them); default: data/<train_set>/text
+lm_dev_text=         # LM validation text; default: data/<valid_set>/text
+lm_inference_model=valid.loss.ave.pth  # the LM model file in lm_exp used for decoding
+
 # Decoding options
 inference_config=conf/decode_ctc_greedy.yaml  # decoding config
 inference_model=auto # model file in asr_exp; auto: valid.acc.ave.pth, valid.cer_ctc.ave.pth or valid.loss.ave.pth
@@ -120,8 +131,8 @@ Stages:
     global CMVN of the pre-training set (${expdir}/ssl_stats_<feats_type>/train/feats_stats.npz)
   5 SSL pre-training (${expdir}/ssl_<tag>); with a kmeans_ce loss, first k-means labels
     (${dumpdir}/kmeans/<name>/{kmeans.pkl,<set>/labels.txt})
-  6 ASR fine-tuning (${expdir}/asr_<tag>)
-  7 decoding of the test sets
+  6 ASR fine-tuning (${expdir}/asr_<tag>); --use_lm true: also the LM (${expdir}/lm_<tag>)
+  7 decoding of the test sets (--use_lm true: with the LM)
   8 scoring (WER/CER) and ${expdir}/asr_<tag>/RESULTS.md
   9 packing: ${expdir}/ssl_<tag>/ssl_<tag>_valid.<criterion>.ave.zip, ${expdir}/asr_<tag>/asr_<tag>_<model>.zip
  10 upload of the packed models to the Hugging Face Hub (needs --hf_repo or --hf_ssl_repo)
@@ -197,6 +208,16 @@ Options (default):
                       # encoder (default: ${train_mode})
     --bljust_config   # BL-JUST config (default: ${bljust_config})
     --bljust_args     # extra arguments for espnet2_birq.bin.bljust_train (default: "${bljust_args}")
+  Language model (ESPnet's lm_train on text only; decoding with it needs a beam-search --inference_config):
+    --use_lm           # stage 6 also trains an LM, stage 7 decodes with it (default: ${use_lm})
+    --lm_config        # LM config for espnet2.bin.lm_train (required with --use_lm true)
+    --lm_tag           # experiment name suffix (default: basename of --lm_config)
+    --lm_exp           # experiment dir (default: ${expdir}/lm_<lm_tag>)
+    --lm_args          # extra arguments for espnet2.bin.lm_train (default: "${lm_args}")
+    --lm_train_text    # LM training text, Kaldi text files with ids unique across them
+                       # (default: data/<train_set>/text; e.g. "data/train/text data/local/other_text/text")
+    --lm_dev_text      # LM validation text (default: data/<valid_set>/text)
+    --lm_inference_model # LM model file in the LM exp dir used by stage 7 (default: ${lm_inference_model})
   Decoding:
     --inference_config # decoding config (default: ${inference_config})
     --inference_model  # model file in the ASR exp dir (default: ${inference_model}: valid.acc.ave.pth,
@@ -246,6 +267,9 @@ fi
 case "${feats_type}" in fbank|raw) ;; *) die "--feats_type must be fbank or raw, got '${feats_type}'" ;; esac
 case "${token_type}" in char|bpe) ;; *) die "--token_type must be char or bpe, got '${token_type}'" ;; esac
 case "${train_mode}" in pretrain_finetune|bljust) ;; *) die "--train_mode must be pretrain_finetune or bljust, got '${train_mode}'" ;; esac
+if [ "${use_lm}" = true ] && [ -z "${lm_config}" ]; then
+    die "--use_lm true needs --lm_config (an espnet2.bin.lm_train config, e.g. the recipe's conf/train_lm_*.yaml)"
+fi
 if [ "${train_mode}" = bljust ] && [ "${feats_type}" != fbank ]; then
     # The unlabelled set goes through the ASR model's input path, which reads fbank.
     die "--train_mode bljust needs --feats_type fbank (the unlabelled set is read as fbank features)"
@@ -331,6 +355,11 @@ if [ -z "${asr_tag}" ]; then
     [ "${freeze_encoder_epochs}" -gt 0 ] && asr_tag+=_freeze${freeze_encoder_epochs}
 fi
 [ -n "${asr_exp}" ] || asr_exp=${expdir}/asr_${asr_tag}
+[ -n "${lm_tag}" ] || lm_tag=$(basename "${lm_config:-lm}" .yaml)
+[ -n "${lm_exp}" ] || lm_exp=${expdir}/lm_${lm_tag}
+# Text of the original (not speed-perturbed) fine-tuning set: perturbation copies audio, not text.
+[ -n "${lm_train_text}" ] || lm_train_text=data/${source_train_set}/text
+[ -n "${lm_dev_text}" ] || lm_dev_text=data/${valid_set}/text
 
 if [ "${gpu_inference}" = true ]; then
     _decode_cmd="${cuda_cmd}"; _decode_ngpu=1
@@ -479,6 +508,7 @@ if run_stage 1 || run_stage 2 || run_stage 3 || run_stage 4; then
 fi
 run_stage 5 && acquire_lock "${ssl_exp}"
 if run_stage 6 || run_stage 7 || run_stage 8; then acquire_lock "${asr_exp}"; fi
+if run_stage 6 && [ "${use_lm}" = true ]; then acquire_lock "${lm_exp}"; fi
 
 # ---------------------------------------------------------------------------
 if run_stage 1; then
@@ -642,37 +672,37 @@ if run_stage 3; then
 fi
 
 # ---------------------------------------------------------------------------
+# ESPnet's asr.sh stage 10: split the key files, one --collect_stats job per part through
+# ${train_cmd}, then espnet2.bin.aggregate_stats_dirs sums the statistics and joins the
+# shape files.
+collect_stats() {  # collect_stats OUT_DIR TRAIN_KEYS VALID_KEYS AGGREGATE_OPTS MODULE ARGS...
+    local out=$1 train_keys=$2 valid_keys=$3 agg_opts=$4 module=$5 _nj n _logdir=$1/logdir
+    shift 5
+    n=$(min "$(num_lines "${train_keys}")" "$(num_lines "${valid_keys}")")
+    _nj=$(min "${nj}" "${n}")
+    rm -rf "${_logdir}"
+    mkdir -p "${_logdir}"
+    for pair in "train:${train_keys}" "valid:${valid_keys}"; do
+        awk -v n="${_nj}" -v f="${_logdir}/${pair%%:*}" -v total="$(num_lines "${pair#*:}")" \
+            '{ j = int((NR - 1) * n / total) + 1; print > (f "." j ".scp") }' "${pair#*:}"
+    done
+    log "collect stats -> ${out}: ${_nj} jobs, log: ${_logdir}/stats.*.log"
+    # shellcheck disable=SC2086
+    ${train_cmd} JOB=1:"${_nj}" "${_logdir}/stats.JOB.log" \
+        ${python} -m "${module}" --collect_stats true --ngpu 0 \
+            --train_shape_file "${_logdir}/train.JOB.scp" \
+            --valid_shape_file "${_logdir}/valid.JOB.scp" \
+            --output_dir "${_logdir}/stats.JOB" "$@" \
+        || die "collect stats (${module}) failed; see ${_logdir}/stats.*.log"
+    # shellcheck disable=SC2046,SC2086
+    ${python} -m espnet2.bin.aggregate_stats_dirs ${agg_opts} --output_dir "${out}" \
+        $(for j in $(seq "${_nj}"); do echo "--input_dir ${_logdir}/stats.${j}"; done) \
+        > "${_logdir}/aggregate.log" 2>&1 \
+        || die_with_log "${_logdir}/aggregate.log" "aggregating ${_logdir}/stats.* failed; see ${_logdir}/aggregate.log"
+}
+
 if run_stage 4; then
     log "Stage 4: collect stats (shape files, global CMVN) -> ${ssl_stats_dir}, ${asr_stats_dir}"
-    # ESPnet's asr.sh stage 10: split the key files, one --collect_stats job per part through
-    # ${train_cmd}, then espnet2.bin.aggregate_stats_dirs sums the statistics and joins the
-    # shape files.
-    collect_stats() {  # collect_stats OUT_DIR TRAIN_KEYS VALID_KEYS AGGREGATE_OPTS MODULE ARGS...
-        local out=$1 train_keys=$2 valid_keys=$3 agg_opts=$4 module=$5 _nj n _logdir=$1/logdir
-        shift 5
-        n=$(min "$(num_lines "${train_keys}")" "$(num_lines "${valid_keys}")")
-        _nj=$(min "${nj}" "${n}")
-        rm -rf "${_logdir}"
-        mkdir -p "${_logdir}"
-        for pair in "train:${train_keys}" "valid:${valid_keys}"; do
-            awk -v n="${_nj}" -v f="${_logdir}/${pair%%:*}" -v total="$(num_lines "${pair#*:}")" \
-                '{ j = int((NR - 1) * n / total) + 1; print > (f "." j ".scp") }' "${pair#*:}"
-        done
-        log "collect stats -> ${out}: ${_nj} jobs, log: ${_logdir}/stats.*.log"
-        # shellcheck disable=SC2086
-        ${train_cmd} JOB=1:"${_nj}" "${_logdir}/stats.JOB.log" \
-            ${python} -m "${module}" --collect_stats true --ngpu 0 \
-                --train_shape_file "${_logdir}/train.JOB.scp" \
-                --valid_shape_file "${_logdir}/valid.JOB.scp" \
-                --output_dir "${_logdir}/stats.JOB" "$@" \
-            || die "collect stats (${module}) failed; see ${_logdir}/stats.*.log"
-        # shellcheck disable=SC2046,SC2086
-        ${python} -m espnet2.bin.aggregate_stats_dirs ${agg_opts} --output_dir "${out}" \
-            $(for j in $(seq "${_nj}"); do echo "--input_dir ${_logdir}/stats.${j}"; done) \
-            > "${_logdir}/aggregate.log" 2>&1 \
-            || die_with_log "${_logdir}/aggregate.log" "aggregating ${_logdir}/stats.* failed; see ${_logdir}/aggregate.log"
-    }
-
     # SSL: speech_shape (frames,80 of the fbank; raw: samples of the checked audio) and
     # feats_stats.npz, the global CMVN of what the model's input (fbank, or the kaldi_fbank
     # frontend's output) is on the pre-training set.
@@ -1032,6 +1062,80 @@ elif run_stage 6; then
     fi
 fi
 
+# ------------------------------------------------------ language model (stage 6)
+lm_model=${lm_exp}/${lm_inference_model}
+lm_text() {  # lm_text OUT FILE...: the files' lines that have text, as one Kaldi text file
+    local out=$1 f n_empty dup
+    shift
+    for f in "$@"; do
+        [ -f "${f}" ] || die "LM text ${f} not found (--lm_train_text / --lm_dev_text)"
+    done
+    awk 'NF > 1' "$@" > "${out}.tmp"
+    n_empty=$(awk 'NF <= 1' "$@" | wc -l)
+    [ "${n_empty}" -eq 0 ] || log "WARNING: ${n_empty} line(s) without text in $* left out of ${out}"
+    # lm_train reads one file: an id twice would silently keep only one of the sentences
+    dup=$(cut -d ' ' -f 1 "${out}.tmp" | LC_ALL=C sort | uniq -d | head -n 5 | tr '\n' ' ')
+    [ -z "${dup}" ] || die "LM text: the ids ${dup}occur more than once in $* (ids must be unique across the files)"
+    [ -s "${out}.tmp" ] || die "LM text: no line with text in $*"
+    mv -f "${out}.tmp" "${out}"
+}
+if run_stage 6 && [ "${use_lm}" = true ]; then
+    log "Stage 6: language model: ${lm_exp} (config: ${lm_config}, text: ${lm_train_text})"
+    # shellcheck disable=SC2206
+    _lm_inputs=("${lm_config}" ${lm_train_text} ${lm_dev_text} "${token_list}" "token_type=${token_type}"
+        "${bpemodel}" "lm_args=${lm_args}")
+    if ! is_done_or_refuse "${lm_exp}/.done" "LM training ${lm_exp}" \
+        "To train on the new inputs, move ${lm_exp} away or pass another --lm_tag; to keep this LM, restore the inputs." \
+        "${_lm_inputs[@]}"; then
+        [ -f "${lm_config}" ] || die "--lm_config ${lm_config} not found"
+        need "${token_list}" 3
+        mkdir -p "${lm_exp}/data"
+        # shellcheck disable=SC2086
+        lm_text "${lm_exp}/data/train.txt" ${lm_train_text}
+        # shellcheck disable=SC2086
+        lm_text "${lm_exp}/data/dev.txt" ${lm_dev_text}
+        log "LM text: $(num_lines "${lm_exp}/data/train.txt") training and $(num_lines "${lm_exp}/data/dev.txt") validation sentences"
+        _lm_opts=(--use_preprocessor true --token_type "${token_type}" --token_list "${token_list}"
+            --bpemodel "${bpemodel}" --cleaner none --g2p none --non_linguistic_symbols none
+            --train_data_path_and_name_and_type "${lm_exp}/data/train.txt,text,text"
+            --valid_data_path_and_name_and_type "${lm_exp}/data/dev.txt,text,text")
+        write_rerun "${lm_exp}" 6
+        # text_shape of each sentence (asr.sh's LM stage: collect_stats, then the vocabulary
+        # size appended for the batch-bins count); no feature statistics to sum
+        collect_stats "${lm_exp}/stats" "${lm_exp}/data/train.txt" "${lm_exp}/data/dev.txt" --skip_sum_stats \
+            espnet2.bin.lm_train --config "${lm_config}" "${_lm_opts[@]}"
+        vocab=$(num_lines "${token_list}")
+        for split in train valid; do
+            awk -v n="${vocab}" '{ print $0 "," n }' "${lm_exp}/stats/${split}/text_shape" \
+                > "${lm_exp}/stats/${split}/text_shape.${token_type}"
+        done
+        log "LM training started; log: ${lm_exp}/train.log (tail -f it to follow progress)"
+        # shellcheck disable=SC2086
+        ${python} -m espnet2.bin.launch \
+            --cmd "${cuda_cmd} --name ${lm_exp##*/}" \
+            --log "${lm_exp}/train.log" \
+            --ngpu "${ngpu}" \
+            --num_nodes "${num_nodes}" \
+            --init_file_prefix "${lm_exp}/.dist_init_" \
+            --multiprocessing_distributed true -- \
+            ${python} -m espnet2.bin.lm_train \
+                --config "${lm_config}" \
+                --output_dir "${lm_exp}" \
+                --resume true \
+                --fold_length 150 \
+                --train_shape_file "${lm_exp}/stats/train/text_shape.${token_type}" \
+                --valid_shape_file "${lm_exp}/stats/valid/text_shape.${token_type}" \
+                "${_lm_opts[@]}" ${lm_args} \
+            || die "LM training failed (cause above; log: ${lm_exp}/train.log)"
+        need "${lm_model}" 6
+        ${python} -m espnet2_birq.train.trainer check "${lm_model}" \
+            || die "${lm_model} holds NaN/inf values (above): LM training diverged; see ${lm_exp}/train.log"
+        mark_done "${lm_exp}/.done" "${_lm_inputs[@]}"
+        log "LM training finished: ${lm_model}"
+    fi
+fi
+release_lock "${lm_exp}"  # stage 7 only reads the LM: other runs may decode with it now
+
 # ---------------------------------------------------------------------------
 if [ "${inference_model}" = auto ]; then
     inference_model=valid.loss.ave.pth
@@ -1043,6 +1147,8 @@ if [ -z "${inference_tag}" ]; then
     inference_tag=$(basename "${inference_config}" .yaml)
     case "${inference_tag}" in decode*) ;; *) inference_tag=decode_${inference_tag} ;; esac
     inference_tag+="_asr_model_$(echo "${inference_model}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
+    # as asr.sh: decodings with and without an LM (or with another LM) sit side by side
+    [ "${use_lm}" = true ] && inference_tag+="_lm_$(basename "${lm_exp}")_$(echo "${lm_inference_model}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
 fi
 
 if run_stage 7; then
@@ -1050,10 +1156,18 @@ if run_stage 7; then
     need "${asr_exp}/config.yaml" 6
     need "${asr_exp}/${inference_model}" 6
     [ -f "${inference_config}" ] || die "--inference_config ${inference_config} not found"
+    _lm_opts=()
+    _newest_model=$(readlink -f "${asr_exp}/${inference_model}")
+    if [ "${use_lm}" = true ]; then
+        need "${lm_exp}/config.yaml" 6
+        need "${lm_model}" 6
+        _lm_opts=(--lm_train_config "${lm_exp}/config.yaml" --lm_file "${lm_model}")
+        [ "$(readlink -f "${lm_model}")" -nt "${_newest_model}" ] && _newest_model=$(readlink -f "${lm_model}")
+    fi
     for dset in ${test_sets}; do
         _dir=${asr_exp}/${inference_tag}/${dset}
-        # a decoding older than the model (e.g. after more training) is redone
-        if [ -f "${_dir}/.done" ] && [ "${_dir}/.done" -nt "$(readlink -f "${asr_exp}/${inference_model}")" ]; then
+        # a decoding older than the model or the LM (e.g. after more training) is redone
+        if [ -f "${_dir}/.done" ] && [ "${_dir}/.done" -nt "${_newest_model}" ]; then
             log "decoding ${dset}: already done, skipping (remove ${_dir}/.done to redo)"
             continue
         fi
@@ -1076,6 +1190,7 @@ if run_stage 7; then
                 --asr_model_file "${asr_exp}/${inference_model}" \
                 --output_dir "${_logdir}/output.JOB" \
                 --config "${inference_config}" \
+                "${_lm_opts[@]}" \
                 ${inference_args} \
             || die "decoding ${dset} failed; see ${_logdir}/asr_inference.*.log"
         for j in $(seq "${_nj}"); do
@@ -1117,6 +1232,9 @@ if run_stage 8; then
         _notes=(--note "pre-training: ${ssl_exp} (config: ${ssl_config}), --pretrained ${pretrained}"
                 --note "fine-tuning config: ${asr_config}; decoding: ${inference_config}, model ${inference_model}")
     fi
+    if [ "${use_lm}" = true ]; then
+        _notes+=(--note "language model: ${lm_model} (config: ${lm_config}; text: ${lm_train_text})")
+    fi
     echo "<!-- Generated by $0 -->" > "${asr_exp}/RESULTS.md.tmp"
     ${python} -m espnet2_birq.bin.score results_table --exp_dir "${asr_exp}" \
         --project_dir "$(cd -P "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../.." && pwd)" \
@@ -1130,6 +1248,8 @@ fi
 # ---------------------------------------------------------------------------
 ssl_packed=${ssl_exp}/${ssl_exp##*/}_${ssl_model_file%.pth}.zip
 asr_packed=${asr_exp}/${asr_exp##*/}_${inference_model%.*}.zip
+# with the LM inside, an archive of its own (one packed without it is not "done")
+[ "${use_lm}" = true ] && asr_packed=${asr_packed%.zip}_lm_${lm_exp##*/}.zip
 pack_model() {  # pack_model ARCHIVE MODEL_FILE PACK_ARGS...: (re)pack when the archive is older than MODEL_FILE
     local out=$1 model=$2
     shift 2
@@ -1164,7 +1284,14 @@ if run_stage 9; then
     for f in "${asr_exp}/RESULTS.md" "${asr_exp}/run.sh"; do
         [ -f "${f}" ] && _extra+=(--option "${f}")
     done
-    pack_model "${asr_packed}" "${asr_exp}/${inference_model}" asr \
+    _newest_model=${asr_exp}/${inference_model}
+    if [ "${use_lm}" = true ]; then
+        # the LM the decoding used goes into the archive too (ESPnet's pack asr --lm_*)
+        need "${lm_model}" 6
+        _extra+=(--lm_train_config "${lm_exp}/config.yaml" --lm_file "${lm_model}")
+        [ "$(readlink -f "${lm_model}")" -nt "$(readlink -f "${_newest_model}")" ] && _newest_model=${lm_model}
+    fi
+    pack_model "${asr_packed}" "${_newest_model}" asr \
         --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${asr_exp}/${inference_model}" \
         "${_pack_opts[@]}" "${_extra[@]}"
 fi

@@ -4,6 +4,7 @@
 #   ./run.sh --demo_size tiny     # smallest size, for CI (WER not meaningful)
 #   ./run.sh --ssl_config conf/train_ssl_best_rq_tiny.yaml   # BEST-RQ instead of BiRQ
 #   ./run.sh --train_mode bljust  # BL-JUST: one joint supervised + self-supervised run instead of stages 5-6
+#   ./run.sh --use_lm false --inference_config conf/decode_ctc_greedy.yaml   # greedy CTC, no LM
 # --demo_size may come anywhere; every other option goes to ssl.sh (./ssl.sh --help).
 # The audio of each size is kept apart (${MINI_SYNTH}/<size>), but data/, dump/ and exp/
 # hold one size at a time: switching sizes needs --demo_reset true (removes them).
@@ -30,21 +31,26 @@ test_sets="dev test"
 
 ssl_config=conf/train_ssl_birq_tiny.yaml
 asr_config=conf/train_asr_ctc_tiny.yaml
-inference_config=conf/decode_ctc_greedy.yaml
+inference_config=conf/decode_ctc_lm.yaml        # beam search with the character LM (stage 6)
 bljust_config=conf/train_bljust_tiny.yaml
+lm_config=conf/train_lm_rnn_tiny.yaml
+# the labelled transcripts and the text-only LM data of local/data.sh (stage 3)
+lm_train_text="data/${train_set}/text data/local/other_text/text"
 
 case "${demo_size}" in
     default)
         extra_opts=()
-        local_data_opts="--num_pretrain 4000 --train_fraction 0.1 --num_dev 100 --num_test 200 --nj 2"
+        local_data_opts="--num_pretrain 4000 --train_fraction 0.1 --num_dev 100 --num_test 200 --nj 2 --num_lm_text 20000"
         ssl_args=""
         asr_args=""
         bljust_args=""
+        lm_args=""
         ;;
     tiny)
-        local_data_opts="--num_pretrain 120 --train_fraction 0.5 --num_dev 12 --num_test 12 --nj 2"
+        local_data_opts="--num_pretrain 120 --train_fraction 0.5 --num_dev 12 --num_test 12 --nj 2 --num_lm_text 200"
         ssl_args="--max_epoch 1 --num_iters_per_epoch 5"
         asr_args="--max_epoch 1"
+        lm_args="--max_epoch 1"
         # one fine-tuning epoch is a smoke test: the model may still emit only blanks
         extra_opts=(--empty_hyps_ok true)
         bljust_args="--max_epoch 2 --bljust_conf final_epochs=1 --bljust_conf exploration_updates=1"
@@ -103,5 +109,9 @@ local_data_opts+=" --audio_dir ${MINI_SYNTH}/${demo_size}"
     --asr_args "${asr_args}" \
     --bljust_config "${bljust_config}" \
     --bljust_args "${bljust_args}" \
+    --use_lm true \
+    --lm_config "${lm_config}" \
+    --lm_train_text "${lm_train_text}" \
+    --lm_args "${lm_args}" \
     ${extra_opts[@]+"${extra_opts[@]}"} \
     ${args[@]+"${args[@]}"}

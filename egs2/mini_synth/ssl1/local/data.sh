@@ -17,7 +17,7 @@ log() {
 SECONDS=0
 
 stage=1
-stop_stage=2
+stop_stage=3
 num_pretrain=2500     # unlabelled pre-training utterances (~2 s each)
 train_fraction=0.1    # labelled fine-tuning set size, relative to num_pretrain
 num_dev=100
@@ -32,16 +32,18 @@ nj=2                  # parallel synthesis jobs
 data_dir=data
 audio_dir=            # default: ${MINI_SYNTH} from db.sh
 overwrite=false       # regenerate when a corpus made with other options exists
+num_lm_text=20000     # stage 3: sentences of text-only LM data (data/local/other_text/text); 0: none
 
 help_message="Usage: $0 [options]
 Generate the mini_synth synthetic speech corpus (espeak-ng, offline).
 Options (default):
-  --stage ${stage} --stop_stage ${stop_stage}  (1: synthesize + write data dirs, 2: validate)
+  --stage ${stage} --stop_stage ${stop_stage}  (1: synthesize + write data dirs, 2: validate, 3: LM text)
   --num_pretrain ${num_pretrain} --train_fraction ${train_fraction} --num_dev ${num_dev} --num_test ${num_test}
   --num_speakers ${num_speakers} --num_test_speakers ${num_test_speakers} --seed ${seed}
   --add_noise ${add_noise} --min_snr ${min_snr} --max_snr ${max_snr}
   --nj ${nj} --data_dir ${data_dir} --audio_dir <dir> (default: \${MINI_SYNTH} from db.sh)
-  --overwrite ${overwrite}"
+  --overwrite ${overwrite}
+  --num_lm_text ${num_lm_text}  (text-only LM data from the seen templates, without any dev/test sentence)"
 
 [ -f ./path.sh ] && . ./path.sh
 [ -f ./db.sh ] && . ./db.sh
@@ -81,6 +83,14 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     for x in pretrain train dev test; do
         PYTHON=${python} "${validate}" "${data_dir}/${x}"
     done
+fi
+
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && [ "${num_lm_text}" -gt 0 ]; then
+    # Text-only data for ssl.sh --use_lm (--lm_train_text), as librispeech-lm-norm is for
+    # LibriSpeech: seen templates only, and no sentence of the dev or test transcripts.
+    log "stage 3: ${num_lm_text} sentences of LM text -> ${data_dir}/local/other_text/text"
+    "${python}" "${local_dir}/make_lm_text.py" --num_sentences "${num_lm_text}" --seed "${seed}" \
+        --exclude "${data_dir}/dev/text" "${data_dir}/test/text" --out "${data_dir}/local/other_text/text"
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"
