@@ -436,6 +436,23 @@ def test_demo_recipe_tiny_end_to_end(tmp_path):
     decodes = [p.name for p in exp.glob("decode_*")]
     assert decodes == ["decode_ctc_lm_asr_model_valid.cer_ctc.ave_lm_lm_train_lm_rnn_tiny_valid.loss.ave"], decodes
     assert "language model: exp/lm_train_lm_rnn_tiny/valid.loss.ave.pth" in text
+    # bench/label_information.py on this recipe's models (its smoke test): every target
+    # gets a row, with k-means labels of a small fit on the pre-training features
+    fit = subprocess.run(
+        [sys.executable, "-m", "espnet2_birq.bin.kmeans", "fit", "--ssl_config", "conf/train_ssl_birq_tiny.yaml",
+         "--feats_scp", "dump/fbank/pretrain/feats.scp", "--cmvn_stats", "exp/ssl_stats_fbank/train/feats_stats.npz",
+         "--out", "exp/kmeans_probe.pkl", "--num_clusters", "8", "--sample_utts", "20", "--n_init", "1"],
+        cwd=recipe, capture_output=True, text=True, timeout=300, env=env)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    info = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "label_information.py"), "--birq_exp", "exp/ssl_train_ssl_birq_tiny",
+         "--asr_exp", str(exp.relative_to(recipe)), "--kmeans", "exp/kmeans_probe.pkl", "--sets", "dev", "test"],
+        cwd=recipe, capture_output=True, text=True, timeout=300, env=env)
+    assert info.returncode == 0, info.stderr[-3000:]
+    assert re.search(r"\d+ character frames of 24 utterances \(dev test\)", info.stdout), info.stdout
+    for target in ("anchor", "enhanced", "enhanced, untrained", "k-means"):
+        assert re.search(rf"^\| {target} \| \d+ \| \d\.\d{{3}} \|", info.stdout, re.M), (target, info.stdout)
+    assert "MI between the anchoring and the enhanced labels" in info.stdout
     # Stage 6 started from the pre-trained encoder, every tensor of it (checked by
     # check_init before training; ESPnet's --init_param alone says nothing when it
     # loads nothing).
@@ -624,10 +641,30 @@ def test_language_model_trained_in_stage_6_and_used_by_stage_7(tmp_path):
     tag = "decode_lm_asr_model_valid.cer_ctc.ave_lm_lm_train_lm_valid.loss.ave"
     assert (recipe / "exp" / "asr_train_asr_scratch" / tag / "test" / "text").read_text() == "u1 A\n"
 
-    # re-running stage 6 skips the finished LM (and ASR) training
-    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "6", "--lm_args", "--max_epoch 2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "LM training exp/lm_train_lm: already done, skipping" in result.stdout
+    # re-running stage 6 skips the finished LM (and ASR) training, also while another run
+    # holds the LM directory's lock (a finished LM is shared by runs side by side); an LM
+    # still to be trained is refused while another run holds its lock
+    (recipe / "exp" / "lm_busy").mkdir()
+    holders = [subprocess.Popen(["flock", str(recipe / "exp" / name / ".ssl.sh.lock"), "sleep", "60"])
+               for name in ("lm_train_lm", "lm_busy")]
+    try:
+        def held(name):  # the holder has the lock once a non-blocking flock of the file fails
+            lock = recipe / "exp" / name / ".ssl.sh.lock"
+            return lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"]).returncode != 0
+
+        for _ in range(100):
+            if held("lm_train_lm") and held("lm_busy"):
+                break
+            subprocess.run(["sleep", "0.1"])
+        result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "6", "--lm_args", "--max_epoch 2")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "LM training exp/lm_train_lm: already done, skipping" in result.stdout
+        busy = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "6", "--lm_tag", "busy")
+        assert busy.returncode != 0 and "exp/lm_busy is in use by another run" in busy.stderr, busy.stderr
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
     calls = (tmp_path / "python_calls.txt").read_text().splitlines()
     assert len([c for c in calls if "espnet2.bin.launch" in c and "espnet2.bin.lm_train" in c]) == 1
 

@@ -508,7 +508,6 @@ if run_stage 1 || run_stage 2 || run_stage 3 || run_stage 4; then
 fi
 run_stage 5 && acquire_lock "${ssl_exp}"
 if run_stage 6 || run_stage 7 || run_stage 8; then acquire_lock "${asr_exp}"; fi
-if run_stage 6 && [ "${use_lm}" = true ]; then acquire_lock "${lm_exp}"; fi
 
 # ---------------------------------------------------------------------------
 if run_stage 1; then
@@ -1079,62 +1078,72 @@ lm_text() {  # lm_text OUT FILE...: the files' lines that have text, as one Kald
     [ -s "${out}.tmp" ] || die "LM text: no line with text in $*"
     mv -f "${out}.tmp" "${out}"
 }
+train_lm() {  # train_lm: stage 6's LM training (the caller holds the LM directory's lock)
+    [ -f "${lm_config}" ] || die "--lm_config ${lm_config} not found"
+    need "${token_list}" 3
+    mkdir -p "${lm_exp}/data"
+    # shellcheck disable=SC2086
+    lm_text "${lm_exp}/data/train.txt" ${lm_train_text}
+    # shellcheck disable=SC2086
+    lm_text "${lm_exp}/data/dev.txt" ${lm_dev_text}
+    log "LM text: $(num_lines "${lm_exp}/data/train.txt") training and $(num_lines "${lm_exp}/data/dev.txt") validation sentences"
+    _lm_opts=(--use_preprocessor true --token_type "${token_type}" --token_list "${token_list}"
+        --bpemodel "${bpemodel}" --cleaner none --g2p none --non_linguistic_symbols none
+        --train_data_path_and_name_and_type "${lm_exp}/data/train.txt,text,text"
+        --valid_data_path_and_name_and_type "${lm_exp}/data/dev.txt,text,text")
+    write_rerun "${lm_exp}" 6
+    # text_shape of each sentence (asr.sh's LM stage: collect_stats, then the vocabulary
+    # size appended for the batch-bins count); no feature statistics to sum
+    collect_stats "${lm_exp}/stats" "${lm_exp}/data/train.txt" "${lm_exp}/data/dev.txt" --skip_sum_stats \
+        espnet2.bin.lm_train --config "${lm_config}" "${_lm_opts[@]}"
+    vocab=$(num_lines "${token_list}")
+    for split in train valid; do
+        awk -v n="${vocab}" '{ print $0 "," n }' "${lm_exp}/stats/${split}/text_shape" \
+            > "${lm_exp}/stats/${split}/text_shape.${token_type}"
+    done
+    log "LM training started; log: ${lm_exp}/train.log (tail -f it to follow progress)"
+    # shellcheck disable=SC2086
+    ${python} -m espnet2.bin.launch \
+        --cmd "${cuda_cmd} --name ${lm_exp##*/}" \
+        --log "${lm_exp}/train.log" \
+        --ngpu "${ngpu}" \
+        --num_nodes "${num_nodes}" \
+        --init_file_prefix "${lm_exp}/.dist_init_" \
+        --multiprocessing_distributed true -- \
+        ${python} -m espnet2.bin.lm_train \
+            --config "${lm_config}" \
+            --output_dir "${lm_exp}" \
+            --resume true \
+            --fold_length 150 \
+            --train_shape_file "${lm_exp}/stats/train/text_shape.${token_type}" \
+            --valid_shape_file "${lm_exp}/stats/valid/text_shape.${token_type}" \
+            "${_lm_opts[@]}" ${lm_args} \
+        || die "LM training failed (cause above; log: ${lm_exp}/train.log)"
+    need "${lm_model}" 6
+    ${python} -m espnet2_birq.train.trainer check "${lm_model}" \
+        || die "${lm_model} holds NaN/inf values (above): LM training diverged; see ${lm_exp}/train.log"
+    mark_done "${lm_exp}/.done" "${_lm_inputs[@]}"
+    log "LM training finished: ${lm_model}"
+}
+lm_done() {  # lm_done: is the LM of these inputs finished? (changed inputs: refuse)
+    is_done_or_refuse "${lm_exp}/.done" "LM training ${lm_exp}" \
+        "To train on the new inputs, move ${lm_exp} away or pass another --lm_tag; to keep this LM, restore the inputs." \
+        "${_lm_inputs[@]}"
+}
 if run_stage 6 && [ "${use_lm}" = true ]; then
     log "Stage 6: language model: ${lm_exp} (config: ${lm_config}, text: ${lm_train_text})"
     # shellcheck disable=SC2206
     _lm_inputs=("${lm_config}" ${lm_train_text} ${lm_dev_text} "${token_list}" "token_type=${token_type}"
         "${bpemodel}" "lm_args=${lm_args}")
-    if ! is_done_or_refuse "${lm_exp}/.done" "LM training ${lm_exp}" \
-        "To train on the new inputs, move ${lm_exp} away or pass another --lm_tag; to keep this LM, restore the inputs." \
-        "${_lm_inputs[@]}"; then
-        [ -f "${lm_config}" ] || die "--lm_config ${lm_config} not found"
-        need "${token_list}" 3
-        mkdir -p "${lm_exp}/data"
-        # shellcheck disable=SC2086
-        lm_text "${lm_exp}/data/train.txt" ${lm_train_text}
-        # shellcheck disable=SC2086
-        lm_text "${lm_exp}/data/dev.txt" ${lm_dev_text}
-        log "LM text: $(num_lines "${lm_exp}/data/train.txt") training and $(num_lines "${lm_exp}/data/dev.txt") validation sentences"
-        _lm_opts=(--use_preprocessor true --token_type "${token_type}" --token_list "${token_list}"
-            --bpemodel "${bpemodel}" --cleaner none --g2p none --non_linguistic_symbols none
-            --train_data_path_and_name_and_type "${lm_exp}/data/train.txt,text,text"
-            --valid_data_path_and_name_and_type "${lm_exp}/data/dev.txt,text,text")
-        write_rerun "${lm_exp}" 6
-        # text_shape of each sentence (asr.sh's LM stage: collect_stats, then the vocabulary
-        # size appended for the batch-bins count); no feature statistics to sum
-        collect_stats "${lm_exp}/stats" "${lm_exp}/data/train.txt" "${lm_exp}/data/dev.txt" --skip_sum_stats \
-            espnet2.bin.lm_train --config "${lm_config}" "${_lm_opts[@]}"
-        vocab=$(num_lines "${token_list}")
-        for split in train valid; do
-            awk -v n="${vocab}" '{ print $0 "," n }' "${lm_exp}/stats/${split}/text_shape" \
-                > "${lm_exp}/stats/${split}/text_shape.${token_type}"
-        done
-        log "LM training started; log: ${lm_exp}/train.log (tail -f it to follow progress)"
-        # shellcheck disable=SC2086
-        ${python} -m espnet2.bin.launch \
-            --cmd "${cuda_cmd} --name ${lm_exp##*/}" \
-            --log "${lm_exp}/train.log" \
-            --ngpu "${ngpu}" \
-            --num_nodes "${num_nodes}" \
-            --init_file_prefix "${lm_exp}/.dist_init_" \
-            --multiprocessing_distributed true -- \
-            ${python} -m espnet2.bin.lm_train \
-                --config "${lm_config}" \
-                --output_dir "${lm_exp}" \
-                --resume true \
-                --fold_length 150 \
-                --train_shape_file "${lm_exp}/stats/train/text_shape.${token_type}" \
-                --valid_shape_file "${lm_exp}/stats/valid/text_shape.${token_type}" \
-                "${_lm_opts[@]}" ${lm_args} \
-            || die "LM training failed (cause above; log: ${lm_exp}/train.log)"
-        need "${lm_model}" 6
-        ${python} -m espnet2_birq.train.trainer check "${lm_model}" \
-            || die "${lm_model} holds NaN/inf values (above): LM training diverged; see ${lm_exp}/train.log"
-        mark_done "${lm_exp}/.done" "${_lm_inputs[@]}"
-        log "LM training finished: ${lm_model}"
+    # A finished LM is only read, without the lock: runs side by side (e.g. one per
+    # fine-tuning arm) share it. Training takes the lock (a second trainer refuses) and
+    # looks again once it holds it: the LM may have been finished in between.
+    if ! lm_done; then
+        acquire_lock "${lm_exp}"
+        lm_done || train_lm
+        release_lock "${lm_exp}"
     fi
 fi
-release_lock "${lm_exp}"  # stage 7 only reads the LM: other runs may decode with it now
 
 # ---------------------------------------------------------------------------
 if [ "${inference_model}" = auto ]; then
