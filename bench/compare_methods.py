@@ -65,16 +65,20 @@ DEMO = REPO / "egs2" / "mini_synth" / "ssl1"
 TEMPLATE = REPO / "egs2" / "TEMPLATE" / "ssl1"
 
 METHODS = ("scratch", "best_rq", "birq", "mt4ssl", "bljust")
+# not in the default set: BiRQ with its enhanced labels from block 1 (BENCHMARKS.md)
+VARIANTS = ("birq_l1",)
 LABELS = {
     "scratch": "from scratch",
     "best_rq": "BEST-RQ",
     "birq": "BiRQ",
+    "birq_l1": "BiRQ, labels of block 1",
     "mt4ssl": "MT4SSL",
     "bljust": "BL-JUST",
 }
 SSL_CONFIGS = {
     "best_rq": "conf/train_ssl_best_rq_tiny.yaml",
     "birq": "conf/train_ssl_birq_tiny.yaml",
+    "birq_l1": "conf/train_ssl_birq_tiny_layer1.yaml",
     "mt4ssl": "conf/train_ssl_mt4ssl_tiny.yaml",
 }
 ASR_CONFIG = "conf/train_asr_ctc_tiny.yaml"
@@ -522,7 +526,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny corpus, 2 seeds, 2 budgets, 20 updates each (a few minutes)")
     p.add_argument("--demo_size", choices=("default", "tiny"), default=None, help="corpus size (default: default)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=METHODS + VARIANTS, default=list(METHODS),
+                   help=f"default: {' '.join(METHODS)}; also {' '.join(VARIANTS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (--quick: 0 1)")
     p.add_argument("--budgets", nargs="+", type=int, default=None,
                    help="labelled utterances per budget, at most the demo's whole labelled set, from which "
