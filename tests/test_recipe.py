@@ -83,6 +83,13 @@ def write_text_dir(path: Path, utts):
     (path / "utt2spk").write_text("".join(f"{u} {u}\n" for u, _ in utts))
 
 
+def write_files(recipe: Path, names, content: str = "x\n") -> None:
+    """Stand-ins for the prerequisite files of a stage (paths relative to ``recipe``)."""
+    for name in names:
+        (recipe / name).parent.mkdir(parents=True, exist_ok=True)
+        (recipe / name).write_text(content)
+
+
 def option_names(script: Path):
     """Option variables of ssl.sh: assignments before help_message."""
     names = []
@@ -334,9 +341,7 @@ def test_bljust_mode_skips_stage_5_and_trains_jointly_in_stage_6(tmp_path):
         "exp/ssl_stats_fbank/train/speech_shape",
         "exp/ssl_stats_fbank/train/feats_stats.npz",
     ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev", "pretrain")]
-    for name in needed:
-        (recipe / name).parent.mkdir(parents=True, exist_ok=True)
-        (recipe / name).write_text("x\n")
+    write_files(recipe, needed)
     result = run_ssl(recipe, *SETS, "--python", py, "--ngpu", "0", "--train_mode", "bljust",
                      "--stage", "5", "--stop_stage", "6", "--bljust_args", "--max_epoch 3")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -380,9 +385,7 @@ def test_frozen_encoder_phase_keeps_its_length_under_user_max_epoch(tmp_path):
         "exp/asr_stats_fbank_char/train/text_shape.char",
         "exp/ssl_stats_fbank/train/feats_stats.npz",
     ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev")]
-    for name in needed:
-        (recipe / name).parent.mkdir(parents=True, exist_ok=True)
-        (recipe / name).write_text("x\n")
+    write_files(recipe, needed)
     result = run_ssl(recipe, *SETS, "--python", py, "--ngpu", "0", "--stage", "6", "--stop_stage", "6",
                      "--pretrained", "none", "--asr_config", "conf/train_asr.yaml",
                      "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
@@ -599,9 +602,7 @@ def test_language_model_trained_in_stage_6_and_used_by_stage_7(tmp_path):
         "exp/asr_stats_fbank_char/train/text_shape.char",
         "exp/ssl_stats_fbank/train/feats_stats.npz",
     ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev", "test")]
-    for name in needed:
-        (recipe / name).parent.mkdir(parents=True, exist_ok=True)
-        (recipe / name).write_text("u1 x\n")
+    write_files(recipe, needed, "u1 x\n")
     tokens = recipe / "data" / "token_list" / "char" / "tokens.txt"
     tokens.parent.mkdir(parents=True)
     tokens.write_text("<blank>\n<unk>\n<space>\nA\nB\n<sos/eos>\n")

@@ -472,6 +472,12 @@ release_lock() {  # release_lock DIR
     unset "lock_fds[$1]"
 }
 num_lines() { wc -l < "$1" | tr -d ' '; }
+newer_of() {  # newer_of FILE FILE: the resolved path of the more recently modified of the two
+    local a b
+    a=$(readlink -f "$1")
+    b=$(readlink -f "$2")
+    if [ "${b}" -nt "${a}" ]; then echo "${b}"; else echo "${a}"; fi
+}
 write_rerun() {  # write_rerun DIR STAGE: executable DIR/run.sh repeating this command from STAGE (as ESPnet's exp/*/run.sh)
     mkdir -p "$1"
     {
@@ -700,6 +706,15 @@ collect_stats() {  # collect_stats OUT_DIR TRAIN_KEYS VALID_KEYS AGGREGATE_OPTS 
         || die_with_log "${_logdir}/aggregate.log" "aggregating ${_logdir}/stats.* failed; see ${_logdir}/aggregate.log"
 }
 
+text_shapes_with_vocab() {  # text_shapes_with_vocab STATS_DIR: {train,valid}/text_shape.<token_type>
+    # "utt ntokens,vocab": asr.sh appends the vocabulary size for the batch-bins count
+    local split vocab
+    vocab=$(num_lines "${token_list}")
+    for split in train valid; do
+        awk -v n="${vocab}" '{ print $0 "," n }' "$1/${split}/text_shape" > "$1/${split}/text_shape.${token_type}"
+    done
+}
+
 if run_stage 4; then
     log "Stage 4: collect stats (shape files, global CMVN) -> ${ssl_stats_dir}, ${asr_stats_dir}"
     # SSL: speech_shape (frames,80 of the fbank; raw: samples of the checked audio) and
@@ -760,11 +775,7 @@ if run_stage 4; then
             --train_data_path_and_name_and_type "${fbank_dir}/${train_set}/text,text,text" \
             --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/feats.scp,speech,kaldi_ark" \
             --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/text,text,text"
-        vocab=$(num_lines "${token_list}")
-        for split in train valid; do
-            awk -v n="${vocab}" '{ print $0 "," n }' "${asr_stats_dir}/${split}/text_shape" \
-                > "${asr_stats_dir}/${split}/text_shape.${token_type}"
-        done
+        text_shapes_with_vocab "${asr_stats_dir}"
         mark_done "${asr_stats_dir}/.done" "${_inputs[@]}"
     fi
     log "shape files and CMVN written"
@@ -1096,11 +1107,7 @@ train_lm() {  # train_lm: stage 6's LM training (the caller holds the LM directo
     # size appended for the batch-bins count); no feature statistics to sum
     collect_stats "${lm_exp}/stats" "${lm_exp}/data/train.txt" "${lm_exp}/data/dev.txt" --skip_sum_stats \
         espnet2.bin.lm_train --config "${lm_config}" "${_lm_opts[@]}"
-    vocab=$(num_lines "${token_list}")
-    for split in train valid; do
-        awk -v n="${vocab}" '{ print $0 "," n }' "${lm_exp}/stats/${split}/text_shape" \
-            > "${lm_exp}/stats/${split}/text_shape.${token_type}"
-    done
+    text_shapes_with_vocab "${lm_exp}/stats"
     log "LM training started; log: ${lm_exp}/train.log (tail -f it to follow progress)"
     # shellcheck disable=SC2086
     ${python} -m espnet2.bin.launch \
@@ -1171,7 +1178,7 @@ if run_stage 7; then
         need "${lm_exp}/config.yaml" 6
         need "${lm_model}" 6
         _lm_opts=(--lm_train_config "${lm_exp}/config.yaml" --lm_file "${lm_model}")
-        [ "$(readlink -f "${lm_model}")" -nt "${_newest_model}" ] && _newest_model=$(readlink -f "${lm_model}")
+        _newest_model=$(newer_of "${_newest_model}" "${lm_model}")
     fi
     for dset in ${test_sets}; do
         _dir=${asr_exp}/${inference_tag}/${dset}
@@ -1298,7 +1305,7 @@ if run_stage 9; then
         # the LM the decoding used goes into the archive too (ESPnet's pack asr --lm_*)
         need "${lm_model}" 6
         _extra+=(--lm_train_config "${lm_exp}/config.yaml" --lm_file "${lm_model}")
-        [ "$(readlink -f "${lm_model}")" -nt "$(readlink -f "${_newest_model}")" ] && _newest_model=${lm_model}
+        _newest_model=$(newer_of "${_newest_model}" "${lm_model}")
     fi
     pack_model "${asr_packed}" "${_newest_model}" asr \
         --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${asr_exp}/${inference_model}" \
