@@ -5,7 +5,7 @@ Arms (identical encoder, fine-tuning config, fine-tuning budget and decoding):
 
 * ``scratch``  CTC fine-tuning from a random encoder
 * ``best_rq``  BEST-RQ pre-training, then the same fine-tuning
-* ``birq``     BiRQ pre-training (shipped demo config), then the same fine-tuning
+* ``birq``     BiRQ pre-training as published (demo config), then the same fine-tuning
 * ``mt4ssl``   MT4SSL pre-training (k-means + EMA-teacher targets), then the same fine-tuning
 * ``bljust``   BL-JUST: one joint run on the labelled and the unlabelled set
 
@@ -65,20 +65,20 @@ DEMO = REPO / "egs2" / "mini_synth" / "ssl1"
 TEMPLATE = REPO / "egs2" / "TEMPLATE" / "ssl1"
 
 METHODS = ("scratch", "best_rq", "birq", "mt4ssl", "bljust")
-# not in the default set: BiRQ with its enhanced labels from block 1 (BENCHMARKS.md)
-VARIANTS = ("birq_l1",)
+# not in the default set: BiRQ's stop-gradient variant (this project's additions, BENCHMARKS.md)
+VARIANTS = ("birq_stopgrad",)
 LABELS = {
     "scratch": "from scratch",
     "best_rq": "BEST-RQ",
-    "birq": "BiRQ",
-    "birq_l1": "BiRQ, labels of block 1",
+    "birq": "BiRQ (published)",
+    "birq_stopgrad": "BiRQ, stop-gradient variant",
     "mt4ssl": "MT4SSL",
     "bljust": "BL-JUST",
 }
 SSL_CONFIGS = {
     "best_rq": "conf/train_ssl_best_rq_tiny.yaml",
     "birq": "conf/train_ssl_birq_tiny.yaml",
-    "birq_l1": "conf/train_ssl_birq_tiny_layer1.yaml",
+    "birq_stopgrad": "conf/train_ssl_birq_tiny_stopgrad.yaml",
     "mt4ssl": "conf/train_ssl_mt4ssl_tiny.yaml",
 }
 ASR_CONFIG = "conf/train_asr_ctc_tiny.yaml"

@@ -95,13 +95,15 @@ class PenaltySchedule(torch.nn.Module):
         return int(self.num_updates) if step is None else step
 
     def in_warmup(self, step: Optional[int] = None) -> bool:
+        if self.warmup_steps == 0:
+            return False  # no read of the counter: on a GPU that would sync the device
         return self.step_index(step) < self.warmup_steps
 
     def gamma(self, step: Optional[int] = None) -> float:
         """Penalty weight after ``step`` updates (default: now)."""
-        step = self.step_index(step)
         if self.gamma_schedule == "constant":
             return self.gamma_max
+        step = self.step_index(step)
         progress = max(0, step - self.warmup_steps)
         if self.gamma_schedule == "step":
             progress = (progress // self.gamma_step_interval) * self.gamma_step_interval
@@ -112,15 +114,17 @@ class PenaltySchedule(torch.nn.Module):
 
     @torch.no_grad()
     def update_v(self, lower_loss: torch.Tensor) -> None:
-        """Fold a lower-level loss value into ``v``; a non-finite value is ignored."""
-        value = lower_loss.detach().float().reshape(())
-        if not bool(torch.isfinite(value)):
-            return
-        if not bool(self.v_initialized):
-            self.v.copy_(value)
-            self.v_initialized.fill_(True)
-        else:
-            self.v.mul_(self.v_momentum).add_((1 - self.v_momentum) * value)
+        """Fold a lower-level loss value into ``v``; a non-finite value is ignored.
+
+        Tensor operations only (no ``bool()`` of a device tensor), so a training
+        step on a GPU is not synchronised here.
+        """
+        value = lower_loss.detach().to(self.v.dtype).reshape(())
+        finite = torch.isfinite(value)
+        averaged = self.v * self.v_momentum + (1 - self.v_momentum) * value
+        updated = torch.where(self.v_initialized, averaged, value)
+        self.v.copy_(torch.where(finite, updated, self.v))
+        self.v_initialized.logical_or_(finite)
 
     def penalty_objective(
         self, upper: torch.Tensor, lower: torch.Tensor, gamma: float

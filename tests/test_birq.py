@@ -138,8 +138,11 @@ def test_label_path_gradient(stop_gradient):
     params = dict(model.encoder.named_parameters())
     inputs = {key: data[key] for key in loss_fn.required_inputs}
 
+    rng_state = data["rng"].get_state()
+
     def loss_e(label_hidden):
         inputs["label_hidden"] = label_hidden
+        data["rng"].set_state(rng_state)  # the same Gumbel sample for both
         total, stats = loss_fn(**inputs)
         # gamma = 0: the total is L_e alone (plus 0 * (L_a - v)).
         assert float(stats["birq_gamma"]) == 0.0
@@ -165,6 +168,47 @@ def test_label_path_gradient(stop_gradient):
         for i in range(k):
             block = [label_path[n] for n in prefix if n.startswith(f"encoders.{i}.")]
             assert max(block) > 0, (i, label_path)
+
+
+@pytest.mark.parametrize("config", ["birq", "best_rq"])
+def test_targets_come_from_the_unmasked_input(config):
+    """Both label sets are made from the clean input: the anchoring quantiser sees the
+    normalised, unmasked features and the label pass runs blocks <= k on them, while
+    the masked forward sees the noise. Feeding the masked input to the quantiser or to
+    the label pass fails here."""
+    path = DEBUG if config == "birq" else str(REPO / "conf" / "train_ssl_best_rq_debug.yaml")
+    model = build(path, tiny=config == "birq", util=dict(mask_prob=0.2))
+    model.train()
+    loss_fn = model.losses[0]
+    anchor = loss_fn.anchor if config == "birq" else loss_fn
+    seen = {}
+    def record_input(module, args, output):
+        seen.setdefault("quantised", args[0].detach().clone())  # returns None: output kept
+
+    anchor.quantizer.register_forward_hook(record_input)
+    feats, lengths = batch()
+    with torch.no_grad():
+        clean, _ = model.normalize(feats.clone(), lengths)
+        total, _, _ = model(feats, lengths)
+    assert torch.isfinite(total).all()
+    torch.testing.assert_close(seen["quantised"], clean)
+
+    data = model.encode(feats, lengths)
+    masked_frames = data["mask_info"]["mask_m"]
+    assert masked_frames.any()
+    torch.testing.assert_close(data["features"], clean)
+    if config == "birq":
+        from espnet2_birq.ssl_model import evaluation_mode, run_encoder_prefix
+
+        k = loss_fn.label_layer
+        with torch.no_grad(), evaluation_mode(model.encoder):
+            reference, _ = run_encoder_prefix(model.encoder, clean, lengths, k)
+            masked_input = clean.clone()
+            masked_input[0, :40] = 0.0  # any change of the input shows
+            changed, _ = run_encoder_prefix(model.encoder, masked_input, lengths, k)
+        hidden, _ = data["label_hidden"][k]
+        torch.testing.assert_close(hidden.detach(), reference)
+        assert not torch.allclose(changed, reference)
 
 
 def test_stop_gradient_builds_no_prefix_graph():
@@ -242,6 +286,10 @@ def _batch_norms_of(model, k):
 
 # ------------------------------------------------------------ penalty gradient
 PENALTY = dict(
+    enhanced_weight=0.7,
+    anchor_weight=1.3,
+    subtract_value_estimate=True,
+    label_norm="instance",
     warmup_steps=3,
     gamma_schedule="linear",
     gamma_0=0.5,
@@ -257,9 +305,13 @@ PENALTY = dict(
 )
 
 
-def explicit_pieces(model, feats, lengths, tau, noise_scale, grad_scale):
+def explicit_pieces(model, feats, lengths, tau, noise_scale, grad_scale, soft_targets=False):
     """Re-computation of L_a, L_e and the diversity term from the model's parts, in
-    plain autograd (same random stream: the same masks and selection noise)."""
+    plain autograd (same random stream: the same masks and selection noise).
+
+    ``label_norm`` follows the model's loss (``layer``: layer norm only;
+    ``instance``: per-utterance standardisation first); ``soft_targets``: train on the
+    soft sample."""
     loss_fn = model.losses[0]
     data = model.encode(feats, lengths)
     anchor, _ = loss_fn.anchor(
@@ -270,11 +322,14 @@ def explicit_pieces(model, feats, lengths, tau, noise_scale, grad_scale):
     mask = data["mask_info"]["mask_m"]
     lengths_k = torch.minimum(hidden_lengths, data["mask_info"]["frame_lengths"])
     hidden = hidden[:, : target.shape[1]]
-    # instance norm over each utterance's valid frames, then layer norm
-    valid = (torch.arange(hidden.shape[1])[None, :] < lengths_k[:, None])[..., None].float()
-    mean = (hidden * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True)
-    var = (((hidden - mean) * valid) ** 2).sum(1, keepdim=True) / valid.sum(1, keepdim=True)
-    normed = F.layer_norm((hidden - mean) / torch.sqrt(var + 1e-5), hidden.shape[-1:])
+    if loss_fn.label_norm == "instance":
+        # instance norm over each utterance's valid frames, then layer norm
+        valid = (torch.arange(hidden.shape[1])[None, :] < lengths_k[:, None])[..., None]
+        valid = valid.to(hidden.dtype)
+        mean = (hidden * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True)
+        var = (((hidden - mean) * valid) ** 2).sum(1, keepdim=True) / valid.sum(1, keepdim=True)
+        hidden = (hidden - mean) / torch.sqrt(var + 1e-5)
+    normed = F.layer_norm(hidden, hidden.shape[-1:])
     projected = F.normalize(normed[mask] @ loss_fn.enhanced_projection, dim=-1)
     cosines = projected @ loss_fn.enhanced_codebook.t()
     noise = noise_scale * gumbel_noise(cosines, data["rng"])
@@ -283,7 +338,7 @@ def explicit_pieces(model, feats, lengths, tau, noise_scale, grad_scale):
     soft = ((cosines + noise) / tau).softmax(-1)
     hard = F.one_hot((cosines + noise).argmax(-1), cosines.shape[-1]).to(soft.dtype)
     soft_scaled = grad_scale * soft + (1 - grad_scale) * soft.detach()
-    labels = hard - soft.detach() + soft_scaled
+    labels = soft_scaled if soft_targets else hard - soft.detach() + soft_scaled
     log_probs = F.log_softmax(loss_fn.enhanced_head(target[mask]), dim=-1)
     enhanced = -(labels * log_probs).sum(-1).mean()
     mean_probs = (cosines / tau).softmax(-1).mean(0)
@@ -293,7 +348,8 @@ def explicit_pieces(model, feats, lengths, tau, noise_scale, grad_scale):
 
 
 def test_step_gradient_is_penalty_gradient():
-    """grad(model loss) == grad(L_e + gamma * (L_a - v) + w * L_div), v a constant."""
+    """With the additions (warm-up, gamma ramp, v, diversity, tau decay, grad scale):
+    grad(model loss) == grad(w_e L_e + w_a gamma (L_a - v) + w L_div), v a constant."""
     model = build(tiny=True, loss=PENALTY)
     model.train()
     loss_fn = model.losses[0]
@@ -326,16 +382,81 @@ def test_step_gradient_is_penalty_gradient():
     torch.testing.assert_close(anchor.detach(), stats["best_rq_loss"].reshape(()))
     torch.testing.assert_close(enhanced.detach(), stats["birq_loss_e"].reshape(()))
     torch.testing.assert_close(diversity.detach(), stats["birq_diversity"].reshape(()))
-    explicit = enhanced + gamma * (anchor - v) + 0.3 * diversity
+    explicit = 0.7 * enhanced + 1.3 * gamma * (anchor - v) + 0.3 * diversity
     torch.testing.assert_close(total.detach().reshape(()), explicit.detach())
     explicit_grads = grads(explicit, params)
     # v is a constant: dropping it leaves every gradient unchanged
-    no_v_grads = grads(enhanced + gamma * anchor + 0.3 * diversity, params)
+    no_v_grads = grads(0.7 * enhanced + 1.3 * gamma * anchor + 0.3 * diversity, params)
     for name in params:
         torch.testing.assert_close(model_grads[name], explicit_grads[name], msg=name)
         torch.testing.assert_close(model_grads[name], no_v_grads[name], msg=name)
     # the selection noise made some labels differ from the arg-max
     assert float(stats["birq_label_agreement"]) < 1.0
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_published_update_is_autograd_of_the_weighted_sum(soft):
+    """Published BiRQ (the debug config's defaults), in float64: the model's gradient is
+    autograd of ``0.1 F + 2.4 G`` where F's targets are a Gumbel-softmax sample
+    (temperature 0.5) of the layer-normalised block-k features of the unmasked input,
+    with the gradient through the target construction as well as the prediction."""
+    model = build(tiny=True, loss=dict(soft_targets=soft)).double()
+    model.train()
+    loss_fn = model.losses[0]
+    assert (loss_fn.enhanced_weight, loss_fn.anchor_weight) == (0.1, 2.4)
+    assert loss_fn.label_norm == "layer" and loss_fn.label_noise == 1.0
+    assert loss_fn.tau() == 0.5 and loss_fn.gamma() == 1.0 and not loss_fn.in_warmup()
+    feats, lengths = batch()
+    feats = feats.double()
+    params = dict(model.named_parameters())
+    state = copy.deepcopy(model.state_dict())
+    torch.manual_seed(5)
+    total, stats, _ = model(feats, lengths)
+    model_grads = grads(total.sum(), params)
+    model.load_state_dict(state)
+    torch.manual_seed(5)
+    anchor, enhanced, _ = explicit_pieces(model, feats, lengths, 0.5, 1.0, 1.0, soft_targets=soft)
+    torch.testing.assert_close(enhanced.detach(), stats["birq_loss_e"].reshape(()))
+    explicit = 0.1 * enhanced + 2.4 * anchor
+    torch.testing.assert_close(total.detach().reshape(()), explicit.detach())
+    explicit_grads = grads(explicit, params)
+    for name in params:
+        torch.testing.assert_close(
+            model_grads[name], explicit_grads[name], rtol=1e-9, atol=1e-12, msg=name
+        )
+    # the Gumbel sample differs from the arg-max on most frames (published noise)
+    assert float(stats["birq_label_agreement"]) < 0.5
+    # the label path carries gradient: blocks <= k get more than the prediction path
+    model.load_state_dict(state)
+    torch.manual_seed(5)
+    data = model.encode(feats, lengths)
+    k = loss_fn.label_layer
+    hidden, hidden_lengths = data["label_hidden"][k]
+    assert hidden.requires_grad
+    inputs = {key: data[key] for key in loss_fn.required_inputs}
+    rng_state = data["rng"].get_state()
+    inputs["label_hidden"] = {k: (hidden, hidden_lengths)}
+    with_path = grads(loss_fn(**inputs)[0], params)
+    data["rng"].set_state(rng_state)
+    inputs["label_hidden"] = {k: (hidden.detach(), hidden_lengths)}
+    without_path = grads(loss_fn(**inputs)[0], params)
+    first_block = [n for n in params if n.startswith("encoder.encoders.0.")]
+    assert max((with_path[n] - without_path[n]).abs().max().item() for n in first_block) > 0
+
+
+def test_published_settings_are_the_defaults():
+    """``BiRQLoss()`` without keys is the published method."""
+    loss = make_loss(num_encoder_layers=10)
+    assert loss.label_layer == 7
+    assert (loss.enhanced_weight, loss.anchor_weight) == (0.1, 2.4)
+    assert loss.label_norm == "layer" and loss.label_noise == 1.0
+    assert loss.tau(0) == loss.tau(10**6) == 0.5
+    assert loss.gamma(0) == loss.gamma(10**6) == 1.0 and not loss.in_warmup(0)
+    assert not loss.stop_gradient_labels and not loss.soft_targets
+    assert not loss.subtract_value_estimate and loss.diversity_weight == 0.0
+    from espnet2_birq.losses.birq import default_label_layer
+
+    assert [default_label_layer(d) for d in (1, 2, 4, 5, 10, 12, 24)] == [1, 1, 3, 4, 7, 8, 17]
 
 
 def test_warmup_gradient_is_best_rq_gradient():
@@ -352,7 +473,7 @@ def test_warmup_gradient_is_best_rq_gradient():
     model.load_state_dict(state)
     torch.manual_seed(5)
     anchor, _, _ = explicit_pieces(model, feats, lengths, 1.0, 0.0, 1.0)
-    best_rq_grads = grads(anchor, params)
+    best_rq_grads = grads(1.3 * anchor, params)  # anchor_weight x L_a
     for name in params:
         torch.testing.assert_close(model_grads[name], best_rq_grads[name], msg=name)
     head = [n for n in params if "enhanced_head" in n]
@@ -421,7 +542,7 @@ def test_tau_schedule():
 
 
 def test_schedule_state_round_trip():
-    conf = dict(gamma_schedule="linear", gamma_ramp_steps=100, warmup_steps=10)
+    conf = dict(gamma_schedule="linear", gamma_0=0.1, gamma_ramp_steps=100, warmup_steps=10)
     loss = make_loss(**conf)
     loss.bilevel.num_updates.fill_(57)
     for value in (4.0, 3.0, 2.5):
@@ -517,14 +638,39 @@ def test_label_agreement_with_argmax(codes, noise, low, high):
     assert torch.equal(loss.enhanced_labels(hidden, lengths), argmax)
 
 
-def test_shipped_configs_train_on_argmax_labels():
-    for path in glob.glob(str(REPO / "conf" / "train_ssl_birq_*.yaml")) + glob.glob(
-        str(REPO / "egs2" / "*" / "ssl1" / "conf" / "train_ssl_birq_*.yaml")
-    ):
+def _birq_configs():
+    return sorted(
+        glob.glob(str(REPO / "conf" / "train_ssl_birq_*.yaml"))
+        + glob.glob(str(REPO / "egs2" / "*" / "ssl1" / "conf" / "train_ssl_birq_*.yaml"))
+    )
+
+
+def test_published_configs_train_the_published_update():
+    """Every shipped BiRQ config except the named stop-gradient variants is the published
+    method: constant weights 0.1/2.4, Gumbel-softmax labels at temperature 0.5 with
+    gradient, layer norm, labels from round(0.7 x depth), no additions."""
+    from espnet2_birq.losses.birq import default_label_layer
+
+    published = [p for p in _birq_configs() if "stopgrad" not in p]
+    assert len(published) >= 5
+    for path in published:
+        args = parse(path)
+        conf = args.loss[0]["conf"]
+        expected = dict(
+            enhanced_weight=0.1, anchor_weight=2.4, label_noise=1.0, tau_start=0.5,
+            tau_end=0.5, tau_decay=1.0, label_norm="layer", stop_gradient_labels=False,
+            soft_targets=False, gamma_schedule="constant", gamma_max=1.0, warmup_steps=0,
+            subtract_value_estimate=False, diversity_weight=0.0, label_grad_scale=1.0,
+        )  # fmt: skip
+        for key, value in expected.items():
+            assert conf.get(key) == value, (path, key, conf.get(key))
+        depth = args.encoder_conf["num_blocks"]
+        assert conf["label_layer"] == default_label_layer(depth), path
+    variants = [p for p in _birq_configs() if "stopgrad" in p]
+    assert variants
+    for path in variants:
         conf = parse(path).loss[0]["conf"]
-        assert conf["label_noise"] == 0.0, path
-        assert conf["stop_gradient_labels"] is True, path
-        assert conf["label_norm"] == "instance", path
+        assert conf["stop_gradient_labels"] is True and conf["label_noise"] == 0.0, path
 
 
 @pytest.mark.parametrize("label_norm", ["instance", "layer"])
@@ -699,9 +845,9 @@ def test_cli_train_checkpoint_reload(tmp_path, accum_grad):
     ):  # fmt: skip
         assert torch.equal(state[key], saved[key]), key
     loss = model.losses[0]
-    # debug config: linear ramp 0.5 -> 1 over 100 updates after a 1-update warm-up
-    assert loss.gamma() == 0.5 + 0.5 * (updates - 1) / 100
-    assert loss.tau() == 0.1
+    # debug config: the published constant weights and temperature
+    assert loss.gamma() == 1.0 and loss.tau() == 0.5
+    assert (loss.enhanced_weight, loss.anchor_weight) == (0.1, 2.4)
 
     # ESPnet's --resume path restores the same state into a fresh model
     fresh, fresh_args = BirqSSLTask.build_model_from_file(out / "config.yaml", None)
@@ -768,24 +914,40 @@ def labels_are_healthy(stats) -> bool:
     return stats["birq_ppl_e"] >= 8.0 and stats["birq_acc_e"] >= 3.0 / stats["birq_ppl_e"]
 
 
-# Measured on the 2-core CPU (mean of the last 20 of 80 steps):
-#   stop-gradient labels (shipped):     ppl_e 28.5 of 64, acc_e 0.28, best_rq_acc 0.30
-#   labels with gradient (label path):  ppl_e  2.9 (collapse), acc_e 0.99, best_rq_acc 0.25
-#   random labels (control):            ppl_e 54.1, acc_e 0.012 (chance), best_rq_acc 0.41
+# The project's stop-gradient variant (conf/train_ssl_birq_*_stopgrad.yaml), less its schedule
+STOPGRAD = dict(
+    stop_gradient_labels=True, label_noise=0.0, tau_start=0.1, tau_end=0.1,
+    label_norm="instance", enhanced_weight=1.0, anchor_weight=1.0,
+)  # fmt: skip
+
+
+# Measured on the 2-core CPU (mean of the last 20 of 80 steps, 64 codes each):
+#   published (0.1 L_e + 2.4 L_a, Gumbel labels with gradient):
+#                                        ppl_e  9.1, acc_e 0.02, best_rq_acc 0.45
+#   pure anchoring (enhanced_weight 0):  best_rq_acc 0.45
+#   stop-gradient variant:               ppl_e 28.5 of 64, acc_e 0.28, best_rq_acc 0.30
+#   labels with gradient, weights 1/1:   ppl_e  2.9 (collapse), acc_e 0.99, best_rq_acc 0.25
+#   random labels (control):             ppl_e 54.1, acc_e 0.012 (chance), best_rq_acc 0.41
 # (about 10 s each)
-def test_shipped_labels_are_healthy(single_thread):
-    stats = _train_small(stop_gradient_labels=True)
+def test_published_anchor_keeps_the_anchoring_task(single_thread):
+    """The bilevel constraint as published: with the anchoring loss weighted 24 times
+    the enhanced loss, the model learns BEST-RQ's task as well as pure anchoring does,
+    and the labels with gradient do not collapse as they do under a weak anchor."""
+    published = _train_small(warmup_steps=0)
+    anchoring_only = _train_small(warmup_steps=0, enhanced_weight=0.0)
+    weak_anchor = _train_small(**{**STOPGRAD, "stop_gradient_labels": False})
+    assert published["best_rq_acc"] >= anchoring_only["best_rq_acc"] - 0.05, (
+        published, anchoring_only)
+    assert weak_anchor["birq_ppl_e"] < 4.0, weak_anchor  # the collapse
+    assert published["birq_ppl_e"] > 2 * weak_anchor["birq_ppl_e"], (published, weak_anchor)
+
+
+def test_stopgrad_variant_labels_are_healthy(single_thread):
+    stats = _train_small(**STOPGRAD)
     assert labels_are_healthy(stats), stats
 
 
 def test_random_labels_are_not_healthy(single_thread):
-    stats = _train_small(stop_gradient_labels=True, random_labels=True)
+    stats = _train_small(random_labels=True, **STOPGRAD)
     assert stats["birq_ppl_e"] > 30, stats  # spread ...
     assert not labels_are_healthy(stats), stats  # ... but unpredictable
-
-
-def test_labels_with_gradient_collapse(single_thread):
-    """Documents why the shipped configs stop the gradient through the labels."""
-    stats = _train_small(stop_gradient_labels=False)
-    assert not labels_are_healthy(stats), stats
-    assert stats["birq_ppl_e"] < 8.0, stats

@@ -287,19 +287,21 @@ def test_runner_stops_at_the_first_failure(tmp_path):
         RecordingRunner(tmp_path, 1).run_all([cm.Job("x", [], deps=["nope"])])
 
 
-def test_birq_block1_variant_is_opt_in_and_differs_only_in_its_label_layer(tmp_path):
+def test_birq_stopgrad_variant_is_opt_in_and_uses_its_config(tmp_path):
     import yaml
 
     args, _ = plan(tmp_path)
-    assert "birq_l1" not in args.methods  # the default set stays the five methods
-    _, jobs = plan(tmp_path, "--methods", "scratch", "birq_l1", "--seeds", "0")
+    assert "birq_stopgrad" not in args.methods  # the default set stays the five methods
+    _, jobs = plan(tmp_path, "--methods", "scratch", "birq_stopgrad", "--seeds", "0")
     pre = [j for j in jobs if j.kind == "pretrain"]
-    assert [j.name for j in pre] == ["pretrain_birq_l1_seed0"]
-    assert option(pre[0], "--ssl_config") == "conf/train_ssl_birq_tiny_layer1.yaml"
-    assert option(pre[0], "--ssl_exp") == "exp/ssl_birq_l1_seed0"
+    assert [j.name for j in pre] == ["pretrain_birq_stopgrad_seed0"]
+    assert option(pre[0], "--ssl_config") == "conf/train_ssl_birq_tiny_stopgrad.yaml"
+    assert option(pre[0], "--ssl_exp") == "exp/ssl_birq_stopgrad_seed0"
     demo = cm.DEMO / "conf"
     base = yaml.safe_load((demo / "train_ssl_birq_tiny.yaml").read_text())
-    variant = yaml.safe_load((demo / "train_ssl_birq_tiny_layer1.yaml").read_text())
-    assert base["loss"][0]["conf"].pop("label_layer") == 2
-    assert variant["loss"][0]["conf"].pop("label_layer") == 1
+    variant = yaml.safe_load((demo / "train_ssl_birq_tiny_stopgrad.yaml").read_text())
+    # same encoder, masking, optimiser and budget; only the loss differs
+    assert base["loss"][0]["conf"]["stop_gradient_labels"] is False
+    assert variant["loss"][0]["conf"]["stop_gradient_labels"] is True
+    base.pop("loss"), variant.pop("loss")
     assert variant == base

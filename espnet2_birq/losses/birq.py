@@ -1,25 +1,30 @@
 """BiRQ: BEST-RQ anchoring labels plus self-made enhanced labels, trained bilevel.
 
-BiRQ (Jiang et al., arXiv 2509.15430) as implemented here (docs/method.md):
+BiRQ (Jiang et al., arXiv 2509.15430) as implemented here (docs/method.md). The
+defaults are the published method:
 
 - anchoring labels y_a: BEST-RQ codes of the unmasked normalised input
   (:class:`espnet2_birq.losses.best_rq.BestRQLoss`, unchanged; its statistics keep
   the ``best_rq_`` prefix, so BEST-RQ and BiRQ runs report the same anchoring figures);
-- enhanced labels y_e: the output of encoder block ``label_layer`` on the unmasked
-  input (the model runs that pass, without dropout, see ``BirqSSLModel``),
+- enhanced labels y_e: the output of encoder block ``label_layer`` (default: 70% of
+  the depth) on the unmasked input (the model runs that pass, see ``BirqSSLModel``),
   layer-normalised without affine parameters, projected by a second frozen random
   matrix and scored against a second frozen l2-normalised codebook (cosine
-  similarity). The label trained on is the code with the highest score after adding
-  ``label_noise`` times Gumbel noise (0: the noise-free arg-max); the
-  straight-through estimator takes its gradient through ``softmax(scores / tau)``,
-  scaled by ``label_grad_scale``, so the enhanced loss reaches blocks <= ``label_layer``
-  through the labels;
+  similarity). The label is a hard Gumbel-softmax sample of those scores at
+  temperature 0.5 (``label_noise: 1``, ``tau: 0.5``) with the straight-through
+  gradient, so the enhanced loss reaches blocks <= ``label_layer`` through the labels
+  as well as through the prediction;
 - one head per label set on the masked forward;
-- penalty bilevel objective (:mod:`espnet2_birq.bilevel`): each update minimises
-  ``L_e + gamma_t * (L_a - v)``, i.e. follows ``grad L_e + gamma_t grad L_a``.
+- the first-order penalty form of the bilevel problem: each update follows
+  ``enhanced_weight * grad L_e + anchor_weight * grad L_a`` with constant weights
+  0.1 and 2.4 (the optimum of the anchoring loss is a constant and drops out).
 
-All schedule state (update count, ``v``) is in buffers, hence in every checkpoint; gamma
-and tau are pure functions of the optimiser-update count, exact after resume.
+Additions of this project, all off by default: a warm-up of pure BEST-RQ and a ramp of
+the anchoring weight (``gamma_*``, ``warmup_steps``), a running estimate ``v`` of the
+anchoring optimum subtracted from the reported loss, per-utterance standardisation of
+block k (``label_norm: instance``), stop-gradient labels, a diversity penalty and
+soft targets. All schedule state (update count, ``v``) is in buffers, hence in every
+checkpoint; gamma and tau are pure functions of the optimiser-update count.
 """
 
 import math
@@ -37,6 +42,14 @@ from espnet2_birq.losses.gumbel import StraightThroughGumbelCE, gumbel_noise
 
 
 LABEL_NORMS = ("instance", "layer")
+
+#: Published BiRQ: enhanced labels from about 70% of the encoder's depth.
+LABEL_LAYER_FRACTION = 0.7
+
+
+def default_label_layer(num_encoder_layers: int) -> int:
+    """``round(0.7 * depth)`` (halves round up), at least 1: 7 of 10, 4 of 5, 3 of 4."""
+    return max(1, int(math.floor(LABEL_LAYER_FRACTION * num_encoder_layers + 0.5)))
 
 
 def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
@@ -67,37 +80,53 @@ class BiRQLoss(AbsSSLLoss):
 
     Args:
         codebook_size, code_dim, num_codebooks, seed: anchoring (BEST-RQ) quantiser.
+        enhanced_weight, anchor_weight: Constant weights of the enhanced and the
+            anchoring loss in the update (published: 0.1 and 2.4, i.e. a penalty
+            constant of 24 on the anchoring task).
         anchor_layer: Encoder layer feeding the anchoring head (-1: final).
-        label_layer: Block k whose unmasked output is labelled (None: half the depth).
+        label_layer: Block k whose unmasked output is labelled (None:
+            ``round(0.7 * depth)``, as published).
         enhanced_codebook_size, enhanced_code_dim, enhanced_seed: enhanced quantiser
             (``enhanced_seed`` must differ from ``seed``: independent draws).
         enhanced_layer: Encoder layer feeding the enhanced head (-1: final).
         label_norm: Normalisation of the labelled frames before the random
-            projection. ``layer``: layer norm without affine parameters, as the method
-            is published. ``instance`` (an addition): first standardise every
-            dimension over the utterance's frames, as CMVN does for BEST-RQ's input;
-            without it the frames share a large common component and a random
-            network's labels fall on a handful of codes (README: label norm).
+            projection. ``layer`` (published): layer norm without affine parameters.
+            ``instance`` (an addition): first standardise every dimension over the
+            utterance's frames, as CMVN does for BEST-RQ's input; without it the
+            frames share a large common component and a random network's labels fall
+            on a handful of codes (docs/method.md).
         label_noise: Scale of the Gumbel noise added to the cosine scores before the
-            arg-max that picks the label (0: noise-free arg-max). With thousands of
-            codes in 16 dimensions neighbouring scores differ by about 0.01, so scale
-            1 (a Gumbel sample of the raw cosines) is close to a uniform draw.
-        tau_start, tau_end, tau_decay: temperature of the soft sample
-            ``softmax((cos + noise) / tau)`` the straight-through gradient goes
-            through: ``max(tau_end, tau_start * tau_decay ** updates)``. It shapes the
-            gradient only; the label itself does not depend on it.
+            arg-max that picks the label. 1 (published): a Gumbel-softmax sample of
+            the cosine scores; 0 (an addition): the noise-free arg-max. With
+            thousands of codes in 16 dimensions neighbouring scores differ by about
+            0.01, so a sample at scale 1 is far from the arg-max: code usage is
+            logged on the arg-max (``birq_ppl_e``) and the agreement of the sample
+            with it (``birq_label_agreement``).
+        tau_start, tau_end, tau_decay: Gumbel-softmax temperature of the soft sample
+            ``softmax((cos + noise) / tau)`` the gradient goes through:
+            ``max(tau_end, tau_start * tau_decay ** updates)`` (published: 0.5,
+            constant). The hard label itself does not depend on it.
+        soft_targets: Train on the soft sample itself instead of the hard
+            straight-through one-hot (the publication does not say which; hard is
+            the default).
         label_grad_scale: Factor on the straight-through gradient into the label
             generator (its magnitude grows like 1 / tau).
         stop_gradient_labels: Enhanced labels without gradient (the unmasked pass then
-            builds no graph): the cheap self-labelling variant.
+            builds no graph): an addition, the cheap self-labelling variant.
         label_dropout: Run the labelling pass in training mode (dropout on, batch-norm
             statistics updated a second time). Default off, as teachers label.
         diversity_weight: Weight of a codebook-diversity penalty ``(K - ppl) / K`` of
             the batch-mean ``softmax(cos / tau)`` (wav2vec 2.0's diversity loss). An
             addition to the published method (README: ablation); 0 turns it off.
         gamma_schedule, gamma_0, gamma_max, gamma_ramp_steps, gamma_step_interval,
-        warmup_steps, v_momentum: the penalty schedule
-            (:class:`espnet2_birq.bilevel.PenaltySchedule`).
+        warmup_steps, v_momentum: an addition: a schedule ``gamma_t`` multiplying
+            ``anchor_weight`` and a warm-up of pure anchoring updates
+            (:class:`espnet2_birq.bilevel.PenaltySchedule`). Published: constant 1,
+            no warm-up.
+        subtract_value_estimate: An addition: subtract ``v``, a running average of the
+            anchoring loss, from it in the reported objective. ``v`` carries no
+            gradient, so the update is unchanged; off, the objective is the plain
+            weighted sum the publication minimises.
     """
 
     @typechecked
@@ -111,32 +140,36 @@ class BiRQLoss(AbsSSLLoss):
         code_dim: int = 16,
         num_codebooks: int = 1,
         seed: int = 0,
+        enhanced_weight: float = 0.1,
+        anchor_weight: float = 2.4,
         anchor_layer: int = -1,
         label_layer: Optional[int] = None,
         enhanced_codebook_size: int = 8192,
         enhanced_code_dim: int = 16,
         enhanced_seed: int = 1,
         enhanced_layer: int = -1,
-        label_norm: str = "instance",
-        label_noise: float = 0.0,
-        tau_start: float = 0.1,
-        tau_end: float = 0.1,
+        label_norm: str = "layer",
+        label_noise: float = 1.0,
+        tau_start: float = 0.5,
+        tau_end: float = 0.5,
         tau_decay: float = 1.0,
+        soft_targets: bool = False,
         label_grad_scale: float = 1.0,
         stop_gradient_labels: bool = False,
         label_dropout: bool = False,
         diversity_weight: float = 0.0,
-        gamma_schedule: str = "linear",
-        gamma_0: float = 0.1,
+        gamma_schedule: str = "constant",
+        gamma_0: float = 1.0,
         gamma_max: float = 1.0,
-        gamma_ramp_steps: int = 10000,
+        gamma_ramp_steps: int = 0,
         gamma_step_interval: int = 1000,
-        warmup_steps: int = 1000,
+        warmup_steps: int = 0,
         v_momentum: float = 0.99,
+        subtract_value_estimate: bool = False,
     ):
         super().__init__()
         if label_layer is None:
-            label_layer = max(1, num_encoder_layers // 2)
+            label_layer = default_label_layer(num_encoder_layers)
         if not 1 <= label_layer <= num_encoder_layers:
             raise ValueError(
                 f"label_layer must be in 1..{num_encoder_layers}, got {label_layer}"
@@ -153,6 +186,8 @@ class BiRQLoss(AbsSSLLoss):
             raise ValueError(
                 "diversity_weight, label_noise and label_grad_scale must be >= 0"
             )
+        if enhanced_weight < 0 or anchor_weight <= 0:
+            raise ValueError("need enhanced_weight >= 0 and anchor_weight > 0")
 
         self.util_attributes = {"span_mask"}
         self.required_inputs = [
@@ -164,6 +199,10 @@ class BiRQLoss(AbsSSLLoss):
             "rng",
         ]
         self.label_layer = label_layer
+        self.enhanced_weight = enhanced_weight
+        self.anchor_weight = anchor_weight
+        self.soft_targets = soft_targets
+        self.subtract_value_estimate = subtract_value_estimate
         self.enhanced_layer = enhanced_layer
         self.enhanced_codebook_size = enhanced_codebook_size
         self.label_norm = label_norm
@@ -213,6 +252,9 @@ class BiRQLoss(AbsSSLLoss):
 
     def tau(self, step: Optional[int] = None) -> float:
         """Temperature of the straight-through soft sample after ``step`` updates."""
+        if self.tau_decay == 1.0:
+            # constant (published): no read of the device-side update counter
+            return max(self.tau_end, self.tau_start)
         step = self.bilevel.step_index(step)
         return max(self.tau_end, self.tau_start * self.tau_decay**step)
 
@@ -309,9 +351,10 @@ class BiRQLoss(AbsSSLLoss):
         label_hidden: Dict[int, Tuple[torch.Tensor, torch.Tensor]],
         rng: Optional[torch.Generator] = None,
     ) -> Tuple[torch.Tensor, Dict]:
-        """Compute ``L_e + gamma * (L_a - v) + diversity_weight * L_div``.
+        """Compute ``w_e L_e + w_a gamma (L_a [- v]) + diversity_weight * L_div``.
 
-        During the warm-up the loss is ``L_a`` alone (pure BEST-RQ).
+        Published: ``0.1 L_e + 2.4 L_a`` (gamma 1, no ``v``, no diversity term).
+        During a warm-up (an addition) the loss is ``w_a L_a`` alone (pure BEST-RQ).
 
         Args:
             features: (B, L, D) normalised unmasked features.
@@ -360,6 +403,7 @@ class BiRQLoss(AbsSSLLoss):
                 None if noise is None else noise / tau,
                 head_logits,
                 self.label_grad_scale,
+                self.soft_targets,
             )
         )
         with torch.no_grad():
@@ -390,9 +434,15 @@ class BiRQLoss(AbsSSLLoss):
         if warmup:
             # Pure BEST-RQ; the enhanced head still sees its loss through a zero
             # weight so DDP finds every parameter used in every step.
-            total = anchor_loss + 0.0 * enhanced_loss
+            total = self.anchor_weight * anchor_loss + 0.0 * enhanced_loss
         else:
-            total = self.bilevel.penalty_objective(enhanced_loss, anchor_loss, gamma)
+            lower = anchor_loss
+            if self.subtract_value_estimate:
+                lower = anchor_loss - self.bilevel.v.detach()
+            total = (
+                self.enhanced_weight * enhanced_loss
+                + (self.anchor_weight * gamma) * lower
+            )
             if self.diversity_weight:
                 total = total + self.diversity_weight * diversity_loss
         stats["birq_loss"] = total.detach()

@@ -69,6 +69,9 @@ class StraightThroughGumbelCE(torch.autograd.Function):
         head_logits: (M, K) prediction head outputs for the same frames.
         st_scale: Factor on the straight-through gradient into ``scores`` (the
             diversity gradient is not scaled); 1.0 is plain straight-through.
+        soft_targets: Train on the soft sample itself: ``ce = -mean_m <soft_m,
+            log p_m>`` and the head's gradient ``(softmax(head_logits) - soft) / M``;
+            the gradient into ``scores`` is the same as with the hard label.
 
     Returns:
         ce: scalar mean cross-entropy.
@@ -84,6 +87,7 @@ class StraightThroughGumbelCE(torch.autograd.Function):
         noise: Optional[torch.Tensor],
         head_logits: torch.Tensor,
         st_scale: float = 1.0,
+        soft_targets: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if scores.dim() != 2 or scores.shape != head_logits.shape:
             raise ValueError(
@@ -105,7 +109,10 @@ class StraightThroughGumbelCE(torch.autograd.Function):
             log_mean = mean_probs.clamp(min=_PROB_FLOOR).log()
             perplexity = torch.exp(-(mean_probs * log_mean).sum())
             diversity = 1.0 - perplexity / codes
-            ce = -log_probs.gather(1, index[:, None]).mean()
+            if soft_targets:
+                ce = -_rowwise_dot(soft, log_probs).mean()
+            else:
+                ce = -log_probs.gather(1, index[:, None]).mean()
         else:
             # No frame (a batch without masked frames): nothing to predict and no
             # assignment to spread; zeros, not the NaN of an empty mean.
@@ -119,6 +126,7 @@ class StraightThroughGumbelCE(torch.autograd.Function):
         ctx.save_for_backward(log_probs, soft, probs, index, log_mean, perplexity)
         ctx.dtypes = (scores.dtype, head_logits.dtype)
         ctx.st_scale = float(st_scale)
+        ctx.soft_targets = bool(soft_targets)
         return ce, diversity, index, head_argmax
 
     @staticmethod
@@ -131,7 +139,10 @@ class StraightThroughGumbelCE(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             # d ce / d head_logits = (softmax - onehot) / M
             grad_head = log_probs.exp()
-            grad_head[torch.arange(frames, device=index.device), index] -= 1.0
+            if ctx.soft_targets:
+                grad_head.sub_(soft)  # (softmax - soft sample) / M
+            else:
+                grad_head[torch.arange(frames, device=index.device), index] -= 1.0
             grad_head.mul_(scale)
             grad_head = grad_head.to(ctx.dtypes[1])
         if ctx.needs_input_grad[0]:
@@ -151,4 +162,4 @@ class StraightThroughGumbelCE(torch.autograd.Function):
             grad_scores.addcmul_(probs, weight)
             grad_scores.addcmul_(probs, (probs @ weight)[:, None], value=-1.0)
             grad_scores = grad_scores.to(ctx.dtypes[0])
-        return grad_scores, None, grad_head, None
+        return grad_scores, None, grad_head, None, None
