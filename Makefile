@@ -1,5 +1,6 @@
 # espnet2-birq developer entry points.
-#   make test   create .venv if missing, install the package with its test extras, run the tests
+#   make test   create .venv if missing, install the package with its test and demo extras
+#               (the suite runs the demo recipe, which needs the demo's speech synthesiser), run the tests
 #   make demo   the same install, then the mini_synth recipe end to end (stages 1-9) on CPU
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +20,7 @@ $(VENV_PY):
 
 $(STAMP): setup.cfg pyproject.toml | $(VENV_PY)
 	$(VENV_PY) -m pip install --upgrade "$(PIP_PIN)" "setuptools<74" wheel
-	$(VENV_PY) -m pip install -e ".[test]"
+	$(VENV_PY) -m pip install -e ".[test,demo]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -6,6 +6,7 @@ each). ``test_demo_recipe_tiny_end_to_end`` runs the whole demo recipe (stages 1
 at its smallest size with the real tools (a few minutes on 2 CPU cores).
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -231,6 +232,115 @@ def test_raw_features_refuse_a_segmented_pretraining_set(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# --fs and stage markers of configs
+# --------------------------------------------------------------------------
+
+
+def test_fs_in_khz_is_normalised(tmp_path):
+    """--fs 16k is 16000 (as asr.sh accepts it): the tools and the stage markers get
+    16000, so a run with --fs 16000 finds the work done; 44.1k is 44100; garbage fails."""
+    recipe = make_recipe(tmp_path)
+    script = tmp_path / "fake_python"
+    script.write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        echo "$*" >> "$(dirname "$0")/python_calls.txt"
+        out=; data=; prev=
+        for a in "$@"; do
+            [ "$prev" = --out_dir ] && out=$a; [ "$prev" = --data_dir ] && data=$a; prev=$a
+        done
+        case "$*" in *"extract_fbank merge"*) awk '{ print $1, "x.ark:1" }' "$data/utt2spk" > "$out/feats.scp" ;; esac
+        """))
+    script.chmod(0o755)
+    for dset in ("pretrain", "train", "dev", "test"):
+        write_text_dir(recipe / "data" / dset, [(f"{dset}1", "A")])
+        (recipe / "data" / dset / "wav.scp").write_text(f"{dset}1 /nonexistent/{dset}1.wav\n")
+    args = [*SETS, "--python", script, "--nj", "1", "--stage", "2", "--stop_stage", "2"]
+    result = run_ssl(recipe, *args, "--fs", "16k")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [c for c in (tmp_path / "python_calls.txt").read_text().splitlines() if "extract_fbank --data_dir" in c]
+    assert len(calls) == 4 and all("--fs 16000 " in c for c in calls), calls
+    result = run_ssl(recipe, *args, "--fs", "16000")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("already done, skipping") == 4, result.stdout
+    result = run_ssl(recipe, *args, "--fs", "44.1k")
+    assert result.returncode == 0, result.stderr
+    assert "was: option fs=16000" in result.stdout and "now: option fs=44100" in result.stdout
+    calls = (tmp_path / "python_calls.txt").read_text()
+    assert calls.count("--fs 44100 ") == 4
+    for bad in ("16kHz", "16.0001k", "sixteen", "0", "8k8"):
+        result = run_ssl(recipe, *args, "--fs", bad)
+        assert result.returncode != 0, bad
+        assert "--fs must be" in result.stderr, result.stderr
+
+
+def config_fake_python(root: Path) -> Path:
+    """Logs its arguments; ``-c`` code (the config digest) runs in the real interpreter;
+    a training run leaves the model file stage 5 checks for."""
+    script = root / "fake_python"
+    script.write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        [ "$1" = -c ] && exec {sys.executable} "$@"
+        echo "$*" >> "$(dirname "$0")/python_calls.txt"
+        case "$*" in *"check_init name"*) echo valid.best_rq_acc.ave.pth ;; esac
+        prev=
+        for a in "$@"; do
+            [ "$prev" = --output_dir ] && mkdir -p "$a" && touch "$a/valid.best_rq_acc.ave.pth"; prev=$a
+        done
+        """))
+    script.chmod(0o755)
+    return script
+
+
+def test_config_markers_record_parsed_values(tmp_path):
+    """A finished stage 5 records its config by value: comments, layout and key order
+    change nothing; a changed value is refused with what to do; a marker of an older
+    ssl.sh (the config's bytes) is still accepted while the bytes are the same."""
+    recipe = make_recipe(tmp_path)
+    conf = recipe / "conf" / "train_ssl_birq_conformer.yaml"
+    conf.parent.mkdir()
+    conf.write_text("encoder: conformer\nencoder_conf:\n    num_blocks: 12\n    output_size: 256\nlr: 0.001\n")
+    py = config_fake_python(tmp_path)
+    write_files(recipe, ["exp/ssl_stats_fbank/train/speech_shape", "exp/ssl_stats_fbank/valid/speech_shape",
+                         "exp/ssl_stats_fbank/train/feats_stats.npz", "dump/fbank/pretrain/feats.scp",
+                         "dump/fbank/dev/feats.scp"])
+    args = [*SETS, "--python", py, "--ngpu", "0", "--stage", "5", "--stop_stage", "5"]
+
+    def trainings():
+        return (tmp_path / "python_calls.txt").read_text().count("espnet2_birq.bin.ssl_train")
+
+    result = run_ssl(recipe, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert trainings() == 1
+    marker = recipe / "exp" / "ssl_train_ssl_birq_conformer" / ".done"
+    assert re.search(r"^config conf/train_ssl_birq_conformer\.yaml [0-9a-f]{32}$", marker.read_text(), re.M)
+
+    # comments, blank lines, quoting, flow style and key order: not a change
+    conf.write_text("# BiRQ, conformer encoder\n\nlr: 1.0e-3   # peak\n"
+                    "encoder_conf: {output_size: 256, num_blocks: 12}\nencoder: 'conformer'\n")
+    result = run_ssl(recipe, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SSL pre-training exp/ssl_train_ssl_birq_conformer: already done, skipping" in result.stdout
+    assert trainings() == 1
+
+    # a value: refused, saying what changed and what to do
+    conf.write_text(conf.read_text().replace("num_blocks: 12", "num_blocks: 6"))
+    result = run_ssl(recipe, *args)
+    assert result.returncode != 0
+    assert "its inputs changed since exp/ssl_train_ssl_birq_conformer/.done was written" in result.stderr
+    assert re.search(r"was: config conf/train_ssl_birq_conformer\.yaml [0-9a-f]{32}", result.stderr)
+    assert "move exp/ssl_train_ssl_birq_conformer away or pass another --ssl_tag" in result.stderr
+    assert trainings() == 1
+
+    # a marker written by an older ssl.sh holds the config's md5 byte for byte
+    conf.write_text(conf.read_text().replace("num_blocks: 6", "num_blocks: 12"))
+    old = hashlib.md5(conf.read_bytes()).hexdigest()
+    marker.write_text(re.sub(r"^config (\S+) \S+$", rf"file \1 {old}", marker.read_text(), flags=re.M))
+    result = run_ssl(recipe, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "already done, skipping" in result.stdout and trainings() == 1
+
+
+# --------------------------------------------------------------------------
 # Speed perturbation and duration filters (--speed_perturb_factors, --min/max_wav_duration)
 # --------------------------------------------------------------------------
 
@@ -407,6 +517,8 @@ def test_frozen_encoder_phase_keeps_its_length_under_user_max_epoch(tmp_path):
 
 
 def test_demo_recipe_tiny_end_to_end(tmp_path):
+    # the demo's speech synthesiser is the `demo` extra (make test installs it)
+    pytest.importorskip("espeakng_loader", reason="needs the demo extra: pip install -e '.[demo]'")
     recipe = make_recipe(tmp_path, demo=True)
     env = dict(os.environ)
     env["cmd_backend"] = "local"

@@ -1,4 +1,4 @@
-"""Tests for espnet2_birq.bin.score (sclite-compatible WER/CER)."""
+"""Tests for espnet2_birq.bin.score (WER/CER with kaldialign or NIST sclite)."""
 
 import json
 import os
@@ -67,19 +67,28 @@ def test_align_weights():
     assert sc.align(["A"], ["a"], case_sensitive=True) == [("S", "A", "a")]
 
 
-def test_equal_cost_ties_are_broken_like_sclite():
+def test_equal_cost_ties(tmp_path):
     # Alignments of equal cost (4S + 3D + 3I) can have different counts: one more
-    # correct word and three fewer substitutions cost the same.  sclite 2.4.10
-    # (-i rm) gives these counts; kaldialign 0.12.0's sclite_mode gives
-    # C3 S0 D5 I2 and C3 S2 D3 I3 (one error more each), which is why the
-    # built-in aligner stays the fallback.
+    # correct word and three fewer substitutions cost the same.  kaldialign then may
+    # pick another alignment than sclite, with the same cost but other counts: the
+    # numbers below are kaldialign 0.12.0's (the first has one error more than
+    # sclite 2.4.10's C2 S3 D3 I0; the second agrees with sclite's).
     cases = [
-        ("c b b c a a b c", "c c c d d", (2, 3, 3, 0)),
-        ("b b b a c a a a", "a c c c a c c c", (2, 5, 1, 1)),
+        ("c b b c a a b c", "c c c d d", (3, 0, 5, 2), (2, 3, 3, 0)),
+        ("b b b a c a a a", "a c c c a c c c", (2, 5, 1, 1), (2, 5, 1, 1)),
     ]
-    for ref, hyp, expect in cases:
+    for ref, hyp, expect, _ in cases:
         c = sc.Counts.from_ops(sc.align(ref.split(), hyp.split()))
         assert (c.corr, c.sub, c.dele, c.ins) == expect, (ref, hyp)
+    if _sclite_path() is None:
+        return
+    refs = _write(tmp_path / "ref", [f"t{k} {ref}" for k, (ref, _, _, _) in enumerate(cases)])
+    hyps = _write(tmp_path / "hyp", [f"t{k} {hyp}" for k, (_, hyp, _, _) in enumerate(cases)])
+    s = sc.score_files(refs, hyps, "word", str(tmp_path / "sc"), use_sclite="auto",
+                       sclite=_sclite_path())
+    assert s["scorer"] == "sclite"
+    scored = sc.parse_sclite_pra((tmp_path / "sc" / "result.txt").read_text())
+    assert [scored[f"t{k}"] for k in range(len(cases))] == [c[3] for c in cases]
 
 
 def test_per_speaker_rows(tmp_path):
@@ -140,6 +149,17 @@ def test_mismatched_ids(tmp_path):
                     "--use_sclite", "false"]) == 1
 
 
+def test_sclite_required_but_missing(tmp_path):
+    ref = _write(tmp_path / "ref", REF)
+    hyp = _write(tmp_path / "hyp", HYP)
+    with pytest.raises(sc.ScoreError, match="sclite was not found"):
+        sc.score_files(ref, hyp, "word", str(tmp_path / "o"), use_sclite="true",
+                       sclite=str(tmp_path / "no_sclite"))
+    s = sc.score_files(ref, hyp, "word", str(tmp_path / "o"), use_sclite="auto",
+                       sclite=str(tmp_path / "no_sclite"))
+    assert s["scorer"] == "kaldialign" and s["counts"]["Err"] == 5
+
+
 def test_empty_reference_and_duplicates(tmp_path):
     ref = _write(tmp_path / "ref", REF + ["u5"])
     hyp = _write(tmp_path / "hyp", HYP + ["u5 noise"])
@@ -173,16 +193,23 @@ def test_results_table(tmp_path):
     assert lines[5] == "|decode_asr_model_valid.acc.ave/test_a|4|14|78.6|7.1|14.3|14.3|35.7|75.0|"
     assert lines[6].startswith("|decode_asr_model_valid.acc.ave/test_b|4|14|")
     assert "### CER" in lines
+    # the scorer is named under each table
+    assert lines[7:9] == ["", f"Scored with kaldialign {sc.kaldialign.__version__} (sclite_mode)."]
     # A result.txt without summary.json (e.g. ESPnet's own sclite stage) works.
     os.remove(exp / "decode_asr_model_valid.acc.ave" / "test_b" / "score_wer" / "summary.json")
-    assert sc.results_table([str(exp)]).splitlines()[6] == (
-        "|decode_asr_model_valid.acc.ave/test_b|4|14|78.6|7.1|14.3|14.3|35.7|75.0|"
-    )
+    lines = sc.results_table([str(exp)]).splitlines()
+    assert lines[6] == "|decode_asr_model_valid.acc.ave/test_b|4|14|78.6|7.1|14.3|14.3|35.7|75.0|"
+    assert lines[8] == (f"Scored with kaldialign {sc.kaldialign.__version__} (sclite_mode), "
+                        "unknown (result.txt only).")
 
 
 @pytest.mark.skipif(_sclite_path() is None, reason="NIST sclite (sctk) not installed")
 @pytest.mark.parametrize("unit", ["word", "char"])
-def test_identical_to_sclite(tmp_path, unit):
+def test_against_sclite(tmp_path, unit):
+    """kaldialign (sclite_mode) and sclite find alignments of the same cost for every
+    utterance, with the same counts except on some equal-cost ties; sclite's output is
+    parsed right (per-utterance, per-speaker and total counts, Sum/Avg percentages), and
+    the result.txt written for kaldialign has sclite's layout."""
     rng = random.Random(1)
     vocab = ["a", "b", "Ab", "cd", "ü", "Ü", "日本"]
     refs, hyps, spk = [], [], []
@@ -196,42 +223,44 @@ def test_identical_to_sclite(tmp_path, unit):
     ref = _write(tmp_path / "ref", refs)
     hyp = _write(tmp_path / "hyp", hyps)
     u2s = _write(tmp_path / "utt2spk", spk)
-    py = sc.score_files(ref, hyp, unit, str(tmp_path / "py"), use_sclite="false",
+    ka = sc.score_files(ref, hyp, unit, str(tmp_path / "ka"), use_sclite="false",
                         utt2spk_path=u2s)
     scl = sc.score_files(ref, hyp, unit, str(tmp_path / "sc"), use_sclite="auto",
                          sclite=_sclite_path(), utt2spk_path=u2s)
-    assert scl["scorer"] == "sclite" and py["scorer"] == "python"
-    for k in ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err", "counts", "speakers"]:
-        assert py[k] == scl[k], k
-    # Per-speaker rows: ours equal the count rows sclite prints by speaker.
+    assert scl["scorer"] == "sclite" and ka["scorer"] == "kaldialign"
+    assert re.match(r"\d", scl["scorer_version"]) and ka["scorer_version"] == sc.kaldialign.__version__
+    sc_text = (tmp_path / "sc" / "result.txt").read_text()
+    ka_text = (tmp_path / "ka" / "result.txt").read_text()
+    assert "id: (spk1-utt001)" in sc_text
+    sc_counts = sc.parse_sclite_pra(sc_text)
+    ka_counts = sc.parse_sclite_pra(ka_text)
+    assert len(ka_counts) == len(sc_counts) == len(refs)
+    spk_of = dict(line.split() for line in spk)
+    same = 0
+    for utt, (c, s, d, i) in ka_counts.items():
+        c2, s2, d2, i2 = sc_counts[f"{spk_of[utt]}-{utt}"]
+        assert c + s + d == c2 + s2 + d2 and 4 * s + 3 * (d + i) == 4 * s2 + 3 * (d2 + i2), utt
+        same += (c, s, d, i) == (c2, s2, d2, i2)
+    assert same >= 0.95 * len(refs), same
+    # Per-speaker rows: the counts in summary.json equal the rows sclite prints by speaker.
     sclite_rows = {}
-    for line in (tmp_path / "sc" / "result.txt").read_text().splitlines():
+    for line in sc_text.splitlines():
         cells = line.replace("|", " ").split()
         if len(cells) == 9 and cells[0].startswith("spk") and "." not in line:
             sclite_rows[cells[0]] = [int(x) for x in cells[1:]]
     assert sorted(sclite_rows) == ["spk0", "spk1", "spk2", "spkx"]
     for speaker, row in sclite_rows.items():
-        c = py["speakers"][speaker]["counts"]
+        c = scl["speakers"][speaker]["counts"]
         assert row == [c[k] for k in ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]], speaker
-    # sclite's own printed Sum/Avg percentages agree with ours too.
-    cells = sc.read_score_dir(str(tmp_path / "py"))
+    # sclite's own printed Sum/Avg percentages agree with summary.json's.
+    cells, scorer = sc.read_score_dir(str(tmp_path / "sc"), with_scorer=True)
+    assert scorer == f"NIST sclite {scl['scorer_version']}"
     os.remove(tmp_path / "sc" / "summary.json")
     assert sc.read_score_dir(str(tmp_path / "sc")) == cells
-    # The per-utterance alignments are the same as well.
-    sc_text = (tmp_path / "sc" / "result.txt").read_text()
-    py_text = (tmp_path / "py" / "result.txt").read_text()
-    assert "id: (spk1-utt001)" in sc_text
-    sc_counts = sc.parse_sclite_pra(sc_text)
-    py_counts = sc.parse_sclite_pra(py_text)
-    assert len(py_counts) == len(refs)
-    spk_of = dict(line.split() for line in spk)
-    for utt, counts in py_counts.items():
-        assert sc_counts[f"{spk_of[utt]}-{utt}"] == counts, utt
-    blocks = [b for b in py_text.split("\n\n") if b.startswith("id: (utt00")]
-    assert len(blocks) == 10
-    for b in blocks:
-        body = b.split("\n", 1)[1]
-        assert body in sc_text
+    # The alignment blocks have sclite's layout (identical wherever the alignments are).
+    blocks = [b.split("\n", 1)[1] for b in ka_text.split("\n\n") if b.startswith("id: (utt")]
+    assert len(blocks) == 300
+    assert sum(b in sc_text for b in blocks) >= 0.9 * len(blocks)
 
 
 def test_results_table_environments_block(tmp_path, capsys):

@@ -1,69 +1,27 @@
-"""WER/CER scoring compatible with NIST sclite, and ESPnet-style RESULTS.md tables.
+"""WER/CER scoring with NIST sclite or kaldialign, and ESPnet-style RESULTS.md tables.
 
-Scoring::
+    python -m espnet2_birq.bin.score --ref data/test/text --hyp exp/decode/test/text \\
+        --unit word|char --out_dir exp/decode/test/score_wer [--utt2spk data/test/utt2spk] \\
+        [--use_sclite auto|true|false] [--missing_hyp error|empty] [--skip_empty_ref false]
+    python -m espnet2_birq.bin.score results_table --exp_dir exp/asr_x [--pretrained_model M]
 
-    python -m espnet2_birq.bin.score --ref data/test/text \\
-        --hyp exp/decode/test/text --unit word --out_dir exp/decode/test/score_wer \\
-        [--utt2spk data/test/utt2spk] [--use_sclite auto|true|false] \\
-        [--missing_hyp error|empty] [--skip_empty_ref false] [--case_sensitive false]
+Kaldi ``text`` files; tokens are words, or characters with ``<space>`` between words (as
+ESPnet's char tokenizer).  NIST sclite (``-i rm``) scores when found (on ``PATH``, Debian's
+``/usr/lib/sctk/bin/sclite`` or ``--sclite``), else kaldialign with sclite's costs (sub 4,
+del 3, ins 3), ASCII-case-insensitive like sclite (``--case_sensitive true``: ``-s``).  Both
+minimise the same cost, but on ties kaldialign can pick an alignment with other counts than
+sclite's, nearly always one with more errors: rare for words, a few percent of the utterances
+for characters (on simulated 15-30% CER, CER 0.05-0.15 absolute higher than sclite's).
+``summary.json`` and RESULTS.md name the scorer that produced the numbers.
 
-Both files are Kaldi ``text`` files (``utt_id transcript``).  Tokens are
-whitespace-separated words (``--unit word``) or characters (``--unit char``;
-runs of whitespace become one ``<space>`` token, as ESPnet's char tokenizer
-writes them).
-
-NIST sclite is used when installed (``--use_sclite auto``).  Without it the
-built-in aligner reproduces sclite's: a Levenshtein alignment minimising
-``4 * #sub + 3 * #del + 3 * #ins`` (sclite's substitution / deletion /
-insertion weights) with sclite's tie-breaking, matching case-insensitively for
-ASCII letters (sclite's default; ``--case_sensitive true`` is sclite's ``-s``).
-Errors are counted from that alignment, so per-utterance and total counts
-equal sclite's (tests/test_score.py compares with sclite when it is installed).
-
-Why not kaldialign: its ``sclite_mode`` uses the same 4/3/3 costs but breaks
-ties between equal-cost alignments differently, and equal cost does not mean
-equal counts (cost ``3N + 3M - 6C - 2S``: one more correct word and three
-fewer substitutions cost the same).  Measured with kaldialign 0.12.0 against
-sclite 2.4.10 on 17,746 random utterances of 0-8 words: 216 (1.2%) got other
-C/S/D/I counts, always with more errors than sclite's, so WER would differ.
-
-With ``--utt2spk`` the outputs also have one row per speaker (sclite's
-``SYSTEM SUMMARY PERCENTAGES by SPEAKER``), in ``result.txt`` and under
-``speakers`` in ``summary.json``.
-
-Outputs in ``out_dir``:
-
-* ``result.txt``: per-utterance alignments in sclite's ``pra`` layout
-  (``id:``, ``Scores: (#C #S #D #I)``, ``REF:``/``HYP:`` with correct tokens
-  in lower case and errors in upper case, ``***`` for gaps, ``Eval:``) and a
-  summary block whose ``Sum/Avg`` line ESPnet's ``show_asr_result.sh`` greps.
-  When sclite is used, ``result.txt`` is sclite's own ``-o all stdout``
-  output.
-* ``summary.json``: ``Snt Wrd Corr Sub Del Ins Err S.Err`` (percentages
-  rounded like sclite's ``%.1f``) plus raw counts, scorer and unit.
-* ``ref.trn`` / ``hyp.trn`` (sclite path only): the trn files given to sclite,
-  with ``(spk-utt)`` ids like ESPnet's scoring stage.
-
-With ``--use_sclite auto`` (default) sclite is used when it is on ``PATH``
-(or given with ``--sclite``); its ``pra`` output is parsed for the
-per-utterance counts, so both paths produce identical ``summary.json``.
-
-Id checks: hypothesis ids that are not in the reference are always an error.
-Reference ids without a hypothesis are an error by default; with
-``--missing_hyp empty`` they are scored as empty hypotheses (all deletions)
-and a warning gives their number.  Empty reference transcripts are an error
-unless ``--skip_empty_ref true`` (then they are left out and counted).
-
-Results table::
-
-    python -m espnet2_birq.bin.score results_table --exp_dir exp/asr_x [...]
-
-prints, for every ``<exp_dir>/<decode_dir>/<test_set>/score_{wer,cer,ter}``,
-an ESPnet ``RESULTS.md`` section (``## <exp>``, ``### WER`` and the
-``|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|`` table); with
-``--pretrained_model PATH`` ESPnet's ``## Environments`` block (date, python,
-espnet and pytorch versions, this project's git hash, the pre-trained model)
-comes first.
+``out_dir`` gets ``result.txt`` (sclite's output, or its layout: summary with the ``Sum/Avg``
+line ESPnet's ``show_asr_result.sh`` greps, per-utterance ``REF:``/``HYP:``/``Eval:``),
+``summary.json`` (sclite's ``%.1f`` percentages, raw ``counts``, ``speakers`` with
+``--utt2spk``) and, for sclite, ``ref.trn``/``hyp.trn`` with ``(spk-utt)`` ids.  Unknown
+hypothesis ids, references without a hypothesis (``--missing_hyp empty``: all deletions)
+and empty references (``--skip_empty_ref true``: left out) are errors.  ``results_table``
+prints ESPnet's ``RESULTS.md`` sections for ``<exp>/<decode>/<set>/score_{wer,cer,ter}``,
+after ESPnet's ``## Environments`` block with ``--pretrained_model``.
 """
 
 import argparse
@@ -75,132 +33,66 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import kaldialign
 
 from espnet2_birq.utils.datadir import DataDirError, read_kaldi_map
 
 logger = logging.getLogger("espnet2_birq.score")
-
-SUB_COST = 4
-DEL_COST = 3
-INS_COST = 3
 SPACE_TOKEN = "<space>"
-
-_ASCII_LOWER = str.maketrans(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
-)
-_ASCII_UPPER = str.maketrans(
-    "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+_EPS = ""  # the gap symbol for kaldialign: tokens are never empty
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DEBIAN_SCLITE = "/usr/lib/sctk/bin/sclite"  # Debian/Ubuntu's sctk package, off PATH
 
 
 class ScoreError(Exception):
     """Inconsistent or malformed scoring input."""
 
 
-# ---------------------------------------------------------------------------
-# Reading and tokenising
-# ---------------------------------------------------------------------------
 def tokenize(text: str, unit: str) -> List[str]:
-    """Split a transcript into scoring tokens.
-
-    Args:
-        text: Transcript without the utterance id.
-        unit: ``word`` (whitespace split) or ``char`` (characters; each run of
-            whitespace becomes one ``<space>`` token, leading/trailing
-            whitespace is dropped).
-    """
-    words = text.split()
+    """Words, or characters with ``<space>`` between words."""
     if unit == "word":
-        return words
+        return text.split()
     if unit == "char":
         out: List[str] = []
-        for i, w in enumerate(words):
-            if i > 0:
-                out.append(SPACE_TOKEN)
-            out.extend(w)
+        for i, word in enumerate(text.split()):
+            out += ([SPACE_TOKEN] if i else []) + list(word)
         return out
     raise ValueError(f"unknown unit '{unit}' (expected word or char)")
 
 
 def read_text(path: str) -> Dict[str, str]:
-    """Read a Kaldi ``text`` file into ``{utt_id: transcript}`` (file order kept).
-
-    Lines with only an id give an empty transcript.  A missing file, blank lines and
-    duplicate ids raise :class:`ScoreError` naming the file and line.
-    """
+    """A Kaldi ``text`` file as ``{utt_id: transcript}`` in file order."""
     try:
         return dict(read_kaldi_map(path, min_fields=1, key_name="utterance id"))
     except DataDirError as error:
         raise ScoreError(str(error)) from None
 
 
-# ---------------------------------------------------------------------------
-# Alignment
-# ---------------------------------------------------------------------------
-def align(
-    ref: Sequence[str], hyp: Sequence[str], case_sensitive: bool = False
-) -> List[Tuple[str, Optional[str], Optional[str]]]:
-    """sclite-style minimum-cost alignment of two token sequences.
+def align(ref: Sequence[str], hyp: Sequence[str], case_sensitive: bool = False):
+    """kaldialign's minimum-cost alignment with sclite's costs (sub 4, del 3, ins 3).
 
-    Costs: correct 0, substitution 4, deletion 3, insertion 3.  Ties are
-    broken like sclite when tracing back from the end: a diagonal step
-    (correct/substitution) first, then an insertion, then a deletion.
-
-    Args:
-        ref: Reference tokens (length ``N``).
-        hyp: Hypothesis tokens (length ``M``).
-        case_sensitive: Compare tokens exactly instead of ASCII-case-folded.
-
-    Returns:
-        List of ``(op, ref_token, hyp_token)`` in order, where ``op`` is
-        ``C`` (correct), ``S`` (substitution), ``D`` (deletion, ``hyp_token``
-        is ``None``) or ``I`` (insertion, ``ref_token`` is ``None``).
+    Returns ``[(op, ref_token, hyp_token)]`` with ``op`` one of ``C S D I`` and
+    ``None`` for the missing side of a deletion or insertion.
     """
-    if case_sensitive:
-        r, h = list(ref), list(hyp)
-    else:
-        r = [t.translate(_ASCII_LOWER) for t in ref]
-        h = [t.translate(_ASCII_LOWER) for t in hyp]
-    n, m = len(r), len(h)
-    # cost[i][j]: cost of aligning r[:i] with h[:j]
-    cost = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(1, n + 1):
-        cost[i][0] = i * DEL_COST
-    for j in range(1, m + 1):
-        cost[0][j] = j * INS_COST
-    for i in range(1, n + 1):
-        ri = r[i - 1]
-        row, prev = cost[i], cost[i - 1]
-        for j in range(1, m + 1):
-            diag = prev[j - 1] + (0 if ri == h[j - 1] else SUB_COST)
-            dele = prev[j] + DEL_COST
-            ins = row[j - 1] + INS_COST
-            row[j] = min(diag, dele, ins)
-    ops: List[Tuple[str, Optional[str], Optional[str]]] = []
-    i, j = n, m
-    while i > 0 or j > 0:
-        if i > 0 and j > 0:
-            same = r[i - 1] == h[j - 1]
-            if cost[i][j] == cost[i - 1][j - 1] + (0 if same else SUB_COST):
-                ops.append(("C" if same else "S", ref[i - 1], hyp[j - 1]))
-                i, j = i - 1, j - 1
-                continue
-        if j > 0 and cost[i][j] == cost[i][j - 1] + INS_COST:
-            ops.append(("I", None, hyp[j - 1]))
-            j -= 1
-            continue
-        assert i > 0 and cost[i][j] == cost[i - 1][j] + DEL_COST
-        ops.append(("D", ref[i - 1], None))
-        i -= 1
-    ops.reverse()
+    fold = (lambda t: t) if case_sensitive else (lambda t: t.translate(_LOWER))
+    # sclite traces its alignment back from the end, kaldialign from the start: aligning
+    # the reversed sequences puts gaps where sclite puts them in most cases (same cost).
+    pairs = kaldialign.align([fold(t) for t in reversed(ref)], [fold(t) for t in reversed(hyp)],
+                             _EPS, sclite_mode=True)[::-1]
+    ref_it, hyp_it, ops = iter(ref), iter(hyp), []
+    for r, h in pairs:  # back to the original spelling of each token
+        rt = next(ref_it) if r != _EPS else None
+        ht = next(hyp_it) if h != _EPS else None
+        op = "I" if rt is None else "D" if ht is None else "C" if r == h else "S"
+        ops.append((op, rt, ht))
     return ops
 
 
-# ---------------------------------------------------------------------------
-# Counting and reporting
-# ---------------------------------------------------------------------------
 @dataclass
 class Counts:
     """Error counts; ``snt`` sentences and ``serr`` erroneous sentences."""
@@ -221,139 +113,68 @@ class Counts:
         return self.sub + self.dele + self.ins
 
     def add(self, other: "Counts") -> None:
-        self.corr += other.corr
-        self.sub += other.sub
-        self.dele += other.dele
-        self.ins += other.ins
-        self.snt += other.snt
-        self.serr += other.serr
-
-    @classmethod
-    def from_ops(cls, ops) -> "Counts":
-        c = cls(snt=1)
-        for op, _, _ in ops:
-            if op == "C":
-                c.corr += 1
-            elif op == "S":
-                c.sub += 1
-            elif op == "D":
-                c.dele += 1
-            else:
-                c.ins += 1
-        c.serr = 1 if c.err > 0 else 0
-        return c
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     @classmethod
     def from_scores(cls, c: int, s: int, d: int, i: int) -> "Counts":
         return cls(corr=c, sub=s, dele=d, ins=i, snt=1, serr=int(s + d + i > 0))
 
-
-def _pct(num: int, den: int) -> float:
-    """Percentage as sclite prints it (0 when the denominator is 0)."""
-    return 0.0 if den == 0 else 100.0 * num / den
+    @classmethod
+    def from_ops(cls, ops) -> "Counts":
+        return cls.from_scores(*[sum(op == x for op, _, _ in ops) for x in "CSDI"])
 
 
 def summary_dict(total: Counts) -> Dict[str, object]:
-    """Summary numbers: percentages rounded to one decimal plus raw counts."""
-
-    def r(x: float) -> float:
-        return float(f"{x:.1f}")
-
-    return {
-        "Snt": total.snt,
-        "Wrd": total.wrd,
-        "Corr": r(_pct(total.corr, total.wrd)),
-        "Sub": r(_pct(total.sub, total.wrd)),
-        "Del": r(_pct(total.dele, total.wrd)),
-        "Ins": r(_pct(total.ins, total.wrd)),
-        "Err": r(_pct(total.err, total.wrd)),
-        "S.Err": r(_pct(total.serr, total.snt)),
-        "counts": {
-            "Snt": total.snt,
-            "Wrd": total.wrd,
-            "Corr": total.corr,
-            "Sub": total.sub,
-            "Del": total.dele,
-            "Ins": total.ins,
-            "Err": total.err,
-            "S.Err": total.serr,
-        },
-    }
+    """Percentages rounded to one decimal (as sclite prints them) plus raw counts."""
+    counts = {"Snt": total.snt, "Wrd": total.wrd, "Corr": total.corr, "Sub": total.sub,
+              "Del": total.dele, "Ins": total.ins, "Err": total.err, "S.Err": total.serr}
+    out: Dict[str, object] = {"Snt": total.snt, "Wrd": total.wrd}
+    for key in ["Corr", "Sub", "Del", "Ins", "Err", "S.Err"]:
+        den = total.snt if key == "S.Err" else total.wrd
+        out[key] = float(f"{(100.0 * counts[key] / den if den else 0.0):.1f}")
+    out["counts"] = counts
+    return out
 
 
 def _blen(s: str) -> int:
-    return len(s.encode("utf-8"))
+    return len(s.encode("utf-8"))  # sclite's column widths are in bytes
 
 
-def format_alignment(utt_id: str, ops, counts: Counts) -> str:
-    """One utterance's alignment in sclite's ``pra`` layout."""
-    ref_cols, hyp_cols, eval_cols = [], [], []
+def format_alignment(utt_id: str, ops, c: Counts) -> str:
+    """One utterance in sclite's ``pra`` layout (errors upper case, ``***`` for gaps)."""
+    cols = []
     for op, r, h in ops:
-        if op == "C":
-            rt, ht = r.translate(_ASCII_LOWER), h.translate(_ASCII_LOWER)
-        else:
-            rt = r.translate(_ASCII_UPPER) if r is not None else None
-            ht = h.translate(_ASCII_UPPER) if h is not None else None
-        # sclite measures column widths in bytes (UTF-8), so do we.
-        width = max(_blen(rt or ""), _blen(ht or ""))
-        rt = rt if rt is not None else "*" * width
-        ht = ht if ht is not None else "*" * width
-        ev = "" if op == "C" else op
-        ref_cols.append(rt + " " * (width - _blen(rt)))
-        hyp_cols.append(ht + " " * (width - _blen(ht)))
-        eval_cols.append(ev + " " * (width - _blen(ev)))
-    lines = [
-        f"id: ({utt_id})",
-        f"Scores: (#C #S #D #I) {counts.corr} {counts.sub} {counts.dele} "
-        f"{counts.ins}",
-        "REF:  " + "".join(c + " " for c in ref_cols),
-        "HYP:  " + "".join(c + " " for c in hyp_cols),
-        "Eval: " + "".join(c + " " for c in eval_cols),
-    ]
-    return "\n".join(lines) + "\n"
+        case = _LOWER if op == "C" else _UPPER
+        r, h = (t.translate(case) if t is not None else None for t in (r, h))
+        width = max(_blen(r or ""), _blen(h or ""))
+        cols.append([t if t is not None else "*" * width for t in (r, h)] + ["" if op == "C" else op])
+        cols[-1] = [t + " " * (width - _blen(t)) + " " for t in cols[-1]]
+    rows = ["".join(col[k] for col in cols) for k in range(3)]
+    return (f"id: ({utt_id})\nScores: (#C #S #D #I) {c.corr} {c.sub} {c.dele} {c.ins}\n"
+            f"REF:  {rows[0]}\nHYP:  {rows[1]}\nEval: {rows[2]}\n")
 
 
-def format_summary(
-    total: Counts, name: str, speakers: Optional[Dict[str, Counts]] = None
-) -> str:
+def format_summary(total: Counts, name: str, speakers: Optional[Dict[str, Counts]] = None) -> str:
     """sclite-like summary block: per-speaker and total percentages, then counts."""
     speakers = speakers or {}
-    width = max([7] + [len(spk) for spk in speakers])
+    w = max([7] + [len(spk) for spk in speakers])
 
-    def pct_row(label: str, c: Counts) -> str:
-        s = summary_dict(c)
-        return (
-            f"| {label:<{width}} | {c.snt:5d} {c.wrd:5d} | "
-            f"{s['Corr']:4.1f} {s['Sub']:6.1f} {s['Del']:6.1f} {s['Ins']:6.1f} "
-            f"{s['Err']:6.1f} {s['S.Err']:6.1f} |\n"
-        )
+    def row(label: str, c: Counts, pct: bool) -> str:
+        if pct:
+            s = summary_dict(c)
+            cells = f"{s['Corr']:4.1f}" + "".join(f" {s[k]:6.1f}" for k in ["Sub", "Del", "Ins", "Err", "S.Err"])
+        else:
+            cells = f"{c.corr:4d}" + "".join(f" {x:6d}" for x in [c.sub, c.dele, c.ins, c.err, c.serr])
+        return f"| {label:<{w}} | {c.snt:5d} {c.wrd:5d} | {cells} |\n"
 
-    def count_row(label: str, c: Counts) -> str:
-        return (
-            f"| {label:<{width}} | {c.snt:5d} {c.wrd:5d} | "
-            f"{c.corr:4d} {c.sub:6d} {c.dele:6d} {c.ins:6d} "
-            f"{c.err:6d} {c.serr:6d} |\n"
-        )
-
-    title = "SYSTEM SUMMARY PERCENTAGES"
-    if speakers:
-        title += " by SPEAKER"
-    header = (
-        f"| {'SPKR':<{width}} | # Snt # Wrd | Corr    Sub    Del    Ins    Err  S.Err |\n"
-    )
-    return (
-        f"{title} ({name})\n"
-        + header
-        + "".join(pct_row(spk, c) for spk, c in speakers.items())
-        + pct_row("Sum/Avg", total)
-        + "".join(count_row(spk, c) for spk, c in speakers.items())
-        + count_row("Sum", total)
-    )
+    title = "SYSTEM SUMMARY PERCENTAGES" + (" by SPEAKER" if speakers else "")
+    return (f"{title} ({name})\n| {'SPKR':<{w}} | # Snt # Wrd | Corr    Sub    Del    Ins    Err  S.Err |\n"
+            + "".join(row(s, c, True) for s, c in speakers.items()) + row("Sum/Avg", total, True)
+            + "".join(row(s, c, False) for s, c in speakers.items()) + row("Sum", total, False))
 
 
-def speaker_counts(
-    per_utt: Dict[str, Counts], utt2spk: Dict[str, str]
-) -> Dict[str, Counts]:
+def speaker_counts(per_utt: Dict[str, Counts], utt2spk: Dict[str, str]) -> Dict[str, Counts]:
     """Per-speaker sums of per-utterance counts, speakers sorted by name."""
     out: Dict[str, Counts] = {}
     for utt, c in per_utt.items():
@@ -363,103 +184,40 @@ def speaker_counts(
     return dict(sorted(out.items()))
 
 
-# ---------------------------------------------------------------------------
-# Input checking
-# ---------------------------------------------------------------------------
-def prepare_pairs(
-    ref: Dict[str, str],
-    hyp: Dict[str, str],
-    ref_path: str,
-    hyp_path: str,
-    missing_hyp: str = "error",
-    skip_empty_ref: bool = False,
-) -> Tuple[List[Tuple[str, str, str]], Dict[str, int]]:
-    """Match reference and hypothesis ids.
-
-    Returns:
-        ``[(utt_id, ref_text, hyp_text)]`` in reference order, and counts of
-        ``missing_hyp`` (scored as empty) and ``skipped_empty_ref``.
-
-    Raises:
-        ScoreError: naming the offending ids.
-    """
+def prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp="error", skip_empty_ref=False):
+    """``[(utt_id, ref_text, hyp_text)]`` in reference order, and counts of the
+    ``missing_hyp`` (scored as empty) and ``skipped_empty_ref`` utterances."""
     extra = [k for k in hyp if k not in ref]
     if extra:
-        raise ScoreError(
-            f"{len(extra)} utterance ids of {hyp_path} are not in {ref_path}: "
-            f"{extra[:10]}"
-        )
+        raise ScoreError(f"{len(extra)} utterance ids of {hyp_path} are not in {ref_path}: {extra[:10]}")
     missing = [k for k in ref if k not in hyp]
     if missing and missing_hyp == "error":
         raise ScoreError(
-            f"{len(missing)} utterance ids of {ref_path} have no hypothesis in "
-            f"{hyp_path}: {missing[:10]} (pass --missing_hyp empty to score them "
-            f"as empty hypotheses, i.e. all deletions)"
-        )
+            f"{len(missing)} utterance ids of {ref_path} have no hypothesis in {hyp_path}: {missing[:10]} "
+            "(pass --missing_hyp empty to score them as empty hypotheses, i.e. all deletions)")
     if missing:
-        logger.warning(
-            "%d reference utterances have no hypothesis and are scored as empty "
-            "hypotheses (all deletions): %s",
-            len(missing),
-            missing[:10],
-        )
-    empty = [k for k, v in ref.items() if v.strip() == ""]
+        logger.warning("%d reference utterances have no hypothesis and are scored as empty "
+                       "hypotheses (all deletions): %s", len(missing), missing[:10])
+    empty = [k for k, v in ref.items() if not v.strip()]
     if empty and not skip_empty_ref:
-        raise ScoreError(
-            f"{len(empty)} utterances of {ref_path} have an empty reference "
-            f"transcript: {empty[:10]} (pass --skip_empty_ref true to skip them)"
-        )
+        raise ScoreError(f"{len(empty)} utterances of {ref_path} have an empty reference transcript: "
+                         f"{empty[:10]} (pass --skip_empty_ref true to skip them)")
     if empty:
-        logger.warning(
-            "skipping %d utterances with an empty reference transcript: %s",
-            len(empty),
-            empty[:10],
-        )
-    empty_set = set(empty)
-    pairs = [
-        (k, v, hyp.get(k, "")) for k, v in ref.items() if k not in empty_set
-    ]
+        logger.warning("skipping %d utterances with an empty reference transcript: %s", len(empty), empty[:10])
+    pairs = [(k, v, hyp.get(k, "")) for k, v in ref.items() if k not in set(empty)]
     if not pairs:
         raise ScoreError(f"{ref_path}: nothing to score")
     return pairs, {"missing_hyp": len(missing), "skipped_empty_ref": len(empty)}
 
 
-# ---------------------------------------------------------------------------
-# Scorers
-# ---------------------------------------------------------------------------
-def score_python(
-    pairs, unit: str, case_sensitive: bool = False
-) -> Tuple[Counts, Dict[str, Counts], str]:
-    """Score with the built-in aligner.
-
-    Returns:
-        Totals, per-utterance counts and the per-utterance alignment text.
-    """
-    total = Counts()
-    per_utt: Dict[str, Counts] = {}
-    blocks = []
+def score_kaldialign(pairs, unit: str, case_sensitive: bool = False):
+    """Per-utterance counts and ``pra`` alignment blocks from :func:`align`."""
+    per_utt, blocks = {}, []
     for utt_id, ref_text, hyp_text in pairs:
         ops = align(tokenize(ref_text, unit), tokenize(hyp_text, unit), case_sensitive)
-        c = Counts.from_ops(ops)
-        per_utt[utt_id] = c
-        total.add(c)
-        blocks.append(format_alignment(utt_id, ops, c))
-    return total, per_utt, "\n".join(blocks)
-
-
-def trn_id(utt_id: str, utt2spk: Optional[Dict[str, str]]) -> str:
-    """``spk-utt`` like ESPnet's scoring stage (``utt`` without utt2spk)."""
-    if utt2spk is None:
-        return utt_id
-    if utt_id not in utt2spk:
-        raise ScoreError(f"utterance '{utt_id}' is not in utt2spk")
-    return f"{utt2spk[utt_id]}-{utt_id}"
-
-
-def write_trn(path: str, items: Sequence[Tuple[str, List[str]]]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for tid, toks in items:
-            f.write(f"{' '.join(toks)} ({tid})\n")
+        per_utt[utt_id] = Counts.from_ops(ops)
+        blocks.append(format_alignment(utt_id, ops, per_utt[utt_id]))
+    return per_utt, "\n".join(blocks)
 
 
 _SCORES_RE = re.compile(r"^Scores: \(#C #S #D #I\)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)")
@@ -468,277 +226,166 @@ _ID_RE = re.compile(r"^id: \((.*)\)\s*$")
 
 def parse_sclite_pra(text: str) -> Dict[str, Tuple[int, int, int, int]]:
     """Per-utterance ``(C, S, D, I)`` from sclite's ``pra`` output."""
-    out: Dict[str, Tuple[int, int, int, int]] = {}
-    current = None
+    out, current = {}, None
     for line in text.splitlines():
         m = _ID_RE.match(line)
         if m:
             current = m.group(1)
-            continue
-        m = _SCORES_RE.match(line)
-        if m and current is not None:
-            out[current] = tuple(int(x) for x in m.groups())
+        elif current is not None and _SCORES_RE.match(line):
+            out[current] = tuple(int(x) for x in _SCORES_RE.match(line).groups())
             current = None
     return out
-
-
-# Debian/Ubuntu's ``sctk`` package installs sclite here, off PATH.
-_DEBIAN_SCLITE = "/usr/lib/sctk/bin/sclite"
 
 
 def find_sclite(sclite: Optional[str]) -> Optional[str]:
     if sclite:
         return sclite if os.path.isfile(sclite) else shutil.which(sclite)
-    found = shutil.which("sclite")
-    if found is None and os.access(_DEBIAN_SCLITE, os.X_OK):
-        found = _DEBIAN_SCLITE
-    return found
+    return shutil.which("sclite") or (_DEBIAN_SCLITE if os.access(_DEBIAN_SCLITE, os.X_OK) else None)
 
 
-def score_sclite(
-    pairs,
-    unit: str,
-    out_dir: str,
-    sclite: str,
-    utt2spk: Optional[Dict[str, str]] = None,
-    case_sensitive: bool = False,
-) -> Tuple[Counts, Dict[str, Counts], str]:
-    """Score with NIST sclite (``-i rm -o all stdout``) and parse its output.
-
-    Returns:
-        Totals, per-utterance counts and sclite's full output.
-    """
-    ids = {utt: trn_id(utt, utt2spk) for utt, _, _ in pairs}
+def score_sclite(pairs, unit, out_dir, sclite, utt2spk=None, case_sensitive=False):
+    """Per-utterance counts and the full output of NIST sclite (``-i rm -o all stdout``)."""
+    ids = {utt: utt if utt2spk is None else f"{utt2spk.get(utt, '')}-{utt}" for utt, _, _ in pairs}
+    if utt2spk is not None and any(utt not in utt2spk for utt in ids):
+        raise ScoreError(f"utterance '{next(u for u in ids if u not in utt2spk)}' is not in utt2spk")
     if len(set(ids.values())) != len(ids):
         raise ScoreError("trn ids are not unique after adding speaker prefixes")
-    ref_trn = os.path.join(out_dir, "ref.trn")
-    hyp_trn = os.path.join(out_dir, "hyp.trn")
-    write_trn(ref_trn, [(ids[u], tokenize(r, unit)) for u, r, _ in pairs])
-    write_trn(hyp_trn, [(ids[u], tokenize(h, unit)) for u, _, h in pairs])
-    cmd = [sclite, "-r", ref_trn, "trn", "-h", hyp_trn, "trn", "-i", "rm"]
-    if case_sensitive:
-        cmd.append("-s")
-    cmd += ["-o", "all", "stdout"]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for side, name in ((1, "ref.trn"), (2, "hyp.trn")):
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            f.writelines(f"{' '.join(tokenize(p[side], unit))} ({ids[p[0]]})\n" for p in pairs)
+    cmd = [sclite, "-r", os.path.join(out_dir, "ref.trn"), "trn", "-h", os.path.join(out_dir, "hyp.trn"),
+           "trn", "-i", "rm"] + (["-s"] if case_sensitive else []) + ["-o", "all", "stdout"]
+    proc = subprocess.run(cmd, capture_output=True)
     output = proc.stdout.decode("utf-8", "replace")
     if proc.returncode != 0:
-        raise ScoreError(
-            f"sclite failed (exit {proc.returncode}): "
-            f"{proc.stderr.decode('utf-8', 'replace')[-1000:]}"
-        )
+        raise ScoreError(f"sclite failed (exit {proc.returncode}): {proc.stderr.decode('utf-8', 'replace')[-1000:]}")
     scores = parse_sclite_pra(output)
-    per_utt: Dict[str, Counts] = {}
-    total = Counts()
-    for utt, _, _ in pairs:
-        if ids[utt] not in scores:
-            raise ScoreError(
-                f"sclite output has no alignment for utterance '{utt}' "
-                f"(id '{ids[utt]}'); see {out_dir}/result.txt"
-            )
-        c = Counts.from_scores(*scores[ids[utt]])
-        per_utt[utt] = c
-        total.add(c)
-    if len(scores) != len(pairs):
-        raise ScoreError(
-            f"sclite scored {len(scores)} utterances but {len(pairs)} were given"
-        )
-    return total, per_utt, output
+    missing = [utt for utt in ids if ids[utt] not in scores]
+    if missing or len(scores) != len(pairs):
+        raise ScoreError(f"sclite scored {len(scores)} of {len(pairs)} utterances (not: {missing[:10]}); "
+                         f"see {out_dir}/result.txt")
+    return {utt: Counts.from_scores(*scores[ids[utt]]) for utt in ids}, output
 
 
-def score_files(
-    ref_path: str,
-    hyp_path: str,
-    unit: str,
-    out_dir: str,
-    use_sclite: str = "auto",
-    sclite: Optional[str] = None,
-    utt2spk_path: Optional[str] = None,
-    missing_hyp: str = "error",
-    skip_empty_ref: bool = False,
-    case_sensitive: bool = False,
-) -> Dict[str, object]:
-    """Score ``hyp_path`` against ``ref_path`` and write ``out_dir`` outputs.
+def sclite_version(sclite: str) -> str:
+    out = subprocess.run([sclite], capture_output=True, text=True, errors="replace", timeout=60)
+    m = re.search(r"sclite Version: (\S+?),", out.stdout + out.stderr)
+    return m.group(1) if m else "unknown"
 
-    Returns:
-        The dict written to ``summary.json``.
-    """
-    ref = read_text(ref_path)
-    hyp = read_text(hyp_path)
+
+def score_files(ref_path, hyp_path, unit, out_dir, use_sclite="auto", sclite=None, utt2spk_path=None,
+                missing_hyp="error", skip_empty_ref=False, case_sensitive=False) -> Dict[str, object]:
+    """Score ``hyp_path`` against ``ref_path``, write ``out_dir``; returns ``summary.json``'s dict."""
+    ref, hyp = read_text(ref_path), read_text(hyp_path)
     utt2spk = None
     if utt2spk_path is not None:
         utt2spk = {k: v.split()[0] for k, v in read_text(utt2spk_path).items() if v}
-    pairs, notes = prepare_pairs(
-        ref, hyp, ref_path, hyp_path, missing_hyp, skip_empty_ref
-    )
+    pairs, notes = prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp, skip_empty_ref)
     os.makedirs(out_dir, exist_ok=True)
-    exe = None
-    if use_sclite in ("auto", "true"):
-        exe = find_sclite(sclite)
-        if exe is None and use_sclite == "true":
-            raise ScoreError(
-                f"--use_sclite true but sclite was not found "
-                f"({sclite or 'sclite'} on PATH); install NIST SCTK"
-            )
+    exe = find_sclite(sclite) if use_sclite in ("auto", "true") else None
+    if exe is None and use_sclite == "true":
+        raise ScoreError(f"--use_sclite true but sclite was not found ({sclite or 'sclite'} on PATH "
+                         f"or {_DEBIAN_SCLITE}); install NIST SCTK (Debian/Ubuntu: apt install sctk)")
     if exe is not None:
-        total, per_utt, result = score_sclite(
-            pairs, unit, out_dir, exe, utt2spk, case_sensitive
-        )
-        speakers = speaker_counts(per_utt, utt2spk) if utt2spk is not None else {}
-        scorer = "sclite"
+        per_utt, result = score_sclite(pairs, unit, out_dir, exe, utt2spk, case_sensitive)
+        scorer, version = "sclite", sclite_version(exe)
     else:
-        total, per_utt, aligned = score_python(pairs, unit, case_sensitive)
-        speakers = speaker_counts(per_utt, utt2spk) if utt2spk is not None else {}
-        result = (
-            format_summary(total, hyp_path, speakers)
-            + "\n\nDUMP OF SYSTEM ALIGNMENT STRUCTURE\n\n"
-            + aligned
-        )
-        scorer = "python"
+        per_utt, aligned = score_kaldialign(pairs, unit, case_sensitive)
+        scorer, version = "kaldialign", kaldialign.__version__
+    total = Counts()
+    for c in per_utt.values():
+        total.add(c)
+    speakers = speaker_counts(per_utt, utt2spk) if utt2spk is not None else {}
+    if exe is None:
+        result = (format_summary(total, hyp_path, speakers) + "\n\nDUMP OF SYSTEM ALIGNMENT STRUCTURE\n\n"
+                  + aligned)
     summary = summary_dict(total)
     if speakers:
         summary["speakers"] = {spk: summary_dict(c) for spk, c in speakers.items()}
-    summary.update(
-        {
-            "unit": unit,
-            "scorer": scorer,
-            "ref": ref_path,
-            "hyp": hyp_path,
-            **notes,
-        }
-    )
+    summary.update(unit=unit, scorer=scorer, scorer_version=version, ref=ref_path, hyp=hyp_path, **notes)
     with open(os.path.join(out_dir, "result.txt"), "w", encoding="utf-8") as f:
         f.write(result)
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    label = "WER" if unit == "word" else "CER"
-    logger.info(
-        "%s %.1f%% (Snt %d, Wrd %d, Corr %.1f Sub %.1f Del %.1f Ins %.1f, "
-        "S.Err %.1f) [%s] -> %s",
-        label,
-        summary["Err"],
-        summary["Snt"],
-        summary["Wrd"],
-        summary["Corr"],
-        summary["Sub"],
-        summary["Del"],
-        summary["Ins"],
-        summary["S.Err"],
-        scorer,
-        out_dir,
-    )
+        f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    logger.info("%s %.1f%% (Snt %d, Wrd %d, Corr %.1f Sub %.1f Del %.1f Ins %.1f, S.Err %.1f) [%s %s] -> %s",
+                "WER" if unit == "word" else "CER", *[summary[k] for k in
+                ["Err", "Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "S.Err"]], scorer, version, out_dir)
     return summary
 
 
-# ---------------------------------------------------------------------------
-# RESULTS.md
-# ---------------------------------------------------------------------------
 _COLUMNS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
-_SUMAVG_RE = re.compile(
-    r"\|\s*Sum/Avg\s*\|\s*(\d+)\s+(\d+)\s*\|\s*([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)"
-    r"\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s*\|"
-)
+_SUMAVG_RE = re.compile(r"\|\s*Sum/Avg\s*\|\s*(\d+)\s+(\d+)\s*\|" + r"\s*([-\d.]+)" * 6 + r"\s*\|")
 
 
-def read_score_dir(score_dir: str) -> Optional[List[str]]:
-    """Table cells ``[Snt, Wrd, Corr, ..., S.Err]`` of a score directory.
-
-    Uses ``summary.json`` when present, else the ``Sum/Avg`` line of
-    ``result.txt`` (so directories scored by ESPnet's own sclite stage work).
-    """
-    js = os.path.join(score_dir, "summary.json")
+def read_score_dir(score_dir: str, with_scorer: bool = False):
+    """Table cells ``[Snt, Wrd, Corr, ..., S.Err]`` of a score directory (None: not scored),
+    from ``summary.json`` or else the ``Sum/Avg`` line of ``result.txt`` (ESPnet's own
+    sclite stage); with ``with_scorer``, ``(cells, scorer)``."""
+    js, res = os.path.join(score_dir, "summary.json"), os.path.join(score_dir, "result.txt")
+    cells, scorer = None, None
     if os.path.isfile(js):
         with open(js, encoding="utf-8") as f:
             s = json.load(f)
-        return [str(s["Snt"]), str(s["Wrd"])] + [
-            f"{float(s[k]):.1f}" for k in _COLUMNS[2:]
-        ]
-    res = os.path.join(score_dir, "result.txt")
-    if os.path.isfile(res):
+        cells = [str(s["Snt"]), str(s["Wrd"])] + [f"{float(s[k]):.1f}" for k in _COLUMNS[2:]]
+        name = {"sclite": "NIST sclite", "kaldialign": "kaldialign"}.get(s.get("scorer"), s.get("scorer"))
+        scorer = f"{name or 'unknown'} {s.get('scorer_version', '')}".strip()
+        scorer += " (sclite_mode)" if s.get("scorer") == "kaldialign" else ""
+    elif os.path.isfile(res):
         with open(res, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                m = _SUMAVG_RE.search(line)
-                if m:
-                    return list(m.groups())
-        raise ScoreError(f"{res}: no Sum/Avg line found")
-    return None
+            found = [m.groups() for m in map(_SUMAVG_RE.search, f) if m]
+        if not found:
+            raise ScoreError(f"{res}: no Sum/Avg line found")
+        cells, scorer = list(found[0]), "unknown (result.txt only)"
+    return (cells, scorer) if with_scorer else cells
 
 
 def _git(project_dir: str, *args: str) -> Optional[str]:
     try:
-        proc = subprocess.run(
-            ["git", "-C", project_dir, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        proc = subprocess.run(["git", "-C", project_dir, *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
     except OSError:  # git not installed
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def environments(
-    project_dir: str, pretrained_model: str, notes: Sequence[str] = ()
-) -> str:
-    """ESPnet's ``## Environments`` block of ``RESULTS.md``.
-
-    Same fields as ESPnet's ``show_asr_result.sh`` (date, python, espnet and
-    pytorch versions, git hash and commit date), the hash being this project's
-    (``project_dir``), plus the pre-trained (SSL) model the ASR model started
-    from.  A checkout with uncommitted changes is marked as such, since the hash
-    alone would not reproduce it.
-    """
-    import time
-
+def environments(project_dir: str, pretrained_model: str, notes: Sequence[str] = ()) -> str:
+    """ESPnet's ``## Environments`` block (as ``show_asr_result.sh``), with this project's git
+    hash (marked when the checkout has uncommitted changes) and the pre-trained model."""
     import espnet
     import torch
 
-    lines = [
-        "## Environments",
-        f"- date: `{time.strftime('%a %b %d %H:%M:%S %Z %Y')}`",  # like `LC_ALL=C date`
-        f"- python version: `{sys.version}`",
-        f"- espnet version: `espnet {espnet.__version__}`",
-        f"- pytorch version: `pytorch {torch.__version__}`",
-    ]
+    lines = ["## Environments", f"- date: `{time.strftime('%a %b %d %H:%M:%S %Z %Y')}`",
+             f"- python version: `{sys.version}`", f"- espnet version: `espnet {espnet.__version__}`",
+             f"- pytorch version: `pytorch {torch.__version__}`"]
     git_hash = _git(project_dir, "rev-parse", "HEAD")
     if git_hash is None:
         lines.append(f"- Git hash: unknown ({project_dir} is not a git checkout)")
     else:
         dirty = _git(project_dir, "status", "--porcelain", "--untracked-files=no")
-        note = " (with uncommitted changes)" if dirty else ""
-        lines.append(f"- Git hash: `{git_hash}`{note}")
+        lines.append(f"- Git hash: `{git_hash}`" + (" (with uncommitted changes)" if dirty else ""))
         lines.append(f"  - Commit date: `{_git(project_dir, 'log', '-1', '--format=%cd')}`")
-    lines.append(f"- Pretrained model: `{pretrained_model}`")
-    lines += [f"- {note}" for note in notes]
+    lines += [f"- Pretrained model: `{pretrained_model}`"] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
 def results_table(exp_dirs: Sequence[str], metrics=("wer", "cer", "ter")) -> str:
-    """ESPnet ``RESULTS.md`` sections for the given experiment directories."""
+    """ESPnet ``RESULTS.md`` sections, each table followed by the scorer(s) of its numbers."""
     out = []
-    for exp in exp_dirs:
-        exp = exp.rstrip("/")
+    for exp in (e.rstrip("/") for e in exp_dirs):
         if not os.path.isdir(exp):
             raise ScoreError(f"{exp}: not a directory")
         section = [f"## {os.path.basename(exp)}"]
         for metric in metrics:
-            dirs = sorted(glob.glob(os.path.join(exp, "*", "*", f"score_{metric}")))
-            rows = []
-            for d in dirs:
-                cells = read_score_dir(d)
-                if cells is None:
-                    continue
-                dataset = os.path.relpath(os.path.dirname(d), exp)
-                rows.append("|" + "|".join([dataset] + cells) + "|")
+            rows, scorers = [], []
+            for d in sorted(glob.glob(os.path.join(exp, "*", "*", f"score_{metric}"))):
+                cells, scorer = read_score_dir(d, with_scorer=True)
+                if cells is not None:
+                    rows.append("|" + "|".join([os.path.relpath(os.path.dirname(d), exp)] + cells) + "|")
+                    scorers += [scorer] if scorer not in scorers else []
             if rows:
-                section += [
-                    f"### {metric.upper()}",
-                    "",
-                    "|dataset|" + "|".join(_COLUMNS) + "|",
-                    "|" + "---|" * (len(_COLUMNS) + 1),
-                    *rows,
-                    "",
-                ]
+                section += [f"### {metric.upper()}", "", "|dataset|" + "|".join(_COLUMNS) + "|",
+                            "|" + "---|" * (len(_COLUMNS) + 1), *rows, "",
+                            f"Scored with {', '.join(scorers)}.", ""]
         if len(section) == 1:
             logger.warning("%s: no score_{wer,cer,ter} directories found", exp)
             continue
@@ -746,46 +393,29 @@ def results_table(exp_dirs: Sequence[str], metrics=("wer", "cer", "ter")) -> str
     return "\n".join(out)
 
 
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
 def _str2bool(value: str) -> bool:
-    v = value.lower()
-    if v in ("true", "1", "yes"):
-        return True
-    if v in ("false", "0", "no"):
-        return False
+    if value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
     raise argparse.ArgumentTypeError(f"expected true/false, got '{value}'")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         if argv and argv[0] == "results_table":
-            p = argparse.ArgumentParser(
-                prog="python -m espnet2_birq.bin.score results_table",
-                description="Print ESPnet RESULTS.md sections to stdout.",
-            )
+            p = argparse.ArgumentParser(prog="python -m espnet2_birq.bin.score results_table",
+                                        description="Print ESPnet RESULTS.md sections to stdout.")
             p.add_argument("--exp_dir", nargs="+", required=True)
-            p.add_argument(
-                "--pretrained_model",
-                default=None,
-                help="print ESPnet's '## Environments' block first, naming this "
-                "pre-trained model ('none' when trained from scratch)",
-            )
-            p.add_argument(
-                "--project_dir",
-                default=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                help="git checkout whose hash goes into the Environments block",
-            )
-            p.add_argument(
-                "--note", action="append", default=[],
-                help="extra line for the Environments block (repeatable)",
-            )
+            p.add_argument("--pretrained_model", default=None,
+                           help="print ESPnet's '## Environments' block first, naming this "
+                           "pre-trained model ('none' when trained from scratch)")
+            p.add_argument("--project_dir", default=project,
+                           help="git checkout whose hash goes into the Environments block")
+            p.add_argument("--note", action="append", default=[],
+                           help="extra line for the Environments block (repeatable)")
             args = p.parse_args(argv[1:])
             text = results_table(args.exp_dir)
             if args.pretrained_model is not None:
@@ -794,33 +424,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if text:
                 print(text)
             return 0
-        p = argparse.ArgumentParser(
-            prog="python -m espnet2_birq.bin.score",
-            description="WER/CER scoring (sclite-compatible).",
-        )
+        p = argparse.ArgumentParser(prog="python -m espnet2_birq.bin.score",
+                                    description="WER/CER scoring (NIST sclite, or kaldialign with sclite's costs).")
         p.add_argument("--ref", required=True, help="reference Kaldi text")
         p.add_argument("--hyp", required=True, help="hypothesis Kaldi text")
         p.add_argument("--unit", choices=["word", "char"], default="word")
         p.add_argument("--out_dir", required=True)
-        p.add_argument("--utt2spk", default=None, help="for (spk-utt) trn ids")
-        p.add_argument("--use_sclite", choices=["auto", "true", "false"], default="auto")
+        p.add_argument("--utt2spk", default=None, help="per-speaker rows and (spk-utt) trn ids")
+        p.add_argument("--use_sclite", choices=["auto", "true", "false"], default="auto",
+                       help="auto: sclite when found, else kaldialign")
         p.add_argument("--sclite", default=None, help="sclite executable")
         p.add_argument("--missing_hyp", choices=["error", "empty"], default="error")
         p.add_argument("--skip_empty_ref", type=_str2bool, default=False)
         p.add_argument("--case_sensitive", type=_str2bool, default=False)
-        args = p.parse_args(argv)
-        score_files(
-            args.ref,
-            args.hyp,
-            args.unit,
-            args.out_dir,
-            use_sclite=args.use_sclite,
-            sclite=args.sclite,
-            utt2spk_path=args.utt2spk,
-            missing_hyp=args.missing_hyp,
-            skip_empty_ref=args.skip_empty_ref,
-            case_sensitive=args.case_sensitive,
-        )
+        a = p.parse_args(argv)
+        score_files(a.ref, a.hyp, a.unit, a.out_dir, use_sclite=a.use_sclite, sclite=a.sclite,
+                    utt2spk_path=a.utt2spk, missing_hyp=a.missing_hyp, skip_empty_ref=a.skip_empty_ref,
+                    case_sensitive=a.case_sensitive)
     except ScoreError as e:
         logger.error("%s", e)
         return 1

@@ -14,7 +14,7 @@ export PYTHONPATH="${MAIN_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 export PATH="${PWD}/utils:${PATH}"
 export LC_ALL=C
 export PYTHONIOENCODING=UTF-8
-# sclite (SCTK) is used for scoring when found; the pure-python scorer otherwise.
+# NIST sclite (SCTK) scores when found; kaldialign (pip, sclite's costs) otherwise.
 if [ -x /usr/lib/sctk/bin/sclite ]; then
     export PATH="${PATH}:/usr/lib/sctk/bin"
 fi

@@ -159,7 +159,7 @@ Options (default):
     --feats_type      # fbank or raw (default: ${feats_type}); raw: SSL reads the pre-training
                       # waveforms with the in-model kaldi_fbank frontend (identical features)
     --global_cmvn     # global CMVN from the pre-training set for SSL and ASR (default: ${global_cmvn})
-    --fs              # sampling rate (default: ${fs})
+    --fs              # sampling rate in Hz, or kHz with a k: 16k = 16000 (default: ${fs})
     --min_frames      # audio shorter than this many 10 ms frames is bad audio (default: ${min_frames});
                       # the encoder's subsampling fails on shorter input (conv2d: 7, conv2d6: 11, conv2d8: 15)
     --skip_bad_audio  # drop unreadable/empty recordings in stage 1 (data/<set>/bad_audio) and bad audio in
@@ -233,6 +233,7 @@ Options (default):
 Every stage can be re-run: finished work is skipped (marker files .done) or redone
 deterministically. Delete the marker (printed in the skip message) to force a re-run.
 Markers record their inputs: stages 2-3 redo changed work, stages 5-6 refuse it.
+A config (.yaml) counts by its parsed values: editing comments or layout redoes nothing.
 One run at a time per dump/ and experiment directory (a lock; a second run refuses).
 Commands run through \${train_cmd}, \${cuda_cmd} and \${decode_cmd} from cmd.sh.
 EOF
@@ -292,6 +293,16 @@ if [ "${train_mode}" = bljust ] && [ "${freeze_encoder_epochs}" -gt 0 ]; then
     die "--freeze_encoder_epochs applies to fine-tuning; BL-JUST trains the encoder from its first update (--train_mode bljust)"
 fi
 [ "${inference_nj}" -ge 1 ] || die "--inference_nj must be >= 1"
+# --fs in Hz, or in kHz with a k as asr.sh accepts it (16k = 16000, 44.1k = 44100)
+if [[ ${fs} =~ ^([0-9]+)(\.([0-9]{1,3}))?[kK]$ ]]; then
+    _frac=${BASH_REMATCH[3]}000
+    fs=$((10#${BASH_REMATCH[1]} * 1000 + 10#${_frac:0:3}))
+elif [[ ${fs} =~ ^[0-9]+$ ]]; then
+    fs=$((10#${fs}))
+else
+    die "--fs must be a sampling rate in Hz (16000) or in kHz with a k (16k, 44.1k), got '${fs}'"
+fi
+[ "${fs}" -gt 0 ] || die "--fs must be positive, got ${fs}"
 
 export PYTHONIOENCODING=UTF-8
 export PYTHON=${python}  # used by the utils/*.sh wrappers
@@ -380,25 +391,47 @@ need() {  # need FILE STAGE: stop with a message when a prerequisite is missing
 }
 # Stage markers record what their result was computed from: the checksum of each
 # input file and the options that matter.  A marker whose inputs changed is stale.
-fingerprint() {  # fingerprint INPUT...: one line per input (a file, or a name=value option)
-    local x
+# A YAML config counts by its parsed content (ESPnet reads it with yaml.safe_load):
+# comments, formatting and key order never make a finished stage stale; values do.
+config_digest() {  # config_digest FILE: md5 of the parsed YAML, dumped canonically (nothing: unparsable)
+    ${python} -c 'import hashlib, json, sys, yaml; data = yaml.safe_load(open(sys.argv[1], encoding="utf-8")); print(hashlib.md5(json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest())' \
+        "$1" 2> /dev/null || true
+}
+fingerprint() {  # fingerprint INPUT...: one line per input (a file, a YAML config, or a name=value option)
+    local x digest
     for x in "$@"; do
         if [[ ${x} == *=* && ! -e ${x} ]]; then
             echo "option ${x}"
         elif [ -f "${x}" ]; then
-            echo "file ${x} $(md5sum < "${x}" | cut -d ' ' -f 1)"
+            digest=
+            [[ ${x} == *.yaml || ${x} == *.yml ]] && digest=$(config_digest "${x}")
+            if [[ ${digest} =~ ^[0-9a-f]{32}$ ]]; then
+                echo "config ${x} ${digest}"
+            else  # not YAML, or not parsable as YAML: byte for byte
+                echo "file ${x} $(md5sum < "${x}" | cut -d ' ' -f 1)"
+            fi
         else
             echo "file ${x} absent"
         fi
     done
 }
 marker_changes() {  # marker_changes MARKER INPUT...: the recorded inputs that differ now (empty: none)
-    local recorded
+    local recorded now kind x sum line
     grep -q '^# inputs$' "$1" || return 0  # marker of an older ssl.sh: nothing recorded
     recorded=$(sed -n '/^# inputs$/,$p' "$1" | tail -n +2)
     shift
+    now=$(fingerprint "$@")
+    # Markers of an older ssl.sh record configs byte for byte ("file X md5"): such a
+    # line stands for the config as it is now while the file's bytes are unchanged.
+    while read -r kind x sum; do
+        [ "${kind}" = file ] && [[ ${x} == *.yaml || ${x} == *.yml ]] && [ -f "${x}" ] || continue
+        [ "$(md5sum < "${x}" | cut -d ' ' -f 1)" = "${sum}" ] || continue
+        line=$(awk -v x="${x}" '$1 == "config" && $2 == x { print; exit }' <<< "${now}")
+        [ -n "${line}" ] || continue
+        recorded=$(awk -v old="file ${x} ${sum}" -v new="${line}" '$0 == old { $0 = new } 1' <<< "${recorded}")
+    done <<< "${recorded}"
     # both sides through $(...) and echo: a marker without inputs (recorded and now empty) is unchanged
-    diff <(echo "${recorded}") <(echo "$(fingerprint "$@")") | sed -n 's/^> /now: /p; s/^< /was: /p' || true
+    diff <(echo "${recorded}") <(echo "${now}") | sed -n 's/^> /now: /p; s/^< /was: /p' || true
 }
 is_done() {  # is_done MARKER WHAT [INPUT...]: done and its inputs unchanged? (changed: redo)
     local marker=$1 what=$2 changes
