@@ -153,11 +153,14 @@ def test_recipe_ssl_config_is_the_shared_model(corpus, objective):
                         assert r["conf"].get(k) == s["conf"].get(k), (key, k)
             continue
         assert recipe.get(key) == shared.get(key), key
-    # BiRQ's enhanced labels come from half the depth
+    # BiRQ as published: enhanced labels from round(0.7 x depth), constant weights
     if objective == "birq":
+        from espnet2_birq.losses.birq import default_label_layer
+
         conf = recipe["loss"][0]["conf"]
-        assert conf["label_layer"] * 2 == recipe["encoder_conf"]["num_blocks"]
-        assert conf["warmup_steps"] < conf["gamma_ramp_steps"]
+        assert conf["label_layer"] == default_label_layer(recipe["encoder_conf"]["num_blocks"])
+        assert (conf["enhanced_weight"], conf["anchor_weight"]) == (0.1, 2.4)
+        assert conf["gamma_schedule"] == "constant" and conf["warmup_steps"] == 0
     assert recipe["batch_type"] == "numel" and recipe.get("accum_grad", 1) >= 1
 
 

@@ -73,16 +73,19 @@ def test_collapse_ctc():
     assert collapse_ctc([], blank_id=0) == []
 
 
-def test_greedy_decode_and_espnet_delegation(tmp_path, audio_set, monkeypatch):
+@pytest.mark.parametrize("encoder", ["conformer", "windowed_conformer"])
+def test_greedy_decode_and_espnet_delegation(tmp_path, audio_set, monkeypatch, encoder):
     """Train a tiny CTC model for one epoch on kaldi_ark fbank, then decode.
 
     Greedy decoding of a padded batch must equal best-path decoding computed here
     utterance by utterance (padding must not leak into the result), its text must be
     the detokenised tokens, and the delegation to ESPnet's beam search must write
-    a hypothesis for every utterance.
+    a hypothesis for every utterance. A ``windowed_conformer`` model (the C3 encoder,
+    unknown to ESPnet's own ASR task) trains, passes stage 6's check and decodes both ways.
     """
     import torch
-    from espnet2.bin import asr_train
+
+    from espnet2_birq.bin import asr_train
 
     from espnet2_birq.bin import asr_decode
     from espnet2_birq.features import kaldi_fbank
@@ -121,6 +124,9 @@ def test_greedy_decode_and_espnet_delegation(tmp_path, audio_set, monkeypatch):
             "keep_nbest_models": 1,
         },
     )
+    if encoder == "windowed_conformer":
+        config["encoder"] = encoder
+        config["encoder_conf"] = dict(config["encoder_conf"], attention_window=3)
     Path("asr.yaml").write_text(yaml.safe_dump(config))
     data = ["--train_data_path_and_name_and_type", "feats.scp,speech,kaldi_ark",
             "--train_data_path_and_name_and_type", "text,text,text",
@@ -150,9 +156,17 @@ def test_greedy_decode_and_espnet_delegation(tmp_path, audio_set, monkeypatch):
     beam = read_kaldi_text(Path("beam/1best_recog/text"))
     assert sorted(greedy) == sorted(feats) == sorted(beam)
 
-    from espnet2.tasks.asr import ASRTask
+    from espnet2_birq.bin.asr_train import GuardedASRTask
+    from espnet2_birq.bin.check_init import verify
 
-    asr_model, _ = ASRTask.build_model_from_file("exp/asr/config.yaml", model, "cpu")
+    asr_model, _ = GuardedASRTask.build_model_from_file("exp/asr/config.yaml", model, "cpu")
+    if encoder == "windowed_conformer":
+        assert yaml.safe_load(Path("exp/asr/config.yaml").read_text())["encoder"] == encoder
+        assert isinstance(asr_model.encoder.encoders[0].self_attn, torch.nn.Module)
+    # stage 6's check: the trained encoder loads completely into the fine-tuning model
+    loaded = verify(Path(model), Path("asr.yaml"), Path("tokens.txt"),
+                    ["--input_size", "80", "--token_type", "char"])
+    assert loaded == len(asr_model.encoder.state_dict())
     asr_model.eval()
     with torch.no_grad():
         for key, feat in feats.items():

@@ -108,8 +108,9 @@ def test_every_config_builds_and_runs(config, mvn_stats):
     if "debug" in config.name:
         assert num_params < 1_000_000
     else:
-        assert 50_000_000 < num_params < 250_000_000
-        assert len(model.encoder.encoders) >= 12
+        # paper scale: ~160M (24-block Conformer, C2) up to C3's 298M with two heads
+        assert 50_000_000 < num_params < 320_000_000
+        assert len(model.encoder.encoders) >= 10
     model.eval()
     torch.manual_seed(0)
     with torch.no_grad():

@@ -17,18 +17,22 @@ token_int,score}``.
 
 import logging
 import sys
+from unittest import mock
 from typing import List
 
 import torch
 
 from espnet2.bin import asr_inference
 from espnet2.fileio.datadir_writer import DatadirWriter
-from espnet2.tasks.asr import ASRTask
 from espnet2.text.build_tokenizer import build_tokenizer
 from espnet2.text.token_id_converter import TokenIDConverter
 from espnet2.torch_utils.device_funcs import to_device
 from espnet2.utils.types import str2bool
 from espnet.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+
+# ESPnet's ASR task plus this project's encoder choices (windowed_conformer): greedy
+# decoding builds the model with it, and ESPnet's beam search is handed it too.
+from espnet2_birq.bin.asr_train import GuardedASRTask as ASRTask
 
 
 def get_parser():
@@ -149,7 +153,11 @@ def main(cmd=None) -> None:
     kwargs = vars(args)
     kwargs.pop("config", None)
     kwargs.pop("ctc_greedy")
-    asr_inference.inference(**kwargs)
+    # asr_inference's Speech2Text builds the model with its module's ASRTask, whose
+    # encoder choices are ESPnet's; this process hands it the task with ours instead
+    # (same build for ESPnet's encoders), so a windowed_conformer model decodes too.
+    with mock.patch.object(asr_inference, "ASRTask", ASRTask):
+        asr_inference.inference(**kwargs)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def verify(
             checkpoint, has another shape, or did not load.
     """
     import torch
-    from espnet2.tasks.asr import ASRTask
+    # ESPnet's ASR task plus this project's encoder choices (windowed_conformer)
+    from espnet2_birq.bin.asr_train import GuardedASRTask as ASRTask
     from espnet2.torch_utils.load_pretrained_model import load_pretrained_model
 
     state = load_state(ckpt)

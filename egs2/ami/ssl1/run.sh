@@ -4,12 +4,18 @@
 # greedy CTC decoding and WER of dev and eval. One microphone condition per run:
 # individual headsets (ihm, default) or the first channel of array 1 (sdm).
 # Every stage lives in ./ssl.sh; this file only sets the AMI defaults (see README.md).
+# The default model is the BiRQ paper's AMI/YODAS encoder "C3" (10-block, 275M Conformer
+# with windowed attention, 128 utterances per update; CTC fine-tuning 30 epochs with a
+# tri-stage schedule), from the shared ../../../conf/*_c3.yaml. The paper pre-trains it
+# on YODAS (../../yodas/ssl1) and fine-tunes here: README.md, "The paper's protocol".
 #
-#   ./run.sh                       # IHM, all stages on 8 GPUs of this machine (BiRQ)
+#   ./run.sh                       # IHM, all stages on 8 GPUs of this machine (BiRQ, C3)
 #   ./run.sh --mic sdm             # SDM: sets sdm_train, sdm_dev, sdm_eval
-#   ./run.sh --ssl_config conf/train_ssl_best_rq_conformer.yaml   # BEST-RQ baseline
-#   ./run.sh --ngpu 1 --ssl_args "--batch_bins 2500000 --accum_grad 8" \
-#            --asr_args "--batch_bins 4000000 --accum_grad 4"     # one GPU, same batches
+#   ./run.sh --ssl_config ../../../conf/train_ssl_best_rq_c3.yaml   # BEST-RQ baseline (C3)
+#   ./run.sh --ssl_config conf/train_ssl_birq_conformer.yaml \
+#            --asr_config conf/train_asr_ctc.yaml                    # 24-block, 159M alternative
+#   ./run.sh --ngpu 1 --ssl_args "--batch_size 16 --accum_grad 8" \
+#            --asr_args "--batch_size 16 --accum_grad 8"          # one GPU, same batches
 #   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
 #   ./run.sh --help                # this recipe's settings, then every ssl.sh option
 # Recipe option (anywhere on the command line; consumed here, not passed to ssl.sh):
@@ -40,12 +46,12 @@ train_set=${mic}_train            # the same segments, labelled, for fine-tuning
 valid_set=${mic}_dev
 test_sets="${mic}_dev ${mic}_eval"
 
-ssl_config=conf/train_ssl_birq_conformer.yaml
-asr_config=conf/train_asr_ctc.yaml
+ssl_config=../../../conf/train_ssl_birq_c3.yaml  # the BiRQ paper's C3 (README.md)
+asr_config=../../../conf/train_asr_ctc_c3.yaml   # its fine-tuning: CTC, 30 epochs, tri-stage lr
 inference_config=conf/decode_ctc_greedy.yaml
 bljust_config=conf/train_bljust_conformer.yaml  # --train_mode bljust (joint training, needs --feats_type fbank)
 
-ngpu=8                            # the configs' batches are sized for 8 GPUs (README.md)
+ngpu=8                            # batches are per update over all GPUs (README.md)
 feats_type=fbank                  # utterances are segments of long recordings: dump fbank
 token_type=bpe
 nbpe=300                          # unigram BPE for ~80 h CTC fine-tuning (README.md)
@@ -62,8 +68,10 @@ Recipe option:
 Recipe settings (passed to ssl.sh; override any of them on the command line):
   --pretrain_set ${pretrain_set}    --train_set ${train_set}
   --valid_set ${valid_set}          --test_sets "${test_sets}"
-  --ssl_config ${ssl_config}   (BEST-RQ: conf/train_ssl_best_rq_conformer.yaml)
+  --ssl_config ${ssl_config}   (BEST-RQ: ../../../conf/train_ssl_best_rq_c3.yaml)
   --asr_config ${asr_config}   --inference_config ${inference_config}
+      (24-block, 159M alternative: --ssl_config conf/train_ssl_birq_conformer.yaml or
+      conf/train_ssl_best_rq_conformer.yaml, with --asr_config conf/train_asr_ctc.yaml)
   --bljust_config ${bljust_config}   (BL-JUST instead of pre-training + fine-tuning:
       $0 --train_mode bljust --feats_type fbank)
   --ngpu ${ngpu}   --feats_type ${feats_type}   --token_type ${token_type}   --nbpe ${nbpe}   --bpemode unigram

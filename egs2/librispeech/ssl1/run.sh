@@ -2,12 +2,17 @@
 # LibriSpeech recipe: BiRQ (default) or BEST-RQ pre-training on the 960 h of
 # train-{clean-100,clean-360,other-500}, CTC fine-tuning on train-clean-100 (100 h),
 # greedy CTC decoding and WER of dev/test clean/other. Every stage lives in ./ssl.sh;
-# this file only sets the LibriSpeech defaults (see README.md).
+# this file only sets the LibriSpeech defaults (see README.md). The default model is
+# the BiRQ paper's LibriSpeech setup "C2" (10-block, 155M Conformer, 64 utterances per
+# update, 100 epochs; CTC fine-tuning 30 epochs with a tri-stage schedule), from the
+# shared ../../../conf/*_c2.yaml.
 #
-#   ./run.sh                       # all stages on 8 GPUs of this machine (BiRQ)
-#   ./run.sh --ssl_config conf/train_ssl_best_rq_conformer.yaml   # BEST-RQ baseline
-#   ./run.sh --ngpu 1 --ssl_args "--batch_bins 10000000 --accum_grad 8" \
-#            --asr_args "--batch_bins 4000000 --accum_grad 4"     # one GPU, same batches
+#   ./run.sh                       # all stages on 8 GPUs of this machine (BiRQ, C2)
+#   ./run.sh --ssl_config ../../../conf/train_ssl_best_rq_c2.yaml   # BEST-RQ baseline (C2)
+#   ./run.sh --ssl_config conf/train_ssl_birq_conformer.yaml \
+#            --asr_config conf/train_asr_ctc.yaml                    # 24-block, 159M alternative
+#   ./run.sh --ngpu 1 --ssl_args "--batch_size 16 --accum_grad 4" \
+#            --asr_args "--batch_size 16 --accum_grad 4"          # one GPU, same batches
 #   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
 #   ./run.sh --stage 6 --pretrained none                            # fine-tune from scratch
 #   ./run.sh --help                # this recipe's settings, then every ssl.sh option
@@ -21,12 +26,12 @@ train_set=train_clean_100         # 100 h labelled fine-tuning set
 valid_set=dev_other               # validation of pre-training and fine-tuning
 test_sets="dev_clean dev_other test_clean test_other"
 
-ssl_config=conf/train_ssl_birq_conformer.yaml
-asr_config=conf/train_asr_ctc.yaml
+ssl_config=../../../conf/train_ssl_birq_c2.yaml  # the BiRQ paper's C2 (README.md)
+asr_config=../../../conf/train_asr_ctc_c2.yaml   # its fine-tuning: CTC, 30 epochs, tri-stage lr
 inference_config=conf/decode_ctc_greedy.yaml
 bljust_config=conf/train_bljust_conformer.yaml  # --train_mode bljust (joint training, needs --feats_type fbank)
 
-ngpu=8                            # the configs' batches are sized for 8 GPUs (README.md)
+ngpu=8                            # batches are per update over all GPUs (README.md)
 feats_type=raw                    # pre-training reads the flac files (no 110 GB fbank dump)
 token_type=bpe
 nbpe=300                          # unigram BPE for 100 h CTC fine-tuning (README.md)
@@ -40,8 +45,10 @@ Usage: $0 [options]   (LibriSpeech: BiRQ/BEST-RQ pre-training + CTC fine-tuning)
 Recipe settings (passed to ssl.sh; override any of them on the command line):
   --pretrain_set ${pretrain_set}    --train_set ${train_set}
   --valid_set ${valid_set}          --test_sets "${test_sets}"
-  --ssl_config ${ssl_config}   (BEST-RQ: conf/train_ssl_best_rq_conformer.yaml)
+  --ssl_config ${ssl_config}   (BEST-RQ: ../../../conf/train_ssl_best_rq_c2.yaml)
   --asr_config ${asr_config}   --inference_config ${inference_config}
+      (24-block, 159M alternative: --ssl_config conf/train_ssl_birq_conformer.yaml or
+      conf/train_ssl_best_rq_conformer.yaml, with --asr_config conf/train_asr_ctc.yaml)
   --bljust_config ${bljust_config}   (BL-JUST instead of pre-training + fine-tuning:
       $0 --train_mode bljust --feats_type fbank)
   --ngpu ${ngpu}   --feats_type ${feats_type}   --token_type ${token_type}   --nbpe ${nbpe}   --bpemode unigram

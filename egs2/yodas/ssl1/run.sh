@@ -3,12 +3,16 @@
 # BEST-RQ pre-training on ~5,000 h, CTC fine-tuning on a 100 h captioned subset of it
 # (split by video), greedy CTC decoding and WER of held-out dev and test sets (5 h each,
 # disjoint videos). Every stage lives in ./ssl.sh; this file only sets the YODAS
-# defaults (see README.md).
+# defaults (see README.md). The default model is the BiRQ paper's YODAS encoder "C3"
+# (10-block, 275M Conformer with windowed attention, 128 utterances per update, 100
+# epochs), from the shared ../../../conf/train_ssl_*_c3.yaml; the paper fine-tunes it on
+# AMI (../../ami/ssl1, README.md there), this recipe also on its own 100 h subset.
 #
-#   ./run.sh                       # 5,000 h, all stages on 8 GPUs of this machine (BiRQ)
-#   ./run.sh --hours 1000 --finetune_hours 50    # smaller selection (scale max_epoch, README)
-#   ./run.sh --ssl_config conf/train_ssl_best_rq_conformer.yaml   # BEST-RQ baseline
-#   ./run.sh --ngpu 1 --ssl_args "--batch_bins 10000000 --accum_grad 8" \
+#   ./run.sh                       # 5,000 h, all stages on 8 GPUs of this machine (BiRQ, C3)
+#   ./run.sh --hours 1000 --finetune_hours 50    # smaller selection (README)
+#   ./run.sh --ssl_config ../../../conf/train_ssl_best_rq_c3.yaml   # BEST-RQ baseline (C3)
+#   ./run.sh --ssl_config conf/train_ssl_birq_conformer.yaml     # 24-block, 159M alternative
+#   ./run.sh --ngpu 1 --ssl_args "--batch_size 16 --accum_grad 8" \
 #            --asr_args "--batch_bins 4000000 --accum_grad 4"     # one GPU, same batches
 #   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
 #   ./run.sh --help                # this recipe's settings, then every ssl.sh option
@@ -42,12 +46,12 @@ train_set=finetune                # ${finetune_hours} h labelled subset of pretr
 valid_set=dev                     # 5 h, videos disjoint from pretrain
 test_sets="dev test"
 
-ssl_config=conf/train_ssl_birq_conformer.yaml
-asr_config=conf/train_asr_ctc.yaml
+ssl_config=../../../conf/train_ssl_birq_c3.yaml  # the BiRQ paper's C3 (README.md)
+asr_config=conf/train_asr_ctc.yaml                # the paper fine-tunes C3 on AMI only; this one fits any encoder
 inference_config=conf/decode_ctc_greedy.yaml
 bljust_config=conf/train_bljust_conformer.yaml  # --train_mode bljust (joint training, needs --feats_type fbank)
 
-ngpu=8                            # the configs' batches are sized for 8 GPUs (README.md)
+ngpu=8                            # batches are per update over all GPUs (README.md)
 feats_type=raw                    # pre-training reads the audio files (no 576 GB fbank dump)
 token_type=bpe
 nbpe=300                          # unigram BPE for 100 h CTC fine-tuning (README.md)
@@ -65,7 +69,8 @@ Recipe options (go to local/data.sh):
 Recipe settings (passed to ssl.sh; override any of them on the command line):
   --pretrain_set ${pretrain_set}    --train_set ${train_set}
   --valid_set ${valid_set}          --test_sets "${test_sets}"
-  --ssl_config ${ssl_config}   (BEST-RQ: conf/train_ssl_best_rq_conformer.yaml)
+  --ssl_config ${ssl_config}   (BEST-RQ: ../../../conf/train_ssl_best_rq_c3.yaml;
+      24-block, 159M alternative: conf/train_ssl_birq_conformer.yaml, conf/train_ssl_best_rq_conformer.yaml)
   --asr_config ${asr_config}   --inference_config ${inference_config}
   --bljust_config ${bljust_config}   (BL-JUST instead of pre-training + fine-tuning:
       $0 --train_mode bljust --feats_type fbank)
