@@ -34,19 +34,34 @@ itself with ``GLIBC_TUNABLES`` set to keep freed memory in the process
 (``--allocator retain``); ``--allocator system`` measures glibc's default. The minor
 page faults per step are printed either way.
 
+Guard overhead (``--guard_models birq,mt4ssl``, on by default): the same models, batch
+and optimisers run whole update steps through ESPnet's training loop, alternately its
+plain ``Trainer.train_one_epoch`` and the project's ``GuardedTrainer.train_one_epoch``
+(non-finite guards: input test, state-buffer snapshot, skipped-update restore, buffer
+test after each update), ``--guard_steps`` steps per call, ``--guard_reps`` times each.
+Printed per model: the median step of each, their ratio, and the guard's own work per
+update (the wall time spent inside the guard's hooks and the model's buffer snapshot and
+restore, timed where they are called) as a fraction of the plain step. MT4SSL holds an
+EMA teacher as large as the encoder in buffers: the case a guard copying every buffer
+would pay for. The ratio of the two step medians is noisy on a loaded machine; the
+guard's work is measured directly and is the figure to read.
+
 Usage::
 
     python bench/step_cost.py [--encoder conformer] [--device cpu|cuda] [--batch 8]
-        [--seconds 8] [--reps 10] [--size debug|base|paper]
+        [--seconds 8] [--reps 10] [--size debug|base|c2|paper]
         [--allocator retain|system] [--profile]
+        [--guard_models birq,mt4ssl|none] [--guard_steps 4] [--guard_reps 3]
 """
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -75,6 +90,15 @@ SIZES = {
         extra=dict(cnn_module_kernel=15, cgmlp_linear_units=576, cgmlp_conv_kernel=15,
                    merge_conv_kernel=15),
         label_layer=4,
+        codebook=8192,
+    ),
+    # the BiRQ paper's LibriSpeech encoder C2 (conf/train_ssl_birq_c2.yaml's shape:
+    # d=768, 10 blocks, k=7, 159M encoder) on the shipped config of --encoder
+    "c2": dict(
+        encoder=dict(output_size=768, attention_heads=12, linear_units=3072, num_blocks=10),
+        extra=dict(cnn_module_kernel=31, cgmlp_linear_units=3072, cgmlp_conv_kernel=31,
+                   merge_conv_kernel=31),
+        label_layer=7,
         codebook=8192,
     ),
     # the shipped config unchanged (conformer: d=512, 24 blocks, k=12, 159M encoder)
@@ -163,6 +187,148 @@ def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
     return sum(storages.values())
 
 
+
+class GuardTimer:
+    """Wall time spent inside the non-finite guards, wherever they are called.
+
+    Wraps the hooks of ``espnet2_birq.train.trainer`` (the input test, the update
+    guard's ``before_batch``, ``end_of_update`` and ``check_pending``) and the model's
+    ``_buffer_snapshot`` / ``_restore_buffers``; whichever of them exist, so that an
+    older version of the trainer is measured the same way. Nested calls count once.
+    """
+
+    TRAINER_HOOKS = ("before_batch", "end_of_update", "check_pending")
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.depth = 0
+        self.enabled = True
+
+    def wrap(self, function):
+        timer = self
+
+        def timed(*args, **kwargs):
+            if timer.depth or not timer.enabled:
+                return function(*args, **kwargs)
+            timer.depth += 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                timer.seconds += time.perf_counter() - start
+                timer.depth -= 1
+
+        return timed
+
+    @contextlib.contextmanager
+    def installed(self):
+        from espnet2_birq import ssl_model
+        from espnet2_birq.train import trainer
+
+        saved = []
+
+        def patch(owner, name, wrap_static=False):
+            if name not in vars(owner):
+                return
+            original = vars(owner)[name]
+            saved.append((owner, name, original))
+            if wrap_static:
+                setattr(owner, name, staticmethod(self.wrap(original.__func__)))
+            else:
+                setattr(owner, name, self.wrap(original))
+
+        patch(trainer, "non_finite_utterances")
+        for hook in self.TRAINER_HOOKS:
+            patch(trainer._UpdateGuard, hook)
+        model_class = ssl_model.BirqSSLModel
+        patch(model_class, "_buffer_snapshot")
+        patch(model_class, "_restore_buffers",
+              wrap_static=isinstance(vars(model_class).get("_restore_buffers"), staticmethod))
+        try:
+            yield self
+        finally:
+            for owner, name, original in reversed(saved):
+                setattr(owner, name, original)
+
+
+class TimedBatches:
+    """A fixed batch ``steps`` times, as a data loader gives it; remembers when each
+    one was taken (the start of its training step)."""
+
+    def __init__(self, batch: Dict[str, torch.Tensor], steps: int):
+        self.batch, self.steps, self.times = batch, steps, []
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        utt_ids = [f"utt{i}" for i in range(len(self.batch["speech"]))]
+        for _ in range(self.steps):
+            self.times.append(time.perf_counter())
+            yield list(utt_ids), dict(self.batch)
+
+
+def run_trainer_epoch(trainer_class, model, optimizer, batch, steps, options, cuda,
+                      scheduler=None) -> List[float]:
+    """``steps`` update steps through ``trainer_class.train_one_epoch``; the step times."""
+    from espnet2.train.distributed_utils import DistributedOption
+    from espnet2.train.reporter import Reporter
+
+    batches = TimedBatches(batch, steps)
+    reporter = Reporter()
+    reporter.set_epoch(1)
+    with reporter.observe("train") as sub:
+        trainer_class.train_one_epoch(
+            model=model, iterator=batches, optimizers=[optimizer], schedulers=[scheduler],
+            scaler=None, reporter=sub, summary_writer=None, options=options,
+            distributed_option=DistributedOption(distributed=False, ngpu=1 if cuda else 0),
+        )  # fmt: skip
+    if cuda:
+        torch.cuda.synchronize()
+    ends = batches.times[1:] + [time.perf_counter()]
+    return [end - start for start, end in zip(batches.times, ends)]
+
+
+def guard_overhead(models, optimizers, inputs, feats, lengths, names, steps, reps, cuda):
+    """Plain against guarded ESPnet training steps; the guard's own work per update."""
+    from espnet2.train.trainer import Trainer
+    from espnet2_birq.train.trainer import GuardedTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = GuardedTrainer.build_options(BirqSSLTask.get_parser().parse_args(
+            ["--output_dir", tmp, "--ngpu", "1" if cuda else "0", "--grad_clip", "5"]))
+    results = {}
+    timer = GuardTimer()
+    batch_device = "cpu"  # where a data loader leaves it; the trainer moves it
+    for name in names:
+        batch = {"speech": feats.to(batch_device), "speech_lengths": lengths.to(batch_device)}
+        batch.update({k: v.to(batch_device) for k, v in inputs[name].items()})
+        if cuda:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        times = {"plain": [], "guarded": []}
+        guard_seconds, guarded_updates = 0.0, 0
+        with timer.installed():
+            for rep in range(reps):
+                for trainer_name, trainer_class in (("plain", Trainer), ("guarded", GuardedTrainer)):
+                    torch.manual_seed(rep)
+                    timer.seconds = 0.0
+                    step_times = run_trainer_epoch(
+                        trainer_class, models[name], optimizers[name], batch, steps + 1,
+                        options, cuda)
+                    times[trainer_name] += step_times[1:]  # the first step warms up
+                    if trainer_name == "guarded":
+                        # the trainer's hooks and the model's snapshot/restore (the
+                        # latter run in the plain trainer's steps too)
+                        guard_seconds += timer.seconds
+                        guarded_updates += steps + 1
+        plain = statistics.median(times["plain"])
+        guarded = statistics.median(times["guarded"])
+        results[name] = dict(plain=plain, guarded=guarded, work=guard_seconds / guarded_updates)
+        print(f"repetitions of the guard measurement for {name} done", file=sys.stderr,
+              flush=True)
+    return results
+
+
 def main(argv: List[str] = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--encoder", default="conformer",
@@ -181,6 +347,13 @@ def main(argv: List[str] = None):
                         help="also print every repetition's time")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one BiRQ step and print the top operators")
+    parser.add_argument("--guard_models", default="birq,mt4ssl",
+                        help="models whose guarded ESPnet training step is compared with "
+                        "the plain one (comma-separated, 'none' to skip)")
+    parser.add_argument("--guard_steps", type=int, default=4,
+                        help="measured update steps per trainer call (plus one warm-up)")
+    parser.add_argument("--guard_reps", type=int, default=3,
+                        help="alternations of plain and guarded trainer calls")
     args = parser.parse_args(argv)  # fmt: skip
 
     if args.threads > 0:
@@ -317,6 +490,24 @@ def main(argv: List[str] = None):
         f"{statistics.median(excess):+.3f}, quartiles {excess[quartile]:+.3f} .. "
         f"{excess[len(excess) - 1 - quartile]:+.3f}"
     )
+
+    guard_names = [n for n in args.guard_models.split(",") if n and n != "none"]
+    unknown = set(guard_names) - set(models)
+    if unknown:
+        raise SystemExit(f"--guard_models: unknown {sorted(unknown)}; known {sorted(models)}")
+    if guard_names:
+        guard = guard_overhead(models, optimizers, inputs, feats, lengths, guard_names,
+                               args.guard_steps, args.guard_reps, cuda)
+        print(f"guard overhead ({args.guard_reps} x {args.guard_steps} ESPnet training steps "
+              f"per trainer, medians):")
+        for name, result in guard.items():
+            print(
+                f"guard {name:8s} plain {result['plain']:.3f} s  guarded "
+                f"{result['guarded']:.3f} s  guarded/plain = "
+                f"{result['guarded'] / result['plain']:.3f}  guard work "
+                f"{result['work'] * 1e3:.2f} ms/update = "
+                f"{result['work'] / result['plain']:.4f} of a plain step"
+            )
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -228,3 +228,201 @@ def test_an_epoch_without_any_applied_update_is_an_error(trainer_options):
     """ESPnet stops such a run with a warning only; the recipe would go on with an untrained model."""
     with pytest.raises(NonFiniteError, match="no update of this epoch was applied"):
         train_epoch(BatchNormThenInf(), trainer_options, num_batches=2)
+
+
+# ------------------------------------------------ cost of the guards at scale
+class TeacherLike(torch.nn.Module):
+    """BatchNorm (state), a scalar counter (state), a frozen codebook-like buffer and an
+    EMA-teacher-like buffer updated after every optimiser step, as large as a model."""
+
+    def __init__(self, inf_on_calls=(), nan_teacher_at_update=None, write_big_in_forward=False):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(3)
+        self.linear = torch.nn.Linear(3, 1)
+        self.register_buffer("codebook", torch.randn(4096, 16))
+        self.register_buffer("teacher", torch.zeros(50_000))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.inf_on_calls = set(inf_on_calls)
+        self.nan_teacher_at_update = nan_teacher_at_update
+        self.write_big_in_forward = write_big_in_forward
+        self.calls = 0
+
+    def forward(self, speech, speech_lengths, utt_id):
+        self.calls += 1
+        if self.write_big_in_forward:
+            with torch.no_grad():
+                self.codebook.add_(1.0)
+        loss = self.linear(self.norm(speech)).pow(2).mean()
+        if self.calls in self.inf_on_calls:
+            loss = loss * float("inf")
+        return loss, {"loss": loss.detach()}, torch.tensor(speech.shape[0])
+
+    @torch.no_grad()
+    def on_optimizer_step(self):
+        self.updates.add_(1)
+        self.teacher.mul_(0.9).add_(0.1)
+        if self.nan_teacher_at_update == int(self.updates):
+            self.teacher[7] = float("nan")
+
+
+def train_teacher_like(model, trainer_options, num_batches, on_snapshot=None):
+    """``train_epoch`` with the model's update hook, as the SSL task registers it."""
+    from espnet2_birq.bilevel import register_update_hooks
+    from espnet2_birq.train import trainer as trainer_module
+
+    original = trainer_module._UpdateGuard.before_batch
+
+    def spy(guard):
+        original(guard)
+        if on_snapshot is not None:
+            on_snapshot({guard.names[i] for i in guard.snapshot})
+
+    rng = np.random.default_rng(0)
+    batches = [([f"u{i}a", f"u{i}b"], {"speech": torch.from_numpy(rng.standard_normal((2, 3)).astype(np.float32) + 5),
+                                        "speech_lengths": torch.tensor([3, 3])}) for i in range(num_batches)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    register_update_hooks(model, [optimizer])
+    reporter = Reporter()
+    reporter.set_epoch(1)
+    trainer_module._UpdateGuard.before_batch = spy
+    try:
+        with reporter.observe("train") as sub:
+            GuardedTrainer.train_one_epoch(
+                model=model, iterator=batches, optimizers=[optimizer], schedulers=[None], scaler=None,
+                reporter=sub, summary_writer=None, options=trainer_options,
+                distributed_option=DistributedOption(distributed=False, ngpu=0),
+            )
+    finally:
+        trainer_module._UpdateGuard.before_batch = original
+
+
+def test_guard_copies_only_state_buffers(trainer_options):
+    """Before each update only batch-norm statistics and one-element buffers are copied:
+    never the teacher-like buffer updated after each step nor the frozen codebook."""
+    snapshots = []
+    model = TeacherLike()
+    train_teacher_like(model, trainer_options, num_batches=3, on_snapshot=snapshots.append)
+    assert snapshots == [{"norm.running_mean", "norm.running_var", "norm.num_batches_tracked", "updates"}] * 3
+    assert int(model.updates) == 3
+
+
+def test_skipped_update_after_applied_ones_restores_state_buffers(trainer_options, caplog):
+    """Updates 1 and 2 apply, the third batch's gradient is inf: its batch-norm statistics
+    are undone, the teacher (changed only after applied updates) stays as update 2 left it."""
+    after_two = {}
+
+    class Recorder(TeacherLike):
+        @torch.no_grad()
+        def on_optimizer_step(self):
+            super().on_optimizer_step()
+            if int(self.updates) == 2:
+                after_two.update({k: v.clone() for k, v in self.state_dict().items()})
+
+    model = Recorder(inf_on_calls={3})
+    train_teacher_like(model, trainer_options, num_batches=3)
+    assert int(model.updates) == 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, after_two[key]), key
+    assert "1 in a row; state buffers restored" in caplog.text
+    assert "not restorable" not in caplog.text
+
+
+def test_skipped_update_names_a_changed_buffer_it_cannot_restore(trainer_options, caplog):
+    """A forward that writes a large buffer is not undone by the guard (it copies state
+    buffers only), but the warning names the buffer."""
+    model = TeacherLike(inf_on_calls={2}, write_big_in_forward=True)
+    train_teacher_like(model, trainer_options, num_batches=3)
+    assert "changed by its forward and not restorable: codebook" in caplog.text
+
+
+@pytest.mark.parametrize("num_batches", [2, 4])
+def test_non_finite_buffer_after_an_update_stops_training_naming_it(trainer_options, num_batches):
+    """The test of update 2's buffers is read before update 3 is applied (after ESPnet's
+    gradient-norm test), or when the epoch ends if update 2 is its last."""
+    model = TeacherLike(nan_teacher_at_update=2)
+    with pytest.raises(NonFiniteError, match=r"after an update, buffer\(s\) teacher hold NaN or inf"):
+        train_teacher_like(model, trainer_options, num_batches=num_batches)
+    assert int(model.updates) == 2
+
+
+def test_large_finite_buffers_are_not_mistaken_for_non_finite(trainer_options):
+    """The device-side test sums absolute values; an overflow to inf is told apart."""
+
+    class Huge(TeacherLike):
+        @torch.no_grad()
+        def on_optimizer_step(self):
+            self.updates.add_(1)
+            self.teacher.fill_(3e38)  # every value finite, the 1-norm overflows
+
+    model = Huge()
+    train_teacher_like(model, trainer_options, num_batches=3)
+    assert int(model.updates) == 3
+    assert torch.isinf(torch.linalg.vector_norm(model.teacher, 1))
+
+
+def _host_reads(monkeypatch, module_file, function):
+    """Record the host reads (bool/int/float/item/index of a tensor) made from ``function``
+    of ``module_file``."""
+    import sys
+
+    reads = []
+    for method in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+        original = getattr(torch.Tensor, method)
+
+        def spy(self, *args, _original=original, _method=method, **kwargs):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.endswith(module_file) and caller.co_name == function:
+                reads.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, spy)
+    return reads
+
+
+def build_birq_debug():
+    args = BirqSSLTask.get_parser().parse_args(["--config", str(BIRQ_DEBUG), "--input_size", "80"])
+    torch.manual_seed(0)
+    return BirqSSLTask.build_model(args)
+
+
+def test_ssl_forward_reads_nothing_back_to_the_host(monkeypatch):
+    """The forward's buffer guard decides on the device: no per-forward synchronisation."""
+    model = build_birq_debug().train()
+    feats = torch.randn(2, 120, 80)
+    lengths = torch.tensor([120, 97])
+    reads = _host_reads(monkeypatch, "ssl_model.py", "forward")
+    model(feats, lengths)
+    feats[1, 5, 3] = float("nan")
+    model(feats, lengths)
+    assert reads == []
+
+
+def test_nan_loss_leaves_buffers_as_they_were_and_backward_runs():
+    """A non-finite loss: batch-norm statistics and BiRQ's state are put back without
+    breaking the backward pass that follows (batch norm saves its running statistics
+    for it; a version-counted write there made the backward fail)."""
+    model = build_birq_debug().train()
+    model(torch.randn(2, 120, 80), torch.tensor([120, 97]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    feats = torch.randn(2, 120, 80)
+    feats[0, 10, 3] = float("nan")
+    loss, _, _ = model(feats, torch.tensor([120, 97]))
+    assert not torch.isfinite(loss).all()
+    loss.backward()
+    for key, value in model.state_dict().items():
+        if key != "global_step":
+            assert torch.equal(value, before[key]), key
+    # and a finite batch still moves the statistics
+    model(torch.randn(2, 120, 80), torch.tensor([120, 97]))
+    assert not torch.equal(model.state_dict()["encoder.encoders.0.conv_module.norm.running_mean"],
+                           before["encoder.encoders.0.conv_module.norm.running_mean"])
+
+
+def test_input_test_finds_nan_and_inf_and_tolerates_overflowing_sums():
+    from espnet2_birq.train.trainer import non_finite_utterances
+
+    big = torch.full((3, 4), 3e38)  # the sum overflows, every value is finite
+    assert non_finite_utterances(["a", "b", "c"], {"speech": big}) == {}
+    big[1, 2] = float("inf")
+    big[2, 0] = float("nan")
+    assert non_finite_utterances(["a", "b", "c"], {"speech": big}) == {"speech": ["b", "c"]}

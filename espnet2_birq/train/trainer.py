@@ -10,8 +10,8 @@ training loop itself is ESPnet's) and adds what ESPnet's loop does not do:
   (ESPnet logs it and keeps going, then averages NaN models);
 * ESPnet skips an update whose gradient norm is non-finite and goes on; here
   more than ``--max_consecutive_skipped_updates`` skipped updates in a row stop
-  training, and the buffers a skipped update's forward passes changed are put
-  back to their values before those forward passes;
+  training, and the state buffers a skipped update's forward passes changed are
+  put back to their values before those forward passes;
 * a buffer that becomes non-finite after an update stops training, naming it;
 * ESPnet's ``average_nbest_models`` sums integer buffers and turns boolean ones
   into fractions (BiRQ's ``num_updates``, ``v_initialized``): the averaged
@@ -21,6 +21,30 @@ training loop itself is ESPnet's) and adds what ESPnet's loop does not do:
 Every stop raises :class:`NonFiniteError` (a ``RuntimeError``) whose message
 says what was found and where; the training process exits non-zero and the
 recipe stops with it.
+
+Cost per update (the guards must not slow a large run down):
+
+* inputs are tested on the host, where the data loader leaves them, by one sum
+  per tensor (a NaN or inf makes the sum non-finite; only then, or on an
+  overflow, is every element tested);
+* before an update only the *state buffers* are copied: the running statistics
+  of normalisation layers and one-element buffers (counters, flags, BiRQ's
+  ``v``), what a forward pass changes. Large buffers (an EMA teacher, frozen
+  quantiser projections and codebooks) are never copied. Their version counters
+  are read instead (no device work): a skipped update whose forward changed one
+  of them is logged, naming it, since it cannot be put back;
+* after an update the buffers it changed (the state buffers and those whose
+  version counter moved, e.g. an EMA teacher) are tested on the device by one
+  multi-tensor norm (a third of the memory traffic of the EMA update itself),
+  and the result is copied to the host without waiting. It is read right after
+  ESPnet's own test of the next update's gradient norm, which has already
+  waited for the device, so it costs no synchronisation; the last update of an
+  epoch is read when the epoch ends. A non-finite buffer thus stops training
+  before the next update is applied.
+
+Nothing here reads a device tensor on the host at every step (ESPnet's loop
+already does so once per update, for the gradient norm); the model's own
+forward does not either (:meth:`espnet2_birq.ssl_model.BirqSSLModel.forward`).
 """
 
 import argparse
@@ -51,13 +75,21 @@ class GuardedTrainerOptions(TrainerOptions):
     max_consecutive_skipped_updates: int
 
 
+def _all_finite(value: torch.Tensor) -> bool:
+    """Whether every element is finite: one sum, and an element-wise test only when
+    the sum is not finite (a NaN/inf element, or an overflow of finite values)."""
+    if bool(torch.isfinite(value.sum())):
+        return True
+    return bool(torch.isfinite(value).all())
+
+
 def non_finite_utterances(utt_ids: Sequence[str], batch: Dict[str, torch.Tensor]) -> Dict[str, List[str]]:
     """``{input name: utterance ids}`` of the rows of floating-point inputs holding NaN or inf."""
     found: Dict[str, List[str]] = {}
     for name, value in batch.items():
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             continue
-        if bool(torch.isfinite(value).all()):
+        if _all_finite(value):
             continue
         if value.dim() >= 1 and value.shape[0] == len(utt_ids):
             bad_rows = (~torch.isfinite(value.reshape(value.shape[0], -1))).any(dim=1)
@@ -123,8 +155,19 @@ class _ValidLossCheck(torch.nn.Module):
         return retval
 
 
+def is_state_buffer(module: torch.nn.Module, name: str, value: torch.Tensor) -> bool:
+    """Buffers a forward pass may change, saved before each update: running
+    statistics of normalisation layers and one-element buffers (counters, flags)."""
+    if isinstance(module, torch.nn.modules.batchnorm._NormBase) and name in (
+        "running_mean", "running_var", "num_batches_tracked"
+    ):
+        return True
+    return value.numel() <= 1
+
+
 class _UpdateGuard:
-    """Counts skipped updates in a row and restores buffers a skipped update changed.
+    """Counts skipped updates in a row, restores the state buffers a skipped update
+    changed, and tests the buffers an applied update changed (module docstring).
 
     ESPnet's loop calls ``optimizer.step()`` only for finite gradient norms and
     ``optimizer.zero_grad()`` after every update window, stepped or skipped; so a
@@ -139,7 +182,23 @@ class _UpdateGuard:
         self.max_skipped = max_skipped
         self.skipped_in_a_row = 0
         self.stepped = False
-        self.snapshot: Optional[Dict[str, torch.Tensor]] = None
+        # every buffer: qualified name, and (owning module's buffer dict, name in it)
+        self.names: List[str] = []
+        self.owners: List[tuple] = []
+        self.state: List[int] = []  # indices of the state buffers
+        for prefix, module in model.named_modules():
+            for name, value in module._buffers.items():
+                if value is None:
+                    continue
+                if is_state_buffer(module, name, value):
+                    self.state.append(len(self.names))
+                self.names.append(f"{prefix}.{name}" if prefix else name)
+                self.owners.append((module._buffers, name))
+        # at the start of the update window: every buffer's tensor and version counter
+        self.window_start: Optional[tuple] = None
+        self.snapshot: Optional[Dict[int, torch.Tensor]] = None
+        # device-side finiteness test of the last applied update, not yet read
+        self.pending: Optional[tuple] = None
         self._orig_step = optimizer.step
         self._orig_zero_grad = optimizer.zero_grad
         # instance attributes present before ours (torch's LR schedulers wrap step there)
@@ -151,6 +210,9 @@ class _UpdateGuard:
         # functools.wraps keeps the attributes torch's LR scheduler puts on its own wrapper
         @functools.wraps(self._orig_step)
         def step(*args, **kwargs):
+            # ESPnet has just tested the gradient norm on the host, so the device
+            # has finished the last update's test: reading it costs nothing.
+            guard.check_pending()
             guard.stepped = True
             return guard._orig_step(*args, **kwargs)
 
@@ -169,30 +231,104 @@ class _UpdateGuard:
             elif name in vars(self.optimizer):
                 delattr(self.optimizer, name)
 
+    def _tensors(self) -> List[Optional[torch.Tensor]]:
+        return [owner.get(name) for owner, name in self.owners]
+
     def before_batch(self):
         """Called before each forward: remember the buffers at the start of an update window."""
-        if self.snapshot is None:
-            self.snapshot = {k: v.detach().clone() for k, v in self.model.named_buffers()}
+        if self.window_start is not None:
+            return
+        tensors = self._tensors()
+        self.window_start = (tensors, [None if t is None else t._version for t in tensors])
+        with torch.no_grad():
+            self.snapshot = {i: tensors[i].detach().clone() for i in self.state if tensors[i] is not None}
+
+    def _changed(self) -> List[int]:
+        """Buffers written (or replaced) since the window started, by their version counters.
+
+        The counters miss the running statistics that batch normalisation writes
+        inside its kernel; those are state buffers, always saved and tested.
+        """
+        start_tensors, start_versions = self.window_start
+        return [
+            i for i, (now, then, version) in enumerate(zip(self._tensors(), start_tensors, start_versions))
+            if now is not then or (now is not None and now._version != version)
+        ]
+
+    def _launch_check(self, indices: List[int]) -> None:
+        """Queue the finiteness test of the floating-point buffers ``indices``; the
+        result travels to the host without blocking and is read by :meth:`check_pending`."""
+        tensors = self._tensors()
+        groups: Dict[tuple, List[int]] = {}
+        for i in indices:
+            tensor = tensors[i]
+            if tensor is not None and tensor.is_floating_point() and tensor.numel() > 0:
+                groups.setdefault((tensor.device, tensor.dtype), []).append(i)
+        checks = []
+        with torch.no_grad():
+            for group in groups.values():
+                # a NaN or inf makes the norm non-finite; so may an overflow of finite
+                # values, told apart on the host. The 2-norm: one fused kernel on CUDA
+                # (clip_grad_norm_'s), the fastest on the CPU.
+                norms = torch._foreach_norm([tensors[i].detach() for i in group], 2)
+                flags = torch.isfinite(torch.stack(norms))
+                event = None
+                if flags.is_cuda:
+                    host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+                    host.copy_(flags, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                    flags = host
+                checks.append((group, flags, event))
+        self.pending = checks or None
+
+    def check_pending(self) -> None:
+        """Read the test of the last applied update; raise naming non-finite buffers."""
+        if self.pending is None:
+            return
+        checks, self.pending = self.pending, None
+        tensors = self._tensors()
+        bad = []
+        for group, flags, event in checks:
+            if event is not None:
+                event.synchronize()
+            if bool(flags.all()):
+                continue
+            for i, ok in zip(group, flags.tolist()):
+                if not ok and tensors[i] is not None and not bool(torch.isfinite(tensors[i]).all()):
+                    bad.append(self.names[i])
+        if bad:
+            raise NonFiniteError(
+                f"after an update, buffer(s) {', '.join(bad[:SHOWN_UTTS])} hold NaN or inf; "
+                "training stopped (the model is unusable from here on)"
+            )
 
     def end_of_update(self):
+        if self.window_start is None:  # zero_grad outside an update window
+            self.stepped = False
+            return
+        changed = self._changed()
         if self.stepped:
             self.skipped_in_a_row = 0
-            bad = [k for k, v in self.model.named_buffers() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-            if bad:
-                raise NonFiniteError(
-                    f"after an update, buffer(s) {', '.join(bad[:SHOWN_UTTS])} hold NaN or inf; "
-                    "training stopped (the model is unusable from here on)"
-                )
+            self._launch_check(sorted(set(self.state).union(changed)))
         else:
+            self.check_pending()
             self.skipped_in_a_row += 1
-            if self.snapshot is not None:
-                with torch.no_grad():
-                    for name, value in self.model.named_buffers():
-                        if name in self.snapshot:
-                            value.copy_(self.snapshot[name])
+            with torch.no_grad():
+                for i, saved in self.snapshot.items():
+                    owner, name = self.owners[i]
+                    current = owner.get(name)
+                    if current is not None and current.shape == saved.shape and current.dtype == saved.dtype:
+                        current.copy_(saved)
+                    else:
+                        owner[name] = saved
+            state = set(self.state)
+            unsaved = [self.names[i] for i in changed if i not in state]
             logger.warning(
-                "update skipped (non-finite gradient norm), %d in a row; buffers restored "
-                "to their values before it", self.skipped_in_a_row,
+                "update skipped (non-finite gradient norm), %d in a row; state buffers restored "
+                "to their values before it%s", self.skipped_in_a_row,
+                "" if not unsaved else
+                f"; changed by its forward and not restorable: {', '.join(unsaved[:SHOWN_UTTS])}",
             )
             if self.skipped_in_a_row > self.max_skipped:
                 raise NonFiniteError(
@@ -202,6 +338,7 @@ class _UpdateGuard:
                     "check the inputs, lower the learning rate or disable AMP."
                 )
         self.stepped = False
+        self.window_start = None
         self.snapshot = None
 
 
@@ -328,6 +465,7 @@ class GuardedTrainer(Trainer):
                 options=options,
                 distributed_option=distributed_option,
             )
+            guard.check_pending()  # the epoch's last update
         finally:
             guard.uninstall()
         if all_steps_are_invalid and not options.no_forward_run:
