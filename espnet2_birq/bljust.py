@@ -17,7 +17,8 @@ Training runs in three phases (:class:`BlJustSchedule`), counted in optimiser up
 and epochs:
 
 - ``exploration``: the first ``exploration_updates`` updates of every epoch are pure SSL
-  (encoder and SSL heads follow grad(L_ssl); the ASR heads are not updated);
+  (encoder and SSL heads follow grad(L_ssl); the ASR heads are not updated); the data
+  loader gives them the unlabelled batch only (:meth:`BlJustSchedule.exploration_batches`);
 - ``joint``: the bilevel update above, gamma_t rising from ``gamma_0`` to ``gamma_max``;
 - ``final``: the last ``final_epochs`` epochs are supervised only, at the learning rate
   times ``final_lr_scale`` (:func:`register_lr_scale_hooks`); the SSL heads rest.
@@ -129,6 +130,20 @@ class BlJustSchedule(PenaltySchedule):
     def lr_scale(self) -> float:
         return self.final_lr_scale if self.phase() == FINAL else 1.0
 
+    def exploration_batches(self, epoch: int, accum_grad: int = 1) -> int:
+        """Leading batches of ``epoch`` that are certainly exploration updates.
+
+        The data loader leaves the labelled half out of these batches. They are the
+        first ``exploration_updates * accum_grad`` batches of an epoch that is not a
+        final one: before batch ``i`` (from 0) the epoch has taken at most ``i //
+        accum_grad`` optimiser updates (fewer when one was skipped), so the model is
+        still exploring. A skipped update can only prolong the exploration into a
+        batch that carries a labelled half, which the model then ignores.
+        """
+        if self.is_final_epoch(epoch):
+            return 0
+        return self.exploration_updates * max(accum_grad, 1)
+
 
 class _ScaleGradient(torch.autograd.Function):
     @staticmethod
@@ -196,8 +211,9 @@ class BlJustASRModel(ESPnetASRModel):
 
     Built with :meth:`from_asr_model`. Evaluation-mode calls (validation, decoding) are
     those of :class:`ESPnetASRModel`; training calls take a labelled batch (``speech``,
-    ``text``) and an unlabelled one (``unlabelled_speech``), which the final phase does
-    not need.
+    ``text``) and an unlabelled one (``unlabelled_speech``): the final phase needs no
+    unlabelled batch and the exploration phase no labelled one (a labelled batch given
+    to an exploration update is ignored).
     """
 
     bljust: BlJustBranch
@@ -219,10 +235,10 @@ class BlJustASRModel(ESPnetASRModel):
 
     def forward(
         self,
-        speech: torch.Tensor,
-        speech_lengths: torch.Tensor,
-        text: torch.Tensor,
-        text_lengths: torch.Tensor,
+        speech: Optional[torch.Tensor] = None,
+        speech_lengths: Optional[torch.Tensor] = None,
+        text: Optional[torch.Tensor] = None,
+        text_lengths: Optional[torch.Tensor] = None,
         unlabelled_speech: Optional[torch.Tensor] = None,
         unlabelled_speech_lengths: Optional[torch.Tensor] = None,
         bljust_epoch: Optional[torch.Tensor] = None,
@@ -239,10 +255,18 @@ class BlJustASRModel(ESPnetASRModel):
                 f"BL-JUST {PHASES[phase]} update without an unlabelled batch: train "
                 "with the BL-JUST task's data loader (--unlabelled_data_path_and_name_and_type)"
             )
+        if phase != EXPLORATION and (speech is None or text is None):
+            raise ValueError(
+                f"BL-JUST {PHASES[phase]} update without a labelled batch: the data "
+                "loader leaves it out of the first exploration_updates x accum_grad "
+                "batches of an epoch only; their updates must be exploration updates"
+            )
         gamma = schedule.gamma()
-        # One weight for every phase (the labelled batch is always there), so the
-        # reporter's weighted epoch averages of gamma and phase are plain averages.
-        weight = torch.tensor(speech.shape[0], device=speech.device)
+        # The batch's weight (reporter averages, data-parallel loss averaging): its
+        # labelled utterances, or its unlabelled ones in an exploration update that
+        # loaded no labelled batch.
+        counted = speech if speech is not None else unlabelled_speech
+        weight = torch.tensor(counted.shape[0], device=counted.device)
         stats: Dict[str, Optional[torch.Tensor]] = {}
         loss_sup = loss_ssl = None
         if phase != EXPLORATION:

@@ -9,10 +9,15 @@ groups. An output frame is masked exactly when every input frame of its group is
 This module also knows the exact output length of ESPnet's subsampling layers, so the
 per-frame masks have the same length as the encoder output for every input length
 (a classic off-by-one source in public implementations).
+
+:class:`LearnedMasking` (util ``learned_mask``) is the wav2vec 2.0 / data2vec / MT4SSL
+alternative: spans drawn on the encoder's frames, replaced *after* the subsampling by
+a trained embedding. Both give the losses the same ``mask_info``.
 """
 
+import contextlib
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from typeguard import typechecked
@@ -286,3 +291,240 @@ def expected_mask_rate(start_prob: float, span: int) -> float:
     """Masked fraction far from utterance edges for independent span starts."""
     return 1.0 - (1.0 - start_prob) ** span
 
+
+
+# --------------------------------------------------------------------------------------
+# Learned-embedding masking of the subsampled frames (wav2vec 2.0 / data2vec / MT4SSL)
+# --------------------------------------------------------------------------------------
+def _positional_encoding_classes() -> Tuple[type, ...]:
+    from espnet.nets.pytorch_backend.transformer import embedding
+
+    names = (
+        "PositionalEncoding",  # also ScaledPositionalEncoding, LegacyRelPositionalEncoding
+        "RelPositionalEncoding",
+        "LearnableFourierPosEnc",
+        "StreamPositionalEncoding",
+        "ConvolutionalPositionalEmbedding",
+    )
+    return tuple(getattr(embedding, name) for name in names if hasattr(embedding, name))
+
+
+def positional_encoding_of(encoder: torch.nn.Module) -> torch.nn.Module:
+    """The positional-encoding module that ends the input layer ``encoder.embed``.
+
+    ESPnet's input layers (``conv2d*``, ``linear``, ...) end with a positional encoding
+    whose input is the subsampled, projected frame sequence (B, T_out, d): the place
+    where :class:`LearnedMasking` replaces masked frames.
+    """
+    embed = getattr(encoder, "embed", None)
+    found = (
+        []
+        if embed is None
+        else [m for m in embed.modules() if isinstance(m, _positional_encoding_classes())]
+    )
+    if len(found) != 1:
+        raise TypeError(
+            f"learned_mask needs an ESPnet encoder whose input layer 'embed' ends with one "
+            f"positional encoding (Transformer, Conformer, E-Branchformer); "
+            f"{type(encoder).__name__}.embed has {len(found)}"
+        )
+    return found[0]
+
+
+def wav2vec2_span_mask(
+    frame_lengths: torch.Tensor,
+    max_frames: int,
+    mask_prob: float,
+    span: int,
+    min_spans: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Spans as fairseq's ``compute_mask_indices`` draws them (static lengths, overlap).
+
+    For an utterance of ``n`` frames: ``k = max(min_spans, floor(mask_prob * n / span
+    + u))`` spans (``u`` uniform in [0, 1): probabilistic rounding), their starts drawn
+    uniformly *without replacement* from the first ``n - span`` frames (``k + 1``
+    frames, at most ``n``, when ``n - span <= k``), each masking ``span`` frames from
+    its start; overlapping spans merge and frames past ``n`` are dropped. So
+    ``mask_prob`` is the fraction of frames that would be masked without overlap;
+    with overlap, far from the edges a frame stays unmasked with probability about
+    ``(1 - mask_prob / span) ** span`` (0.65, 10: about 49 % masked).
+    fairseq's ``require_same_masks`` (trimming every utterance of a batch to the same
+    number of masked frames, a convenience of its reshapes) is not applied.
+
+    Args:
+        frame_lengths: (B,) frames that may be masked.
+        max_frames: Width of the returned mask.
+        mask_prob, span, min_spans: As above.
+        generator: Random stream (None: the global one).
+
+    Returns:
+        (B, max_frames) bool.
+    """
+    device = frame_lengths.device
+    lengths = frame_lengths.long()
+    batch = lengths.shape[0]
+    if max_frames <= 0 or batch == 0:
+        return torch.zeros(batch, max(max_frames, 0), dtype=torch.bool, device=device)
+    rounding = torch.rand(batch, device=device, generator=generator)
+    num = torch.floor(mask_prob * lengths / span + rounding).long().clamp(min=min_spans)
+    positions = torch.where(lengths - span > num, lengths - span, num + 1)
+    positions = torch.minimum(positions, lengths)
+    num = torch.minimum(num, positions)
+    # A uniform subset of ``num`` starts among the first ``positions`` frames: the
+    # ``num`` smallest of i.i.d. uniform keys (later frames get keys above every draw).
+    index = torch.arange(max_frames, device=device)
+    keys = torch.rand(batch, max_frames, device=device, generator=generator)
+    keys = keys.masked_fill(index[None, :] >= positions[:, None], 2.0)
+    rank = keys.argsort(dim=1).argsort(dim=1)
+    starts = rank < num[:, None]
+    counts = torch.nn.functional.conv1d(
+        starts.float()[:, None, :],
+        torch.ones(1, 1, span, device=device),
+        padding=span - 1,
+    )[:, 0, :max_frames]
+    return (counts > 0) & (index[None, :] < lengths[:, None])
+
+
+class LearnedMasking(torch.nn.Module):
+    """wav2vec 2.0 / data2vec / MT4SSL masking: a trained vector replaces masked frames.
+
+    Unlike :class:`SpanMasking` (noise on the features, before the subsampling), the
+    mask acts on the encoder's own frame sequence: the subsampled, projected frames
+    (B, T_out, d) that enter the input layer's positional encoding, i.e. after the
+    convolutional subsampling and its linear projection, before the positional
+    encoding and the blocks. There a masked frame becomes ``embedding``, a parameter of
+    ``d`` values trained with the rest of the model (initialised uniform in [0, 1), as
+    wav2vec 2.0's ``mask_emb``), and the positional encoding still tells where it is.
+    This is where wav2vec 2.0 and data2vec mask (after the feature extractor and its
+    projection, before the convolutional positional embedding); the encoder frames are
+    also the frames the targets are defined on, so no alignment is needed.
+
+    Spans follow fairseq's ``compute_mask_indices`` (:func:`wav2vec2_span_mask`) over
+    the frames that enter the losses (``frame_lengths``).
+
+    The model draws the mask with :meth:`draw` and runs the encoder inside
+    :meth:`applied`, which puts the replacement on the positional encoding's input for
+    that one forward (the unmasked passes of the same step, BiRQ's label pass or the
+    EMA teacher's input layer, are not masked).
+
+    Args:
+        encoder_output_size: ``d``, the encoder's frame dimension (filled in by the task).
+        mask_prob: Proportion of frames covered by spans before overlaps (0.65 in
+            wav2vec 2.0, data2vec, MT4SSL; about 49 % of the frames end up masked).
+        span_frames: Span length in encoder frames (10; 40 ms frames with ``conv2d``).
+        min_spans: Spans drawn at least per utterance (1 in MT4SSL's code).
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        encoder_output_size: int,
+        mask_prob: float = 0.65,
+        span_frames: int = 10,
+        min_spans: int = 1,
+    ):
+        super().__init__()
+        if not 0.0 <= mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+        if span_frames < 1:
+            raise ValueError(f"span_frames must be >= 1, got {span_frames}")
+        if min_spans < 0:
+            raise ValueError(f"min_spans must be >= 0, got {min_spans}")
+        self.mask_prob = mask_prob
+        self.span_frames = span_frames
+        self.min_spans = min_spans
+        self.embedding = torch.nn.Parameter(torch.empty(encoder_output_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.embedding.uniform_(0.0, 1.0)
+
+    def espnet_initialization_fn(self) -> None:
+        """ESPnet's ``--init`` calls this: keep wav2vec 2.0's initialisation."""
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.embedding.shape[0]}, mask_prob={self.mask_prob}, "
+            f"span_frames={self.span_frames}, min_spans={self.min_spans}"
+        )
+
+    def draw(
+        self,
+        lengths: torch.Tensor,
+        num_frames: int,
+        subsampling: FrameSubsampling,
+        generator: Optional[torch.Generator] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """The mask of a batch, at the encoder's frame rate.
+
+        Args:
+            lengths: (B,) valid input frames.
+            num_frames: Padded input length.
+            subsampling: Length arithmetic of the encoder's input layer.
+            generator: Random stream (the model passes the step's per-rank one).
+
+        Returns:
+            mask_info with the keys of :meth:`SpanMasking.forward`: ``mask_m``,
+            ``mask_u``, ``output_lengths``, ``frame_lengths``, ``subsampling_factor``
+            and ``input_mask`` (the input frames of the masked encoder frames; the input
+            itself is left as it is).
+        """
+        factor = max(subsampling.factor, 1)
+        device = lengths.device
+        output_lengths = subsampling.output_lengths(lengths, num_frames)
+        frame_lengths = subsampling.target_lengths(lengths, num_frames)
+        max_out = subsampling.max_output_frames(num_frames)
+        mask_m = wav2vec2_span_mask(
+            frame_lengths, max_out, self.mask_prob, self.span_frames, self.min_spans,
+            generator,
+        )  # fmt: skip
+        valid_out = torch.arange(max_out, device=device)[None, :] < frame_lengths[:, None]
+        input_mask = torch.zeros(lengths.shape[0], num_frames, dtype=torch.bool, device=device)
+        expanded = mask_m.repeat_interleave(factor, dim=1)[:, :num_frames]
+        input_mask[:, : expanded.shape[1]] = expanded
+        return {
+            "input_mask": input_mask,
+            "mask_m": mask_m,
+            "mask_u": valid_out & ~mask_m,
+            "output_lengths": output_lengths,
+            "frame_lengths": frame_lengths,
+            "subsampling_factor": factor,
+        }
+
+    def replace(self, frames: torch.Tensor, mask_m: torch.Tensor) -> torch.Tensor:
+        """``frames`` (B, T, d) with the masked ones replaced by the embedding."""
+        if frames.shape[:2] != mask_m.shape:
+            raise RuntimeError(
+                f"learned_mask: the mask covers {tuple(mask_m.shape)} frames but the "
+                f"encoder's input layer gives {tuple(frames.shape[:2])}"
+            )
+        embedding = self.embedding.to(frames.dtype)
+        return torch.where(mask_m[:, :, None], embedding, frames)
+
+    @contextlib.contextmanager
+    def applied(self, encoder: torch.nn.Module, mask_m: torch.Tensor) -> Iterator[None]:
+        """Mask the frames entering ``encoder``'s positional encoding during the block.
+
+        The encoder's forward must call its input layer exactly once inside the block
+        (checked), so the masked forward cannot silently run unmasked.
+        """
+        target = positional_encoding_of(encoder)
+        calls = []
+
+        def pre_hook(module, args):
+            calls.append(True)
+            return (self.replace(args[0], mask_m),) + tuple(args[1:])
+
+        handle = target.register_forward_pre_hook(pre_hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+        if len(calls) != 1:
+            raise RuntimeError(
+                f"learned_mask: the encoder's positional encoding ran {len(calls)} times "
+                "in the masked forward, expected once"
+            )

@@ -6,8 +6,10 @@ and ``encode``:
 1. features: in-model frontend on raw waveforms, or precomputed features;
 2. normalisation (global or per-utterance CMVN), shared with fine-tuning;
 3. the *unmasked* normalised features are handed to the losses (targets);
-4. span masking before the subsampling, aligned with the encoder output frames;
-5. the full encoder on the masked features (all layer outputs kept);
+4. masking, aligned with the encoder output frames: BEST-RQ's noise spans on the
+   features before the subsampling (util ``span_mask``), or a learned embedding in
+   place of the masked subsampled frames (util ``learned_mask``, MT4SSL);
+5. the full encoder on the masked input (all layer outputs kept);
 6. whatever else the losses ask for, by name, in their ``required_inputs``
    (:data:`LOSS_INPUTS` lists what the model provides).
 
@@ -28,7 +30,7 @@ import torch
 
 from espnet2.ssl.espnet_model import ESPnetSSLModel
 from espnet2.torch_utils.device_funcs import force_gatherable
-from espnet2_birq.masking import FrameSubsampling
+from espnet2_birq.masking import FrameSubsampling, positional_encoding_of
 from espnet2_birq.rng import step_generator
 from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
 
@@ -37,7 +39,7 @@ from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
 LOSS_INPUTS = {
     "features": "(B, L, D) normalised, unmasked encoder input",
     "feature_lengths": "(B,) valid input frames",
-    "mask_info": "span masking output (espnet2_birq.masking.SpanMasking)",
+    "mask_info": "masking output (espnet2_birq.masking.SpanMasking or LearnedMasking)",
     "encoder_output": "list of (B, T_out, D') outputs of every block on the masked "
     "input (the last one after the final norm)",
     "encoder_output_lengths": "(B,) valid output frames",
@@ -52,8 +54,23 @@ LOSS_INPUTS = {
     "frame_labels_lengths": "(B,) its lengths",
     "teacher_output": "{'layers': list of (B, T_out, D') outputs of every block of the "
     "EMA teacher (util 'ema', espnet2_birq.ema) on the unmasked input, in evaluation "
-    "mode without gradient; 'lengths': (B,); 'decay': the teacher's current decay}",
+    "mode without gradient; 'ffn': the same for each block's final feed-forward module "
+    "before its residual connection (None if a block has none); either is None when no "
+    "loss names it in its 'teacher_outputs' (default: both); 'lengths': (B,); "
+    "'decay': the teacher's current decay}",
 }
+
+
+def apply_input_layer(
+    embed: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor
+) -> Tuple[object, torch.Tensor]:
+    """An ESPnet encoder's input layer on ``x`` with its (B, 1, L) padding mask.
+
+    Subsampling layers take the mask and shorten it; linear layers do not.
+    """
+    if len(inspect.signature(embed.forward).parameters) >= 2:
+        return embed(x, masks)
+    return embed(x), masks
 
 
 def run_encoder_prefix(
@@ -92,11 +109,7 @@ def run_encoder_prefix(
     )
     x = feats
     if embed is not None:
-        # Subsampling layers take the mask and shorten it; linear layers do not.
-        if len(inspect.signature(embed.forward).parameters) >= 2:
-            x, masks = embed(x, masks)
-        else:
-            x = embed(x)
+        x, masks = apply_input_layer(embed, x, masks)
     for block in list(blocks)[:num_blocks]:
         x, masks = block(x, masks)
     if isinstance(x, tuple):
@@ -140,6 +153,14 @@ class BirqSSLModel(ESPnetSSLModel):
                 f"known: {sorted(LOSS_INPUTS)}"
             )
         self.subsampling = FrameSubsampling.from_encoder(self.encoder)
+        if {"span_mask", "learned_mask"} <= set(self.util_modules):
+            raise ValueError(
+                "the losses ask for two maskings, span_mask and learned_mask: one masked "
+                "forward serves every loss; give the MT4SSL losses (kmeans_ce, "
+                "ema_regression) 'masking: span_mask' to combine them with best_rq/birq"
+            )
+        if "learned_mask" in self.util_modules:
+            positional_encoding_of(self.encoder)  # refuses encoders it cannot mask
 
     def collect_feats(
         self,
@@ -168,7 +189,9 @@ class BirqSSLModel(ESPnetSSLModel):
         runs ahead of the updates with gradient accumulation). A batch whose loss is
         not finite leaves every floating-point buffer as it found it (batch-norm
         running statistics, loss state), so the update the trainer then skips leaves
-        no trace either.
+        no trace either. The saved values are put back by a selection on the device
+        (no host synchronisation per forward); the trainer reads finiteness where it
+        already waits for the device (the gradient norm).
         """
         if speech.shape[0] != speech_lengths.shape[0]:
             raise ValueError(
@@ -195,8 +218,8 @@ class BirqSSLModel(ESPnetSSLModel):
                     "loss its own prefix"
                 )
             stats.update(loss_stats)
-        if snapshot is not None and not bool(torch.isfinite(total_loss.detach())):
-            self._restore_buffers(snapshot)
+        if snapshot is not None:
+            self._restore_buffers(snapshot, keep=torch.isfinite(total_loss.detach()).all())
         stats["loss"] = total_loss.detach()
         total_loss, stats, weight = force_gatherable(
             (total_loss, stats, speech.shape[0]), total_loss.device
@@ -206,20 +229,43 @@ class BirqSSLModel(ESPnetSSLModel):
         return total_loss, stats, weight
 
     def _buffer_snapshot(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """Copies of the buffers a forward pass may change (not the frozen quantisers)."""
-        return [
-            (buffer, buffer.detach().clone())
-            for name, buffer in self.named_buffers()
-            if "running_" in name
-            or "num_batches_tracked" in name
-            or ".bilevel." in f".{name}"
-        ]
+        """Copies of the buffers a forward pass may change (not the frozen quantisers,
+        nor an EMA teacher's weights): batch-norm statistics and the bilevel state,
+        a few small tensors. Where they live is found once (walking the module tree
+        at every forward costs more than the copies)."""
+        owners = getattr(self, "_snapshot_owners", None)
+        if owners is None:
+            owners = self._snapshot_owners = [
+                (module._buffers, name)
+                for prefix, module in self.named_modules()
+                for name, buffer in module._buffers.items()
+                if buffer is not None
+                and (
+                    name.startswith("running_")
+                    or name == "num_batches_tracked"
+                    or ".bilevel." in f".{prefix}."
+                )
+            ]
+        return [(owner[name], owner[name].detach().clone()) for owner, name in owners]
 
     @staticmethod
     @torch.no_grad()
-    def _restore_buffers(snapshot: List[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _restore_buffers(
+        snapshot: List[Tuple[torch.Tensor, torch.Tensor]],
+        keep: Optional[torch.Tensor] = None,
+    ) -> None:
+        """Put the saved values back; with ``keep`` (a boolean scalar tensor) only
+        where it is false, selected on the device without reading it.
+
+        Written through ``.data``: batch normalisation saves its running statistics
+        for the backward pass (which reads only the batch statistics in training),
+        and a version-counted write would make that backward fail.
+        """
         for buffer, saved in snapshot:
-            buffer.copy_(saved)
+            if keep is None:
+                buffer.data.copy_(saved)
+            else:
+                torch.where(keep, buffer, saved, out=buffer.data)
 
     # ------------------------------------------------------------------- encode
     def label_passes(self) -> Dict[int, Tuple[bool, bool]]:
@@ -261,11 +307,21 @@ class BirqSSLModel(ESPnetSSLModel):
         rng = step_generator(feats.device) if self.training else None
         data = {"features": feats, "feature_lengths": feats_lengths, "rng": rng}
 
+        masked_forward = contextlib.nullcontext()
         if "span_mask" in self.util_modules:
             encoder_input, mask_info = self.util_modules["span_mask"](
                 feats, feats_lengths, self.subsampling, generator=rng
             )
             data["mask_info"] = mask_info
+        elif "learned_mask" in self.util_modules:
+            # The features stay as they are; the masked subsampled frames are replaced
+            # inside the encoder's forward (espnet2_birq.masking.LearnedMasking).
+            masker = self.util_modules["learned_mask"]
+            encoder_input = feats
+            data["mask_info"] = masker.draw(
+                feats_lengths.to(feats.device), feats.shape[1], self.subsampling, rng
+            )
+            masked_forward = masker.applied(self.encoder, data["mask_info"]["mask_m"])
         else:
             encoder_input = feats
         clean_input = feats
@@ -273,9 +329,10 @@ class BirqSSLModel(ESPnetSSLModel):
             encoder_input, _ = self.preencoder(encoder_input, feats_lengths)
             clean_input, _ = self.preencoder(clean_input, feats_lengths)
 
-        hidden, hidden_lengths, _ = self.encoder(
-            encoder_input, feats_lengths, return_all_hs=True
-        )
+        with masked_forward:
+            hidden, hidden_lengths, _ = self.encoder(
+                encoder_input, feats_lengths, return_all_hs=True
+            )
         final, per_layer = hidden
         layers: List[torch.Tensor] = list(per_layer)
         if use_final_output:
@@ -304,10 +361,17 @@ class BirqSSLModel(ESPnetSSLModel):
             if "ema" not in self.util_modules:
                 raise RuntimeError("a loss asks for teacher_output but there is no 'ema' util")
             teacher = self.util_modules["ema"]
-            layers, lengths = teacher.layer_outputs(clean_input, feats_lengths)
+            # Only the per-block lists some loss reads (``teacher_outputs``; both by
+            # default) are held.
+            keep = set()
+            for loss in self.losses:
+                if "teacher_output" in loss.required_inputs:
+                    keep.update(getattr(loss, "teacher_outputs", ("layers", "ffn")))
+            out = teacher.encode(clean_input, feats_lengths, keep=tuple(sorted(keep)))
             data["teacher_output"] = {
-                "layers": layers,
-                "lengths": lengths,
+                "layers": out["layers"],
+                "ffn": out["ffn"],
+                "lengths": out["lengths"],
                 "decay": teacher.get_decay(),
             }
         return data

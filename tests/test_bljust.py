@@ -181,8 +181,10 @@ def test_joint_update_without_unlabelled_batch_fails(tmp_path):
 class KeyDataset:
     def __init__(self, keys):
         self.keys = keys
+        self.loaded = []  # every item read, in order
 
     def __getitem__(self, key):
+        self.loaded.append(key)
         return key, {"speech": np.zeros((2, 1), dtype=np.float32)}
 
     def __len__(self):
@@ -194,7 +196,7 @@ def collate(items):
     return keys, {"speech": torch.zeros(len(keys), 2, 1)}
 
 
-def paired_factory(num_labelled=6, num_unlabelled=4, final_from=None):
+def paired_factory(num_labelled=6, num_unlabelled=4, final_from=None, exploring=None):
     labelled_keys = [f"l{i}" for i in range(num_labelled)]
     unlabelled_keys = [f"u{i}" for i in range(num_unlabelled)]
     labelled = SequenceIterFactory(
@@ -206,6 +208,7 @@ def paired_factory(num_labelled=6, num_unlabelled=4, final_from=None):
         labelled, KeyDataset(unlabelled_keys),
         [[k] for k in unlabelled_keys], collate, seed=3,
         labelled_only_epoch=(lambda e: e >= final_from) if final_from else None,
+        unlabelled_only_batches=exploring,
     )
 
 
@@ -254,6 +257,114 @@ def test_final_epochs_load_no_unlabelled_data():
     factory = paired_factory(final_from=2)
     assert all(n == 1 for _, n in epoch_batches(factory, 1))
     assert all(n is None for _, n in epoch_batches(factory, 2))
+
+
+def test_exploration_batches_load_no_labelled_data():
+    """The first batches of an epoch (exploration updates, pure SSL) read only their
+    unlabelled half; the labelled batches at later positions are those of the labelled
+    loader, and final epochs explore nothing."""
+    factory = paired_factory(num_labelled=8, num_unlabelled=4, final_from=3, exploring=lambda e: 2)
+    plain = paired_factory(num_labelled=8, num_unlabelled=4, final_from=3)
+    labelled, unlabelled = factory.labelled.dataset, factory.unlabelled_dataset
+    for epoch in (1, 2):
+        labelled.loaded.clear()
+        unlabelled.loaded.clear()
+        batches = list(factory.build_iter(epoch))
+        assert len(batches) == 4
+        reference = list(plain.build_iter(epoch).batch_sampler)
+        for index, ((keys, batch), sides) in enumerate(zip(batches, reference)):
+            unlabelled_keys = [k for side, k in sides if side == 1]
+            labelled_keys = [k for side, k in sides if side == 0]
+            assert batch["unlabelled_speech"].shape[0] == 1
+            if index < 2:  # exploration: no labelled entry, the keys are the unlabelled ones
+                assert "speech" not in batch and keys == unlabelled_keys
+            else:
+                assert batch["speech"].shape[0] == 2 and keys == labelled_keys
+        # Counted at the dataset: 2 labelled batches of 2 utterances read, not 4.
+        assert len(labelled.loaded) == 4 and len(unlabelled.loaded) == 4
+        assert labelled.loaded == [k for b in reference[2:] for side, k in b if side == 0]
+    # A final epoch reads every labelled batch and nothing unlabelled.
+    labelled.loaded.clear()
+    unlabelled.loaded.clear()
+    assert all(n is None for _, n in epoch_batches(factory, 3))
+    assert len(labelled.loaded) == 8 and unlabelled.loaded == []
+
+
+def test_exploration_batches_follow_the_schedule():
+    schedule = BlJustSchedule(exploration_updates=3, final_epochs=2, max_epoch=5)
+    assert [schedule.exploration_batches(e) for e in range(1, 6)] == [3, 3, 3, 0, 0]
+    assert schedule.exploration_batches(1, accum_grad=4) == 12
+    assert BlJustSchedule().exploration_batches(1, accum_grad=2) == 0
+    # Before batch i of an epoch at most i // accum_grad updates were taken: every
+    # batch left without labelled data is an exploration update, also when updates
+    # are skipped (the phase can only stay in exploration longer).
+    accum = 2
+    for taken in range(3 * accum):
+        schedule.num_updates.fill_(100 + taken // accum)
+        schedule.epoch_start_update.fill_(100)
+        schedule.epoch.fill_(1)
+        assert schedule.phase() == EXPLORATION
+    schedule.num_updates.fill_(103)
+    assert schedule.phase() == JOINT
+
+
+def test_exploration_update_needs_no_labelled_batch(tmp_path):
+    """Without the labelled batch an exploration update computes the same loss and
+    gradients as with it (it never used it); a joint update refuses to run without."""
+    results = []
+    for with_labelled in (True, False):
+        model = hand_made_model(tmp_path)
+        model.train()
+        assert model.bljust.schedule.phase() == EXPLORATION
+        labelled, unlabelled = batches()
+        inputs = dict(unlabelled, bljust_epoch=torch.tensor([1]))
+        if with_labelled:
+            inputs.update(labelled)
+        loss, stats, weight = model(**inputs)
+        loss.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((float(loss.detach()), grads, int(weight)))
+        assert stats["loss_sup"] is None and float(stats["phase"]) == EXPLORATION
+    (loss_a, grads_a, weight_a), (loss_b, grads_b, weight_b) = results
+    assert loss_a == loss_b and grads_a.keys() == grads_b.keys()
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+    # The weight counts the batch's labelled utterances, or its unlabelled ones.
+    assert (weight_a, weight_b) == (2, 3)
+    model = hand_made_model(tmp_path)
+    model.train()
+    model.bljust.schedule.start_epoch(1)
+    model.bljust.schedule.num_updates.fill_(2)
+    assert model.bljust.schedule.phase() == JOINT
+    _, unlabelled = batches()
+    with pytest.raises(ValueError, match="joint update without a labelled batch"):
+        model(**unlabelled, bljust_epoch=torch.tensor([1]))
+
+
+def test_ema_teacher_is_left_out_of_ddp_buffer_sync(tmp_path):
+    """An EMA-teacher SSL loss (MT4SSL's online targets) as BL-JUST's lower level: the
+    teacher's buffers are left out of DDP's broadcast, as in the SSL task."""
+    args = tiny_asr_args(tmp_path)
+    args.ssl_loss = [{"name": "ema_regression", "conf": {"top_k": 2}}]
+    args.ssl_util = [{"name": "ema", "conf": {"anneal_updates": 10}}, {"name": "learned_mask"}]
+    args.bljust_conf = {"exploration_updates": 1}
+    model = BlJustTask.build_model(args)
+    ignored = set(model._ddp_params_and_buffers_to_ignore)
+    teacher = {n for n, _ in model.named_buffers() if n.startswith("bljust.ssl.util_modules.ema.")}
+    assert teacher and ignored == teacher
+    assert "bljust.ssl.util_modules.ema.num_updates" in ignored
+    assert "bljust.ssl.util_modules.ema.teacher.encoders.0.feed_forward.w_1.weight" in ignored
+    assert not any(n.startswith("encoder.") for n in ignored)
+    # It trains: an exploration update moves the teacher through the update hook.
+    optimizers = BlJustTask.build_optimizers(args, model)
+    model.train()
+    _, unlabelled = batches()
+    loss, stats, _ = model(**unlabelled, bljust_epoch=torch.tensor([1]))
+    assert "ema_regression_loss" in stats
+    loss.backward()
+    optimizers[0].step()
+    assert int(model.bljust.ssl.util_modules["ema"].num_updates) == 1
+    # Without a teacher nothing is left out.
+    assert not hasattr(BlJustTask.build_model(tiny_asr_args(tmp_path)), "_ddp_params_and_buffers_to_ignore")
 
 
 def test_empty_unlabelled_set_fails_clearly(tmp_path):
@@ -323,6 +434,31 @@ TINY_RUN = {
 }
 
 
+def test_task_loader_skips_the_labelled_half_of_exploration_batches(tmp_path):
+    """BlJustTask's training loader: with exploration_updates 1 and accum_grad 2 the
+    first 2 batches of each joint epoch hold unlabelled data only; the final epoch
+    holds labelled data only."""
+    from espnet2.train.distributed_utils import DistributedOption
+
+    labelled = write_fbank_set(tmp_path / "train", "lab", 8, seed=0, text=True)
+    valid = write_fbank_set(tmp_path / "dev", "dev", 2, seed=1, text=True)
+    unlabelled = write_fbank_set(tmp_path / "pretrain", "unl", 6, seed=2, text=False)
+    (tmp_path / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
+    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(TINY_RUN))
+    args = BlJustTask.get_parser().parse_args(
+        ["--config", str(tmp_path / "conf.yaml"), "--input_size", "80", "--token_type", "char",
+         "--token_list", str(tmp_path / "tokens.txt"), "--accum_grad", "2",
+         *data_args(labelled, valid, unlabelled)]
+    )  # fmt: skip
+    factory = BlJustTask.build_iter_factory(args, DistributedOption(), "train")
+    for epoch, expected in ((1, [False, False, True, True]), (2, [False, False, True, True])):
+        batches = [batch for _, batch in factory.build_iter(epoch)]
+        assert ["speech" in b for b in batches] == expected
+        assert all(b["unlabelled_speech"].shape[0] == 2 for b in batches)
+    final = [batch for _, batch in factory.build_iter(3)]
+    assert all("speech" in b and "unlabelled_speech" not in b for b in final)
+
+
 def test_training_run_writes_an_asr_model_that_espnet_decodes(tmp_path, caplog):
     from espnet2.bin import asr_inference
 
@@ -330,7 +466,9 @@ def test_training_run_writes_an_asr_model_that_espnet_decodes(tmp_path, caplog):
 
     labelled = write_fbank_set(tmp_path / "train", "lab", 6, seed=0, text=True)
     valid = write_fbank_set(tmp_path / "dev", "dev", 2, seed=1, text=True)
-    unlabelled = write_fbank_set(tmp_path / "pretrain", "unl", 5, seed=2, text=False)
+    # 6 unlabelled utterances: batches of 2 as the labelled ones, so every update weighs
+    # the same (exploration updates weigh by their unlabelled batch).
+    unlabelled = write_fbank_set(tmp_path / "pretrain", "unl", 6, seed=2, text=False)
     (tmp_path / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
     (tmp_path / "conf.yaml").write_text(yaml.safe_dump(TINY_RUN))
     exp = tmp_path / "exp"

@@ -9,9 +9,12 @@ from espnet.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from espnet2_birq.masking import (
     FrameSubsampling,
+    LearnedMasking,
     SpanMasking,
     expected_mask_rate,
     measure_mask,
+    positional_encoding_of,
+    wav2vec2_span_mask,
 )
 
 FACTORS = {"conv2d": 4, "conv2d2": 2, "conv2d6": 6, "conv2d8": 8}
@@ -270,3 +273,136 @@ def test_measure_mask_and_expected_rate():
     assert expected_mask_rate(0.0, 10) == 0.0
     assert expected_mask_rate(1.0, 3) == 1.0
     assert expected_mask_rate(0.1, 1) == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------- learned_mask (MT4SSL)
+def test_learned_mask_rate_for_the_published_setting():
+    """mask_prob 0.65, spans of 10 frames (wav2vec 2.0 / data2vec / MT4SSL): 6.5 % of
+    the frames start a span, about 49 % of the frames end up masked."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.full((64,), 1000)
+    mask = wav2vec2_span_mask(lengths, 1000, 0.65, 10, 1, generator)
+    rate, runs = measure_mask(mask, lengths)
+    # Written out: far from the edges a frame stays unmasked when none of the 10 frames
+    # up to it starts a span, (1 - 0.065) ** 10 = 0.511.
+    assert abs(rate - (1 - 0.935**10)) < 0.01, rate
+    assert abs(rate - expected_mask_rate(0.065, 10)) < 0.01
+    assert min(runs) >= 10  # spans merge, never shorter than one span
+    # The same through the util, on the 999 frames a conv2d encoder makes of 4000.
+    masking = LearnedMasking(8)
+    subsampling = FrameSubsampling(((2, 2), (2, 2)))
+    info = masking.draw(torch.full((64,), 4000), 4000, subsampling, generator)
+    rate, _ = measure_mask(info["mask_m"], info["frame_lengths"])
+    assert abs(rate - 0.489) < 0.015, rate
+
+
+def test_learned_mask_span_starts_follow_fairseq():
+    """span 1 shows the starts: floor(p * n / span + u) of them (probabilistic rounding),
+    drawn without replacement from the first n - span frames."""
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.full((2000,), 100)
+    mask = wav2vec2_span_mask(lengths, 100, 0.065, 1, 0, generator)
+    counts = mask.sum(dim=1)
+    assert set(counts.tolist()) == {6, 7}  # 6.5 spans: 6 or 7
+    assert abs(counts.float().mean().item() - 6.5) < 0.05
+    assert not mask[:, 99].any()  # the last frame is never a start (n - span = 99 starts)
+    assert mask[:, :99].float().mean(dim=0).min() > 0.03  # every other frame can be
+    # min_spans: an utterance whose draw rounds to 0 spans still gets one.
+    short = wav2vec2_span_mask(torch.full((500,), 12), 12, 0.065, 1, 1, generator)
+    assert (short.sum(dim=1) == 1).all()
+    # Utterances no longer than a span (fairseq's fallback: num + 1 start frames), empty
+    # utterances and padding.
+    lengths = torch.tensor([30, 10, 5, 1, 0])
+    for _ in range(50):
+        mask = wav2vec2_span_mask(lengths, 30, 0.65, 10, 1, generator)
+        assert (mask.sum(dim=1)[:4] >= 1).all() and not mask[4].any()
+        assert not mask[torch.arange(30)[None, :] >= lengths[:, None]].any()
+        assert mask[2, 2:5].all()  # a start at 0 or 1 masks up to the end (frame 4)
+
+
+def test_learned_mask_info_matches_span_mask_contract():
+    """The same mask_info keys, aligned with the encoder frames of every subsampling."""
+    for input_layer in sorted(FACTORS):
+        encoder = tiny_conformer(input_layer)
+        subsampling = FrameSubsampling.from_encoder(encoder)
+        lengths = torch.tensor([200, 173, 64, 31])
+        info = LearnedMasking(8).draw(lengths, 200, subsampling, torch.Generator().manual_seed(2))
+        _, span_info = SpanMasking()(torch.zeros(4, 200, 80), lengths, subsampling)
+        assert info.keys() == span_info.keys()
+        for key in ("output_lengths", "frame_lengths"):
+            assert torch.equal(info[key], span_info[key]), key
+        assert info["mask_m"].shape == span_info["mask_m"].shape
+        assert info["subsampling_factor"] == FACTORS[input_layer]
+        frames, olens = encoder_lengths(encoder, lengths.tolist(), 200)
+        assert info["mask_m"].shape[1] == frames and torch.equal(info["output_lengths"], olens)
+        valid = torch.arange(frames)[None, :] < info["frame_lengths"][:, None]
+        assert torch.equal(info["mask_u"], valid & ~info["mask_m"])
+        assert not info["mask_m"][~valid].any() and info["mask_m"].any()
+        factor = FACTORS[input_layer]
+        owned = info["mask_m"].repeat_interleave(factor, dim=1)[:, :200]
+        assert torch.equal(info["input_mask"][:, : owned.shape[1]], owned)
+
+
+@pytest.mark.parametrize("input_layer", ["conv2d", "conv2d6", "linear"])
+def test_learned_mask_replaces_the_masked_frames_by_the_embedding(input_layer):
+    """Inside applied(), the positional encoding receives the embedding at masked frames
+    and the projected frames elsewhere; outside it, nothing changes."""
+    encoder = tiny_conformer(input_layer)
+    masking = LearnedMasking(8)
+    subsampling = FrameSubsampling.from_encoder(encoder)
+    lengths = torch.tensor([120, 97])
+    feats = torch.randn(2, 120, 80)
+    info = masking.draw(lengths, 120, subsampling, torch.Generator().manual_seed(3))
+    seen = []
+    pos_enc = positional_encoding_of(encoder)
+    handle = pos_enc.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        clean, _, _ = encoder(feats, lengths)
+        with masking.applied(encoder, info["mask_m"]):
+            masked, _, _ = encoder(feats, lengths)
+        again, _, _ = encoder(feats, lengths)
+    handle.remove()
+    before, inside, after = seen
+    mask = info["mask_m"]
+    assert mask.any() and (~mask).any()
+    assert torch.equal(inside[mask], masking.embedding.detach().expand(int(mask.sum()), 8))
+    assert torch.equal(inside[~mask], before[~mask])
+    assert torch.equal(after, before) and torch.equal(again, clean)
+    assert not torch.allclose(masked, clean)
+
+
+def test_learned_mask_embedding_is_trained_and_checked():
+    encoder = tiny_conformer("conv2d").train()
+    masking = LearnedMasking(8)
+    subsampling = FrameSubsampling.from_encoder(encoder)
+    lengths = torch.tensor([120, 97])
+    info = masking.draw(lengths, 120, subsampling, torch.Generator().manual_seed(4))
+    with masking.applied(encoder, info["mask_m"]):
+        out, _, _ = encoder(torch.randn(2, 120, 80), lengths)
+    out[info["mask_m"]].pow(2).sum().backward()
+    assert masking.embedding.grad is not None and masking.embedding.grad.abs().sum() > 0
+    assert 0.0 <= float(masking.embedding.detach().min()) and float(masking.embedding.detach().max()) < 1.0
+    assert [name for name, _ in masking.named_parameters()] == ["embedding"]
+    # A mask that does not match the encoder's frames is refused, not broadcast.
+    with pytest.raises(RuntimeError, match="the mask covers"):
+        with masking.applied(encoder, info["mask_m"][:, :-1]):
+            encoder(torch.randn(2, 120, 80), lengths)
+    # The masked forward must run the input layer exactly once.
+    with pytest.raises(RuntimeError, match="ran 0 times"):
+        with masking.applied(encoder, info["mask_m"]):
+            pass
+    # Encoders without an ESPnet input layer cannot be masked this way.
+    with pytest.raises(TypeError, match="learned_mask needs an ESPnet encoder"):
+        positional_encoding_of(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="mask_prob"):
+        LearnedMasking(8, mask_prob=1.5)
+    # ESPnet's --init keeps wav2vec 2.0's uniform initialisation.
+    from espnet2.torch_utils.initialize import initialize
+
+    holder = torch.nn.Module()
+    holder.masking = masking
+    for init in ("xavier_uniform", "chainer"):
+        with torch.no_grad():
+            masking.embedding.fill_(-1.0)
+        initialize(holder, init)
+        assert 0.0 <= float(masking.embedding.detach().min()) and float(masking.embedding.detach().max()) < 1.0

@@ -1,6 +1,7 @@
 """MT4SSL: EMA teacher, kmeans_ce / ema_regression losses, label cropping, k-means tool."""
 
 import io
+import math
 import os
 import random
 import subprocess
@@ -74,15 +75,19 @@ def test_teacher_is_out_of_the_optimiser_and_gets_no_gradient():
     assert list(teacher.parameters()) == []
     teacher_tensors = {id(t) for t in teacher.teacher.buffers()}
     assert not any(id(p) in teacher_tensors for p in model.parameters())
-    # Every student tensor has its teacher twin, saved in the state dict.
+    # Every student tensor of the blocks has its teacher twin, saved in the state dict;
+    # the input layer (encoder.embed) has none: the teacher uses the student's.
     state = model.state_dict()
-    for name, _ in model.encoder.named_parameters():
+    blocks = [n for n, _ in model.encoder.named_parameters() if not n.startswith("embed.")]
+    assert blocks and len(blocks) < len(list(model.encoder.parameters()))
+    for name in blocks:
         assert f"util_modules.ema.teacher.{name}" in state
+    assert not any(k.startswith("util_modules.ema.teacher.embed.") for k in state)
     assert "util_modules.ema.num_updates" in state
     # Left out of DDP's buffer broadcast (each rank computes the same average).
     ignored = set(model._ddp_params_and_buffers_to_ignore)
     assert "util_modules.ema.num_updates" in ignored
-    assert {f"util_modules.ema.teacher.{n}" for n, _ in model.encoder.named_parameters()} <= ignored
+    assert {f"util_modules.ema.teacher.{n}" for n in blocks} <= ignored
     assert not any(name.startswith("encoder.") for name in ignored)
     assert not any(k.startswith("util_modules.ema.student") for k in state)
     model.train()
@@ -90,6 +95,10 @@ def test_teacher_is_out_of_the_optimiser_and_gets_no_gradient():
     loss.backward()
     assert all(not t.requires_grad and t.grad is None for t in teacher.teacher.buffers())
     assert model.encoder.encoders[0].feed_forward.w_1.weight.grad is not None
+    # The learned mask embedding is a trained parameter of the model.
+    embedding = model.util_modules["learned_mask"].embedding
+    assert any(p is embedding for p in model.parameters())
+    assert embedding.grad is not None and embedding.grad.abs().sum() > 0
 
 
 def test_teacher_follows_the_ema_formula_after_updates():
@@ -121,6 +130,56 @@ def test_teacher_follows_the_ema_formula_after_updates():
     assert student.w.item() == pytest.approx(weight, abs=1e-6)
 
 
+def test_teacher_averages_the_blocks_only_and_runs_the_students_input_layer():
+    """MT4SSL/data2vec (ema_transformer_only): encoder.embed is not averaged; the
+    teacher's input layer is the student's current one; include_front copies it too."""
+    model = build()
+    teacher = teacher_of(model)
+    assert not teacher.include_front and teacher.teacher.embed is None
+    inputs = batch()
+    model.eval()
+    with torch.no_grad():
+        feats = model.encode(inputs["speech"], inputs["speech_lengths"])["features"]
+    lengths = inputs["speech_lengths"]
+    teacher.copy_student()
+    embed_before = {n: p.detach().clone() for n, p in model.encoder.embed.named_parameters()}
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.mul_(1.5)
+    teacher.on_optimizer_step()  # decay 0.999: the blocks barely move
+    for name, p in model.encoder.named_parameters():
+        if name.startswith("embed."):
+            continue
+        expected = 0.999 * p.detach() / 1.5 + 0.001 * p.detach()
+        assert torch.allclose(teacher.teacher.get_buffer(name), expected, atol=1e-6), name
+    # The teacher's input is the student's *current* input layer (scaled by 1.5), then
+    # the teacher's own blocks.
+    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+
+    with torch.no_grad():
+        masks = ~make_pad_mask(lengths)[:, None, :]
+        x, masks = model.encoder.embed(feats, masks)
+        expected = []
+        for block in teacher.teacher.encoders:
+            x, masks = block(x, masks)
+            expected.append(x[0])
+    out = teacher.encode(feats, lengths)
+    for ours, theirs in zip(out["layers"], expected):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.equal(
+        embed_before["conv.0.weight"], model.encoder.embed.conv[0].weight.detach()
+    )
+    # include_front: the input layer is copied and averaged as well.
+    args = BirqSSLTask.get_parser().parse_args(["--config", str(DEBUG), "--input_size", "80"])
+    args.util = [{"name": "ema", "conf": {"include_front": True}}, {"name": "learned_mask"}]
+    whole = BirqSSLTask.build_model(args)
+    whole_teacher = teacher_of(whole)
+    assert whole_teacher.include_front and whole_teacher.teacher.embed is not None
+    state = whole.state_dict()
+    for name, _ in whole.encoder.named_parameters():
+        assert f"util_modules.ema.teacher.{name}" in state
+
+
 def test_decay_schedule():
     ema = EMATeacher(torch.nn.Linear(2, 2), 0.999, 0.9999, anneal_updates=1000)
     assert ema.get_decay(0) == 0.999
@@ -145,15 +204,66 @@ def test_teacher_runs_in_evaluation_mode_without_graph():
     with torch.no_grad():
         data = model.encode(inputs["speech"], inputs["speech_lengths"])
         (_, layers), _, _ = model.encoder(data["features"], data["feature_lengths"], return_all_hs=True)
+        student_final, _, _ = model.encoder(data["features"], data["feature_lengths"])
+    # ESPnet's interface: the final output is the encoder's, after its final norm.
+    (final, _), _, _ = teacher_of(model)(data["features"], data["feature_lengths"])
+    assert torch.allclose(final, student_final, atol=1e-5)
     model.train()
     data = model.encode(batch()["speech"], batch()["speech_lengths"])
     out = data["teacher_output"]
-    assert len(out["layers"]) == len(model.encoder.encoders)
-    assert all(not layer.requires_grad for layer in out["layers"])
+    # The model keeps the per-block list its losses read: the ffn outputs.
+    assert out["layers"] is None and len(out["ffn"]) == len(model.encoder.encoders)
+    assert all(not t.requires_grad for t in out["ffn"])
     assert torch.equal(out["lengths"], data["encoder_output_lengths"])
     assert teacher_of(model).teacher.training  # flags restored
-    for ours, theirs in zip(out["layers"], layers):
+    assert model.encoder.embed.training  # the student's input layer too
+    both = teacher_of(model).encode(data["features"], data["feature_lengths"])
+    assert all(not t.requires_grad for t in both["layers"] + both["ffn"])
+    for ours, theirs in zip(both["layers"], layers):
         assert torch.allclose(ours, theirs, atol=1e-5)
+    for ours, theirs in zip(both["ffn"], out["ffn"]):
+        assert torch.equal(ours, theirs)
+
+
+def test_teacher_targets_are_the_feed_forward_outputs_before_the_residual():
+    """Each Conformer block recomputed by hand: the target is feed_forward(norm_ff(x))
+    where the block then outputs norm_final(x + 0.5 * that)."""
+    model = build()
+    model.eval()
+    inputs = batch()
+    with torch.no_grad():
+        feats = model.encode(inputs["speech"], inputs["speech_lengths"])["features"]
+    lengths = inputs["speech_lengths"]
+    teacher = teacher_of(model)
+    out = teacher.encode(feats, lengths)
+    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+
+    with torch.no_grad():
+        masks = ~make_pad_mask(lengths)[:, None, :]
+        (x, pos_emb), masks = model.encoder.embed(feats, masks)
+        for index, block in enumerate(teacher.teacher.encoders):
+            assert block.normalize_before and block.ff_scale == 0.5
+            x = x + 0.5 * block.feed_forward_macaron(block.norm_ff_macaron(x))
+            h = block.norm_mha(x)
+            x = x + block.self_attn(h, h, h, pos_emb, masks)
+            x = x + block.conv_module(block.norm_conv(x))
+            ffn = block.feed_forward(block.norm_ff(x))
+            x = block.norm_final(x + 0.5 * ffn)
+            assert torch.allclose(out["ffn"][index], ffn, atol=1e-5), index
+            assert torch.allclose(out["layers"][index], x, atol=1e-5), index
+            assert not torch.allclose(ffn, x, atol=1e-2)
+
+
+def test_ffn_target_needs_feed_forward_modules():
+    loss = EMARegressionLoss(encoder_output_size=4, top_k=1)
+    with pytest.raises(RuntimeError, match="target 'ffn' needs a 'feed_forward' module"):
+        loss.teacher_layers({"layers": [torch.zeros(1, 2, 4)], "ffn": None})
+    block = EMARegressionLoss(encoder_output_size=4, top_k=1, target="block")
+    layers = [torch.zeros(1, 2, 4)]
+    assert block.teacher_layers({"layers": layers, "ffn": None}) is layers
+    for key, value in (("target", "output"), ("loss_scale", "sum"), ("masking", "noise")):
+        with pytest.raises(ValueError, match=f"{key} must be one of"):
+            EMARegressionLoss(encoder_output_size=4, **{key: value})
 
 
 def test_teacher_starts_as_the_student_actually_trained():
@@ -169,7 +279,8 @@ def test_teacher_starts_as_the_student_actually_trained():
     model(**batch())
     assert bool(teacher.synced)
     for name, p in model.encoder.named_parameters():
-        assert torch.equal(teacher.teacher.get_buffer(name), p.detach()), name
+        if not name.startswith("embed."):
+            assert torch.equal(teacher.teacher.get_buffer(name), p.detach()), name
     teacher.on_optimizer_step()
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     fresh = build()
@@ -262,7 +373,7 @@ def test_losses_only_see_masked_frames(name):
             return loss([hidden], mask_info, labels, lengths)[0]
         torch.manual_seed(1)
         loss = EMARegressionLoss(encoder_output_size=6, top_k=2, instance_norm=False)
-        return loss([hidden], lengths, mask_info, dict(teacher, layers=teacher_layers))[0]
+        return loss([hidden], lengths, mask_info, dict(teacher, ffn=teacher_layers))[0]
 
     base = compute(hidden, teacher["layers"], labels)
     unmasked = ~mask_info["mask_m"]
@@ -279,23 +390,53 @@ def test_losses_only_see_masked_frames(name):
     assert not torch.equal(compute(masked_hidden, teacher["layers"], labels), base)
 
 
-def test_ema_regression_is_mse_through_the_head():
-    hidden, lengths, mask_info = loss_inputs()
-    layers = [torch.randn(2, 8, 6) for _ in range(2)]
-    loss_fn = EMARegressionLoss(encoder_output_size=6, top_k=2, instance_norm=False)
-    loss, stats = loss_fn([hidden], lengths, mask_info, {"layers": layers, "lengths": lengths, "decay": 0.99})
-    m = mask_info["mask_m"]
-    target = (layers[0] + layers[1])[m] / 2
-    expected = ((loss_fn.head(hidden[m]) - target) ** 2).mean()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert stats["ema_regression_target_var"].item() == pytest.approx(
-        target.var(0, unbiased=False).mean().item(), rel=1e-5
-    )
+def test_ema_regression_follows_the_reference_formula():
+    """Hand-computed: per masked frame sum_d (pred - target)^2 / sqrt(D), averaged over
+    the masked frames (MT4SSL's code: loss.sum() / sqrt(D) / number of masked frames)."""
+    hidden = torch.tensor([[[1.0, 2.0], [9.0, 9.0], [3.0, -1.0]]])  # (B=1, T=3, D=2)
+    target = torch.tensor([[[0.0, 0.0], [5.0, 5.0], [1.0, 1.0]]])
+    lengths = torch.tensor([3])
+    mask_m = torch.tensor([[True, False, True]])
+    mask_info = {"mask_m": mask_m, "mask_u": ~mask_m, "output_lengths": lengths,
+                 "frame_lengths": lengths}  # fmt: skip
+    teacher = {"layers": [target * 7], "ffn": [target], "lengths": lengths, "decay": 0.99}
+
+    def make(**conf):
+        loss = EMARegressionLoss(encoder_output_size=2, top_k=1, instance_norm=False, **conf)
+        with torch.no_grad():  # identity head: the prediction is the hidden frame
+            loss.head.weight.copy_(torch.eye(2))
+            loss.head.bias.zero_()
+        return loss
+
+    # Frame 0: 1^2 + 2^2 = 5; frame 2: 2^2 + (-2)^2 = 8; frame 1 is not masked.
+    loss, stats = make()([hidden], lengths, mask_info, teacher)
+    assert loss.item() == pytest.approx((5 + 8) / 2 / math.sqrt(2), rel=1e-6)
+    assert float(stats["ema_regression_loss"]) == pytest.approx(4.5961941, rel=1e-6)
+    # The project's earlier scale: the mean over frames and dimensions, sqrt(D) lighter.
+    per_dim, _ = make(loss_scale="per_dim")([hidden], lengths, mask_info, teacher)
+    assert per_dim.item() == pytest.approx((5 + 8) / 4, rel=1e-6)
+    # weight scales the returned loss, not the logged one.
+    weighted, stats = make(weight=0.5)([hidden], lengths, mask_info, teacher)
+    assert weighted.item() == pytest.approx(0.5 * 4.5961941, rel=1e-6)
+    assert float(stats["ema_regression_loss"]) == pytest.approx(4.5961941, rel=1e-6)
+    # target: block reads the block outputs (here 7 x the ffn outputs).
+    block, _ = make(target="block")([hidden], lengths, mask_info, teacher)
+    # Frame 0: 1 + 4 = 5; frame 2: (3 - 7)^2 + (-1 - 7)^2 = 80.
+    assert block.item() == pytest.approx((5 + 80) / 2 / math.sqrt(2), rel=1e-6)
+    # Target variance over the masked frames, per dimension, averaged: ((0, 1), (0, 1)).
+    assert float(stats["ema_regression_target_var"]) == pytest.approx(0.25)
     assert float(stats["ema_regression_decay"]) == pytest.approx(0.99)
     # A collapsed teacher (the same vector everywhere) shows as zero target variance.
-    flat = [torch.ones(2, 8, 6) for _ in range(2)]
-    _, stats = loss_fn([hidden], lengths, mask_info, {"layers": flat, "lengths": lengths, "decay": 0.99})
+    flat = dict(teacher, ffn=[torch.ones(1, 3, 2)])
+    _, stats = make()([hidden], lengths, mask_info, flat)
     assert float(stats["ema_regression_target_var"]) == 0.0
+    # Gradient through the head only from the masked frames.
+    loss_fn = make()
+    hidden_grad = hidden.clone().requires_grad_(True)
+    loss_fn([hidden_grad], lengths, mask_info, teacher)[0].backward()
+    assert torch.equal(hidden_grad.grad[0, 1], torch.zeros(2))
+    # d/dpred of sum_d (pred - t)^2 / sqrt(2) / 2 frames = (pred - t) / sqrt(2).
+    assert torch.allclose(hidden_grad.grad[0, 0], torch.tensor([1.0, 2.0]) / math.sqrt(2))
 
 
 def test_kmeans_ce_refuses_missing_short_or_out_of_range_labels():
@@ -337,6 +478,19 @@ def test_config_print_and_dry_run(config, tmp_path):
             p.numel() for p in birq.encoder.parameters()
         )
         assert model.losses[1].top_k == 8
+    # The published MT4SSL settings: learned-embedding masking on the encoder frames,
+    # ffn targets, the sqrt(D) scale, blocks-only teacher.
+    assert set(model.util_modules) == {"ema", "learned_mask"}
+    masker = model.util_modules["learned_mask"]
+    assert (masker.mask_prob, masker.span_frames, masker.min_spans) == (0.65, 10, 1)
+    assert [loss.masking for loss in model.losses] == ["learned_mask", "learned_mask"]
+    assert (model.losses[1].target, model.losses[1].loss_scale) == ("ffn", "sqrt_dim")
+    assert model.losses[1].weight == model.losses[0].weight == 1.0
+    teacher = model.util_modules["ema"]
+    assert not teacher.include_front
+    assert (teacher.decay_start, teacher.decay_end) == (0.999, 0.9999)
+    if "debug" not in config.name and "tiny" not in config.name:
+        assert teacher.anneal_updates == 30000
     clusters = model.losses[0].num_clusters
     model.train()
     with torch.no_grad():
@@ -352,7 +506,12 @@ def test_composes_with_best_rq():
         {"name": "best_rq", "conf": {"codebook_size": 16, "code_dim": 8}},
         {"name": "ema_regression", "conf": {"top_k": 2}},
     ]
+    # One masked forward serves every loss: the two maskings cannot be mixed.
+    with pytest.raises(ValueError, match="give the MT4SSL losses .* 'masking: span_mask'"):
+        BirqSSLTask.build_model(args)
+    args.loss[1]["conf"]["masking"] = "span_mask"
     model = BirqSSLTask.build_model(args)
+    assert set(model.util_modules) == {"ema", "span_mask"}
     model.train()
     loss, stats, _ = model(batch()["speech"], batch()["speech_lengths"])
     loss.backward()
@@ -360,6 +519,30 @@ def test_composes_with_best_rq():
     assert stats["loss"].item() == pytest.approx(
         (stats["best_rq_loss"] + stats["ema_regression_loss"]).item(), rel=1e-5
     )
+
+
+def test_the_earlier_variant_runs_through_the_model():
+    """The project's earlier MT4SSL, kept as keys: BEST-RQ's noise spans, block-output
+    targets, the per-dimension mean, a teacher that averages the input layer too."""
+    args = BirqSSLTask.get_parser().parse_args(["--config", str(DEBUG), "--input_size", "80"])
+    for loss in args.loss:
+        loss["conf"]["masking"] = "span_mask"
+    args.loss[1]["conf"].update(target="block", loss_scale="per_dim")
+    args.util = [
+        {"name": "ema", "conf": {"include_front": True}},
+        {"name": "span_mask", "conf": {"mask_prob": 0.02, "span_ms": 200}},
+    ]
+    model = BirqSSLTask.build_model(args)
+    assert set(model.util_modules) == {"ema", "span_mask"}
+    assert model.util_modules["ema"].teacher.embed is not None
+    model.train()
+    inputs = batch()
+    data = model.encode(inputs["speech"], inputs["speech_lengths"])
+    assert data["teacher_output"]["ffn"] is None and len(data["teacher_output"]["layers"]) == 2
+    assert "input_mask" in data["mask_info"] and bool(data["mask_info"]["input_mask"].any())
+    loss, stats, _ = model(**batch())
+    loss.backward()
+    assert set(STAT_KEYS) <= set(stats) and torch.isfinite(loss)
 
 
 # ------------------------------------------------------------------------ collate

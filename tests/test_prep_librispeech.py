@@ -187,14 +187,34 @@ def run_data_sh(rdir: Path, env_extra: dict, *args):
                           cwd=rdir, env=env, capture_output=True, text=True, timeout=120)
 
 
+def write_lm_text(path: Path, lines) -> Path:
+    import gzip
+
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("".join(f"{line}\n" for line in lines))
+    return path
+
+
 def test_data_sh_end_to_end(tmp_path):
     make_corpus(tmp_path / "corpus")
     rdir = make_recipe_sandbox(tmp_path, "librispeech")
     env = {"LIBRISPEECH": str(tmp_path / "corpus")}
+    # the LM text is prepared with the audio unless --lm_text false
+    r = run_data_sh(rdir, env, "--download", "false")
+    assert r.returncode != 0 and "librispeech-lm-norm.txt.gz not found" in r.stdout + r.stderr
+    assert "--lm_text false" in r.stdout + r.stderr
+    r = run_data_sh(rdir, env, "--download", "false", "--lm_text", "false")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (rdir / "data" / "local" / "other_text").exists()
+    write_lm_text(tmp_path / "corpus" / "librispeech-lm-norm.txt.gz", ["A CAT SAT", "", "THE  DOG'S BONE"])
     r = run_data_sh(rdir, env, "--download", "false")
     assert r.returncode == 0, r.stdout + r.stderr
     for d in ls.DATA_DIRS:
         assert (rdir / "data" / d / "text").is_file()
+    assert (rdir / "data" / "local" / "other_text" / "text").read_text() == (
+        "librispeech_lm_norm_000000001 A CAT SAT\nlibrispeech_lm_norm_000000003 THE DOG'S BONE\n")
+    r = run_data_sh(rdir, env, "--download", "false", "--stage", "2")
+    assert r.returncode == 0 and "already written" in r.stdout, r.stdout + r.stderr
     # re-runnable
     r = run_data_sh(rdir, env, "--download", "false", "--stage", "2")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -216,7 +236,8 @@ def test_part_of_the_corpus_prepares_the_sets_it_makes(tmp_path, caplog):
     assert "not preparing pretrain_960: subset(s) train-clean-360 train-other-500" in caplog.text
     # the recipe's local/data.sh does the same, and validates what it prepared
     rdir = make_recipe_sandbox(tmp_path, "librispeech")
-    r = run_data_sh(rdir, {"LIBRISPEECH": str(tmp_path / "corpus")}, "--download", "false")
+    r = run_data_sh(rdir, {"LIBRISPEECH": str(tmp_path / "corpus")}, "--download", "false",
+                    "--lm_text", "false")
     assert r.returncode == 0, r.stdout + r.stderr
     assert (rdir / "data" / "train_clean_100" / "wav.scp").is_file()
     assert not (rdir / "data" / "pretrain_960").exists()
@@ -242,3 +263,31 @@ def test_transcripts_are_upper_cased_and_odd_characters_reported(tmp_path, caplo
     assert text[0].endswith(" HELLO CAFÉ")
     assert "dev_clean: characters outside A-Z, apostrophe and space" in caplog.text
     assert "'É' in 1 (first 84-121123-0000)" in caplog.text
+
+
+def test_lm_text_download_and_preparation(tmp_path, monkeypatch):
+    """librispeech-lm-norm.txt.gz: md5-checked download from a (local) mirror, skipped
+    once there; written as a sorted Kaldi text with unique ids."""
+    import hashlib
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    lm = write_lm_text(mirror / ls.LM_TEXT["name"], ["ONE SENTENCE", "two sentences", ""])
+    md5 = hashlib.md5(lm.read_bytes()).hexdigest()
+    assert ls.LM_TEXT["md5"] == "c83c64c726a1aedfe65f80aa311de402"  # the real file's
+    monkeypatch.setitem(ls.LM_TEXT, "md5", md5)
+    got = ls.download_lm_text(tmp_path / "root", base_url=mirror.as_uri())
+    assert got == tmp_path / "root" / "librispeech-lm-norm.txt.gz" and got.read_bytes() == lm.read_bytes()
+    with monkeypatch.context() as m:  # a second call must not touch the network
+        m.setattr(ls.dl, "urllib", None)
+        assert ls.download_lm_text(tmp_path / "root", base_url=mirror.as_uri()) == got
+    n = ls.prepare_lm_text(got, tmp_path / "data")
+    text = (tmp_path / "data" / "local" / "other_text" / "text").read_text().splitlines()
+    assert n == 2 and text == ["librispeech_lm_norm_000000001 ONE SENTENCE",
+                               "librispeech_lm_norm_000000002 TWO SENTENCES"]
+    assert text == sorted(text)
+    with pytest.raises(ls.LibriSpeechError, match="--lm_text false"):
+        ls.prepare_lm_text(tmp_path / "missing.txt.gz", tmp_path / "data")
+    monkeypatch.setitem(ls.LM_TEXT, "md5", "0" * 32)
+    with pytest.raises(ls.dl.ChecksumError):
+        ls.download_lm_text(tmp_path / "other", base_url=mirror.as_uri())

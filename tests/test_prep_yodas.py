@@ -219,3 +219,64 @@ def test_data_sh_end_to_end(tmp_path):
     assert (tmp_path / "ex" / "en000" / "00000000").is_dir()
     r = subprocess.run(cmd, cwd=rdir, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_pretraining_lists_of_the_fixture_are_split_by_run_sh(tmp_path):
+    """The YODAS recipe reads its pre-training lists in parts (run.sh: --num_splits_ssl 10,
+    ESPnet's --multiple_iterator): the miniature corpus prepared by local/data.sh, then
+    run.sh stage 5 with a stand-in trainer; ESPnet's split_scps runs for real."""
+    if not (REPO / "utils" / "parse_options.sh").is_file():
+        pytest.skip("utils/parse_options.sh not available")
+    root = make_yodas(tmp_path / "yodas")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "conf").symlink_to(REPO / "conf")
+    rdir = repo / "egs2" / "yodas" / "ssl1"
+    rdir.mkdir(parents=True)
+    for name in ("run.sh", "db.sh", "local", "conf"):
+        (rdir / name).symlink_to(REPO / "egs2" / "yodas" / "ssl1" / name)
+    for name in ("ssl.sh", "path.sh", "cmd.sh"):
+        (rdir / name).symlink_to(REPO / "egs2" / "TEMPLATE" / "ssl1" / name)
+    (rdir / "utils").symlink_to(REPO / "utils")
+    env = dict(os.environ, YODAS=str(root), PYTHONPATH="", cmd_backend="local")
+    r = subprocess.run(["bash", "local/data.sh", "--python", sys.executable, "--download", "false",
+                        "--hours", "0.02", "--finetune_hours", "0.003", "--dev_hours", "0.002",
+                        "--test_hours", "0.002", "--extract_dir", str(tmp_path / "ex")],
+                       cwd=rdir, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # what stages 2 and 4 leave for stage 5 (--feats_type raw): the checked lists, shapes
+    for dset, split in (("pretrain", "train"), ("dev", "valid")):
+        wav = (rdir / "data" / dset / "wav.scp").read_text()
+        (rdir / "dump" / "raw" / dset).mkdir(parents=True)
+        (rdir / "dump" / "raw" / dset / "wav.scp").write_text(wav)
+        stats = rdir / "exp" / "ssl_stats_raw" / split
+        stats.mkdir(parents=True)
+        durations = [line.split() for line in (rdir / "data" / dset / "utt2dur").read_text().splitlines()] \
+            if (rdir / "data" / dset / "utt2dur").is_file() else [[line.split()[0], "1.0"] for line in wav.splitlines()]
+        (stats / "speech_shape").write_text("".join(f"{u} {int(float(d) * 16000)}\n" for u, d in durations))
+        (stats / "feats_stats.npz").write_text("x\n")
+    n_utts = len((rdir / "data" / "pretrain" / "wav.scp").read_text().splitlines())
+    assert n_utts >= 10
+    fake = tmp_path / "fake_python"
+    fake.write_text(f"""#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/python_calls.txt"
+out=; prev=
+for a in "$@"; do [ "$prev" = --output_dir ] && out=$a; prev=$a; done
+case "$*" in
+    *espnet2.bin.split_scps*) exec {sys.executable} "$@" ;;
+    *"check_init name"*) echo valid.best_rq_acc.ave.pth ;;
+    *espnet2.bin.launch*) mkdir -p "$out"; touch "$out/valid.best_rq_acc.ave.pth" ;;
+esac
+""")
+    fake.chmod(0o755)
+    r = subprocess.run(["./run.sh", "--python", str(fake), "--ngpu", "0", "--stage", "5", "--stop_stage", "5"],
+                       cwd=rdir, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    split = rdir / "exp" / "ssl_stats_raw" / "splits10"
+    parts = [(split / "wav.scp" / f"split.{i}").read_text().splitlines() for i in range(10)]
+    assert sorted(line for part in parts for line in part) == sorted(
+        (rdir / "data" / "pretrain" / "wav.scp").read_text().splitlines())
+    assert all(parts)
+    launch = [c for c in (tmp_path / "python_calls.txt").read_text().splitlines() if "espnet2.bin.launch" in c]
+    assert "--multiple_iterator true" in launch[0]
+    assert "--train_shape_file exp/ssl_stats_raw/splits10/speech_shape" in launch[0]

@@ -273,6 +273,59 @@ def test_fs_in_khz_is_normalised(tmp_path):
         assert "--fs must be" in result.stderr, result.stderr
 
 
+def test_raw_mode_gives_fs_to_the_frontend_and_to_fine_tuning(tmp_path):
+    """--feats_type raw --fs 8k: the SSL collect_stats and training runs compute the
+    features with --frontend_conf fs=8000 (the configs say 16000); k-means (a kmeans_ce
+    loss) reads stage 2's checked wav.scp, whose other-rate recordings are resampled copies; the fine-tuning config is made with --fs 8000 (fine-tuning
+    reads stage 2's fbank, made at --fs: ESPnet's asr_train with --input_size 80 has no
+    frontend, so it gets no --frontend_conf)."""
+    recipe = make_recipe(tmp_path)
+    script = tmp_path / "fake_python"
+    script.write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        [ "$1" = -c ] && exec {sys.executable} "$@"
+        echo "$*" >> "$(dirname "$0")/python_calls.txt"
+        case "$*" in *"check_init name"*) echo valid.best_rq_acc.ave.pth ;; *"kmeans wants"*) echo 8 ;; esac
+        prev=
+        for a in "$@"; do
+            [ "$prev" = --out ] && touch "$a"
+            if [ "$prev" = --output_dir ]; then
+                mkdir -p "$a/train" "$a/valid"
+                touch "$a/valid.best_rq_acc.ave.pth" "$a/train/feats_stats.npz"
+                for s in train valid; do touch "$a/$s/speech_shape" "$a/$s/text_shape"; done
+            fi
+            prev=$a
+        done
+        """))
+    script.chmod(0o755)
+    (recipe / "conf").mkdir()
+    for name in ("train_ssl_birq_conformer.yaml", "train_asr_ctc.yaml"):
+        (recipe / "conf" / name).write_text("{}\n")
+    write_files(recipe, ["data/token_list/char/tokens.txt"], "<blank>\n<unk>\nA\n<sos/eos>\n")
+    write_files(recipe, [f"dump/raw/{s}/wav.scp" for s in ("pretrain", "dev")]
+                + [f"dump/fbank/{s}/{f}" for s in ("train", "dev") for f in ("feats.scp", "text")], "u1 x\n")
+    args = [*SETS, "--python", script, "--ngpu", "0", "--nj", "1", "--feats_type", "raw", "--fs", "8k"]
+    result = run_ssl(recipe, *args, "--stage", "4", "--stop_stage", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # stage 6 reads the pre-trained model's config (the fake trainer writes none)
+    write_files(recipe, ["exp/ssl_train_ssl_birq_conformer/config.yaml"], "encoder: conformer\n")
+    result = run_ssl(recipe, *args, "--stage", "6", "--stop_stage", "6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = (tmp_path / "python_calls.txt").read_text().splitlines()
+    stats = [c for c in calls if "espnet2_birq.bin.ssl_train --collect_stats true" in c]
+    assert stats and all("--frontend_conf fs=8000 " in c for c in stats), stats
+    train = [c for c in calls if "espnet2_birq.bin.ssl_train --config" in c]
+    assert len(train) == 1 and "--frontend kaldi_fbank --frontend_conf fs=8000 " in train[0], train
+    assert "dump/raw/pretrain/wav.scp,speech,sound" in train[0]
+    kmeans = [c for c in calls if "espnet2_birq.bin.kmeans fit" in c or "espnet2_birq.bin.kmeans label" in c]
+    assert len(kmeans) == 3, kmeans  # fit, then labels of pretrain and dev
+    assert "--feats_scp dump/raw/pretrain/wav.scp --input wav --fs 8000 " in kmeans[0], kmeans
+    finetune_config = [c for c in calls if "make_finetune_config" in c]
+    assert len(finetune_config) == 1 and "--fs 8000 " in finetune_config[0], finetune_config
+    asr = [c for c in calls if "espnet2_birq.bin.asr_train" in c]
+    assert len(asr) == 1 and "--input_size 80" in asr[0] and "frontend" not in asr[0], asr
+
+
 def config_fake_python(root: Path) -> Path:
     """Logs its arguments; ``-c`` code (the config digest) runs in the real interpreter;
     a training run leaves the model file stage 5 checks for."""
@@ -786,3 +839,208 @@ def test_language_model_trained_in_stage_6_and_used_by_stage_7(tmp_path):
                      "--lm_train_text", "data/train/text data/train/text")
     assert result.returncode != 0
     assert "the ids u1 occur more than once" in result.stderr, result.stderr
+
+
+def ngram_fake_python(root: Path) -> Path:
+    """A stand-in interpreter for the n-gram steps: logs its arguments; tokenize_text writes
+    the text's words as tokens, kaldingram an ARPA header, asr_decode a hypothesis."""
+    script = root / "fake_python"
+    script.write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        echo "$*" >> "$(dirname "$0")/python_calls.txt"
+        out=; inp=; lm=; prev=
+        for a in "$@"; do
+            case "$prev" in --output_dir|--output) out=$a ;; --input) inp=$a ;; --lm) lm=$a ;; esac
+            prev=$a
+        done
+        case "$*" in
+            *"check_init name"*) echo valid.best_rq_acc.ave.pth ;;
+            *espnet2.bin.tokenize_text*) cut -d ' ' -f 2- "$inp" > "$out" ;;
+            *"kaldingram.cli train"*) printf '\\\\data\\\\\\nngram 1=4\\nngram 2=3\\n\\n\\\\end\\\\\\n' > "$lm" ;;
+            *asr_decode*) mkdir -p "$out/1best_recog"; echo "u1 A" > "$out/1best_recog/text" ;;
+        esac
+        """))
+    script.chmod(0o755)
+    return script
+
+
+def test_ngram_trained_in_stage_6_and_used_by_stage_7(tmp_path):
+    """--use_ngram true: stage 6 tokenises --lm_train_text with the token list and trains an
+    n-gram over the tokens (kaldingram, or kenlm's lmplz + build_binary when on PATH), stage 7
+    passes it to asr_decode as --ngram_file into a directory named after it; --ngram_file
+    decodes with an external n-gram and trains none."""
+    recipe = make_recipe(tmp_path)
+    for bad, message in ((("--use_ngram", "yes"), "'--use_ngram' expects true or false"),
+                         (("--ngram_num", "0"), "--ngram_num must be >= 1"),
+                         (("--ngram_trainer", "srilm"), "--ngram_trainer must be auto, lmplz or kaldingram")):
+        result = run_ssl(recipe, *SETS, *bad, "--stage", "9")
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    conf = recipe / "conf"
+    conf.mkdir()
+    for name in ("train_asr.yaml", "train_ssl_birq_conformer.yaml", "decode_ngram.yaml"):
+        (conf / name).write_text("{}\n")
+    py = ngram_fake_python(tmp_path)
+    tokens = recipe / "data" / "token_list" / "char" / "tokens.txt"
+    tokens.parent.mkdir(parents=True)
+    tokens.write_text("<blank>\n<unk>\n<space>\nA\nB\n<sos/eos>\n")
+    write_text_dir(recipe / "data" / "train", [("u1", "A B"), ("u2", "")])
+    other = recipe / "data" / "local" / "other_text" / "text"
+    other.parent.mkdir(parents=True)
+    other.write_text("lm1 A A B\n")
+    asr_exp = recipe / "exp" / "asr_train_asr_scratch"
+    write_files(recipe, [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev", "test")], "u1 x\n")
+    write_files(recipe, ["exp/asr_train_asr_scratch/config.yaml", "exp/asr_train_asr_scratch/valid.cer_ctc.ave.pth"])
+    (asr_exp / ".done").write_text("finished\n")  # a marker without recorded inputs: fine-tuning is done
+    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained", "none",
+              "--asr_config", "conf/train_asr.yaml", "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
+              "--use_ngram", "true", "--ngram_num", "4", "--test_sets", "test",
+              "--inference_config", "conf/decode_ngram.yaml",
+              "--lm_train_text", "data/train/text data/local/other_text/text"]
+    env = dict(os.environ, PATH="/usr/bin:/bin")  # no lmplz: kaldingram
+    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "7", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ngram = recipe / "exp" / "ngram_char"
+    assert (ngram / "data" / "train.txt").read_text() == "u1 A B\nlm1 A A B\n"
+    assert (ngram / "data" / "train.tokens").read_text() == "A B\nA A B\n"
+    assert "1-grams: 4 2-grams: 3" in result.stdout
+    calls = (tmp_path / "python_calls.txt").read_text().splitlines()
+    tok = [c for c in calls if "espnet2.bin.tokenize_text" in c]
+    assert len(tok) == 1 and "--token_type char --bpemodel none" in tok[0] and "--field 2-" in tok[0]
+    train = [c for c in calls if "kaldingram.cli train" in c]
+    assert len(train) == 1 and "--ngram-order 4 --text exp/ngram_char/data/train.tokens" in train[0]
+    decode = [c for c in calls if "asr_decode" in c]
+    assert len(decode) == 1 and "--ngram_file exp/ngram_char/4gram.arpa" in decode[0]
+    assert "--config conf/decode_ngram.yaml" in decode[0]
+    tag = "decode_ngram_asr_model_valid.cer_ctc.ave_ngram_ngram_char_4gram"
+    assert (asr_exp / tag / "test" / "text").read_text() == "u1 A\n"
+    # a second run shares the finished n-gram
+    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "6", env=env)
+    assert result.returncode == 0 and "n-gram exp/ngram_char: already done, skipping" in result.stdout
+    # kaldingram stops at order 5
+    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "6", "--ngram_num", "6", env=env)
+    assert result.returncode != 0 and "kaldingram trains n-grams up to order 5" in result.stderr
+    # lmplz asked for but not installed: refused before any stage runs (not after fine-tuning)
+    result = run_ssl(recipe, *common, "--stage", "1", "--ngram_trainer", "lmplz", env=env)
+    assert result.returncode != 0 and "kenlm's lmplz is not on PATH" in result.stderr
+    assert "Stage 1" not in result.stdout
+
+    # kenlm's lmplz and build_binary on PATH: lmplz trains (auto), the binary is decoded with
+    bin_dir = tmp_path / "kenlm_bin"
+    bin_dir.mkdir()
+    (bin_dir / "lmplz").write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        echo "lmplz $*" >> "$(dirname "$0")/calls.txt"
+        while [ $# -gt 0 ]; do [ "$1" = --arpa ] && printf 'ngram 1=5\\n' > "$2"; shift; done
+        """))
+    (bin_dir / "build_binary").write_text(
+        '#!/usr/bin/env bash\necho "build_binary $*" >> "$(dirname "$0")/calls.txt"; cp "$2" "$3"\n')
+    for tool in ("lmplz", "build_binary"):
+        (bin_dir / tool).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin")
+    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "7", "--ngram_num", "3", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    kenlm_calls = (bin_dir / "calls.txt").read_text().splitlines()
+    assert kenlm_calls[0].startswith("lmplz -o 3 -S 20% --discount_fallback -T exp/ngram_char/tmp")
+    assert "--text exp/ngram_char/data/train.tokens --arpa exp/ngram_char/3gram.arpa.tmp" in kenlm_calls[0]
+    assert kenlm_calls[1] == "build_binary -s exp/ngram_char/3gram.arpa exp/ngram_char/3gram.bin.tmp"
+    decode = [c for c in (tmp_path / "python_calls.txt").read_text().splitlines() if "asr_decode" in c]
+    assert "--ngram_file exp/ngram_char/3gram.bin" in decode[-1]
+    assert (asr_exp / "decode_ngram_asr_model_valid.cer_ctc.ave_ngram_ngram_char_3gram" / "test" / "text").is_file()
+
+    # an external n-gram: nothing trained, decoded with, the directory named after it
+    n_calls = len((tmp_path / "python_calls.txt").read_text().splitlines())
+    external = tmp_path / "4-gram.arpa"
+    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "7", "--use_ngram", "false",
+                     "--ngram_file", external, env=env)
+    assert result.returncode != 0 and f"--ngram_file {external} not found" in result.stderr
+    external.write_text("\\data\\\n")
+    result = run_ssl(recipe, *common, "--stage", "6", "--stop_stage", "7", "--ngram_file", external, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "none trained, stage 7 decodes with --ngram_file" in result.stdout
+    new_calls = (tmp_path / "python_calls.txt").read_text().splitlines()[n_calls:]
+    assert not [c for c in new_calls if "tokenize_text" in c or "kaldingram" in c]
+    assert [c for c in new_calls if "asr_decode" in c and f"--ngram_file {external}" in c]
+    assert (asr_exp / "decode_ngram_asr_model_valid.cer_ctc.ave_ngram_4-gram" / "test" / "text").is_file()
+
+
+def test_pretraining_lists_split_for_the_multiple_iterator(tmp_path):
+    """--num_splits_ssl N: stage 5 splits the pre-training wav.scp, its shape file and the
+    k-means labels alike with ESPnet's split_scps (run for real here) and trains with
+    --multiple_iterator true on the parts (asr.sh's --num_splits_asr); lists with other
+    utterances are refused."""
+    recipe = make_recipe(tmp_path)
+    result = run_ssl(recipe, *SETS, "--num_splits_ssl", "0", "--stage", "9")
+    assert result.returncode != 0 and "--num_splits_ssl must be >= 1" in result.stderr
+    conf = recipe / "conf"
+    conf.mkdir()
+    (conf / "ssl.yaml").write_text("{}\n")
+    script = tmp_path / "fake_python"
+    script.write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        echo "$*" >> "$(dirname "$0")/python_calls.txt"
+        out=; prev=
+        for a in "$@"; do [ "$prev" = --output_dir ] && out=$a; prev=$a; done
+        case "$*" in
+            *espnet2.bin.split_scps*) exec {sys.executable} "$@" ;;
+            *"check_init name"*) echo valid.best_rq_acc.ave.pth ;;
+            *espnet2.bin.launch*) mkdir -p "$out"; touch "$out/valid.best_rq_acc.ave.pth" ;;
+        esac
+        """))
+    script.chmod(0o755)
+    utts = [f"u{i}" for i in range(5)]
+    write_files(recipe, ["dump/raw/pretrain/wav.scp"], "".join(f"{u} /a/{u}.flac\n" for u in reversed(utts)))
+    write_files(recipe, ["dump/raw/dev/wav.scp"], "d1 /a/d1.flac\n")
+    write_files(recipe, ["exp/ssl_stats_raw/train/speech_shape"], "".join(f"{u} {1000 + i}\n" for i, u in enumerate(utts)))
+    write_files(recipe, ["exp/ssl_stats_raw/valid/speech_shape"], "d1 1000\n")
+    write_files(recipe, ["exp/ssl_stats_raw/train/feats_stats.npz"])
+    common = [*SETS, "--python", script, "--ngpu", "0", "--feats_type", "raw", "--ssl_config", "conf/ssl.yaml",
+              "--stage", "5", "--stop_stage", "5", "--num_splits_ssl", "2"]
+    result = run_ssl(recipe, *common)
+    assert result.returncode == 0, result.stdout + result.stderr
+    split = recipe / "exp" / "ssl_stats_raw" / "splits2"
+    assert (split / "wav.scp" / "num_splits").read_text() == "2"
+    assert (split / "wav.scp" / "split.0").read_text() == "u0 /a/u0.flac\nu2 /a/u2.flac\nu4 /a/u4.flac\n"
+    assert (split / "speech_shape" / "split.1").read_text() == "u1 1001\nu3 1003\n"
+    launch = [c for c in (tmp_path / "python_calls.txt").read_text().splitlines() if "espnet2.bin.launch" in c]
+    assert len(launch) == 1
+    assert "--train_data_path_and_name_and_type exp/ssl_stats_raw/splits2/wav.scp,speech,sound" in launch[0]
+    assert "--train_shape_file exp/ssl_stats_raw/splits2/speech_shape" in launch[0]
+    assert "--multiple_iterator true" in launch[0]
+    assert "--valid_data_path_and_name_and_type dump/raw/dev/wav.scp,speech,sound" in launch[0]
+    # lists that disagree are not split (a new SSL tag: the first pre-training is done)
+    write_files(recipe, ["exp/ssl_stats_raw/train/speech_shape"], "u0 1000\n")
+    result = run_ssl(recipe, *common, "--ssl_tag", "other")
+    assert result.returncode != 0 and "list other utterances" in result.stderr, result.stderr
+
+
+def test_ssl_training_reads_split_lists_with_the_multiple_iterator(tmp_path):
+    """The real trainer with ESPnet's --multiple_iterator on lists split by split_scps (what
+    stage 5 runs with --num_splits_ssl 2): one epoch over both parts writes its model."""
+    import numpy as np
+    import kaldiio
+
+    rng = np.random.default_rng(0)
+    feats = {f"utt{i}": rng.standard_normal((int(rng.integers(90, 160)), 80)).astype(np.float32) for i in range(6)}
+    with kaldiio.WriteHelper(f"ark,scp:{tmp_path}/feats.ark,{tmp_path}/feats.scp") as writer:
+        for uid, array in sorted(feats.items()):
+            writer(uid, array)
+    (tmp_path / "speech_shape").write_text("".join(f"{u} {len(a)},80\n" for u, a in sorted(feats.items())))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "espnet2.bin.split_scps", "--num_splits", "2",
+                    "--output_dir", str(tmp_path / "split"), "--scps", str(tmp_path / "feats.scp"),
+                    str(tmp_path / "speech_shape")], check=True, capture_output=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "espnet2_birq.bin.ssl_train", "--config", str(REPO_ROOT / "conf" / "train_ssl_birq_debug.yaml"),
+         "--input_size", "80", "--output_dir", str(tmp_path / "exp"), "--ngpu", "0", "--max_epoch", "1",
+         "--multiple_iterator", "true",
+         "--train_data_path_and_name_and_type", f"{tmp_path}/split/feats.scp,speech,kaldi_ark",
+         "--train_shape_file", f"{tmp_path}/split/speech_shape",
+         "--valid_data_path_and_name_and_type", f"{tmp_path}/feats.scp,speech,kaldi_ark",
+         "--valid_shape_file", f"{tmp_path}/speech_shape"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "exp" / "1epoch.pth").is_file()
+    assert "multiple_iterator: true" in (tmp_path / "exp" / "config.yaml").read_text()
+    # one iterator per part, each reading its own part of the lists
+    assert "Building 0th iter-factory" in result.stderr and "Building 1th iter-factory" in result.stderr
+    assert "split/speech_shape/split.1" in result.stderr

@@ -6,8 +6,16 @@ Takes the arguments of ``python -m espnet2.bin.asr_inference`` plus ``--ctc_gree
 best-path CTC decoding (arg-max per frame, repeats merged, blanks removed), which is
 exact for CTC-only models and far faster than a beam search on CPU. Otherwise every
 argument goes unchanged to ESPnet's ``asr_inference`` (beam search, CTC/attention,
-language models). Both write ESPnet's layout: ``<output_dir>/1best_recog/{text,token,
-token_int,score}``.
+language models, ``--ngram_file``/``--ngram_weight``). Both write ESPnet's layout:
+``<output_dir>/1best_recog/{text,token,token_int,score}``.
+
+An n-gram (``--ngram_file``, ARPA or kenlm binary) is queried by ESPnet's kenlm scorer
+with the model's OUTPUT TOKENS (BPE pieces or characters), so it must be trained on text
+tokenised with the model's token list (``ssl.sh --use_ngram true`` does). ESPnet's scorer
+maps only a token named ``<eos>`` to the n-gram's ``</s>``; the end token of an ESPnet2
+token list is ``<sos/eos>``, which kenlm would score as ``<unk>`` (log10 -100 in an ARPA
+without ``<unk>``, so hypotheses could hardly end). Here ``<sos/eos>`` is ``</s>`` too,
+and units of the token list that the n-gram has never seen are named in a warning.
 
     python -m espnet2_birq.bin.asr_decode --config conf/decode_ctc_greedy.yaml \
         --asr_train_config exp/asr/config.yaml --asr_model_file exp/asr/valid.cer_ctc.ave.pth \
@@ -15,6 +23,7 @@ token_int,score}``.
         --key_file exp/asr/decode/test/logdir/keys.1.scp --output_dir exp/asr/decode/test/logdir/output.1
 """
 
+import contextlib
 import logging
 import sys
 from unittest import mock
@@ -44,6 +53,33 @@ def get_parser():
         help="Best-path CTC decoding (batched) instead of ESPnet's beam search",
     )
     return parser
+
+
+def _ngram_scorers():
+    """ESPnet's kenlm scorers with the ESPnet2 end token read as the n-gram's ``</s>``."""
+    from espnet.nets.scorers import ngram
+
+    def fix(scorer):
+        scorer.chardict = ["</s>" if t == "<sos/eos>" else t for t in scorer.chardict]
+        special = {"<blank>", "</s>", "<s>", "<unk>"}
+        missing = [t for t in scorer.chardict if t not in special and t not in scorer.lm]
+        if missing:
+            logging.warning(
+                f"{len(missing)} of {len(scorer.chardict)} units of the token list are not in "
+                f"the n-gram (kenlm scores them as <unk>): {' '.join(missing[:20])}"
+            )
+
+    class NgramFullScorer(ngram.NgramFullScorer):
+        def __init__(self, ngram_model, token_list):
+            super().__init__(ngram_model, token_list)
+            fix(self)
+
+    class NgramPartScorer(ngram.NgramPartScorer):
+        def __init__(self, ngram_model, token_list):
+            super().__init__(ngram_model, token_list)
+            fix(self)
+
+    return ngram, NgramFullScorer, NgramPartScorer
 
 
 def collapse_ctc(best_path: List[int], blank_id: int) -> List[int]:
@@ -156,7 +192,14 @@ def main(cmd=None) -> None:
     # asr_inference's Speech2Text builds the model with its module's ASRTask, whose
     # encoder choices are ESPnet's; this process hands it the task with ours instead
     # (same build for ESPnet's encoders), so a windowed_conformer model decodes too.
-    with mock.patch.object(asr_inference, "ASRTask", ASRTask):
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(asr_inference, "ASRTask", ASRTask))
+        if kwargs.get("ngram_file"):
+            # Speech2Text imports the n-gram scorers when it builds them: the module's
+            # names are replaced for that time by the subclasses above (end token </s>).
+            ngram, full, part = _ngram_scorers()
+            patches.enter_context(mock.patch.object(ngram, "NgramFullScorer", full))
+            patches.enter_context(mock.patch.object(ngram, "NgramPartScorer", part))
         asr_inference.inference(**kwargs)
 
 

@@ -18,6 +18,12 @@ Produced Kaldi dirs (names used by the recipe):
 
 ``wav.scp`` holds plain absolute ``.flac`` paths (read directly by
 soundfile / ESPnet's ``sound`` loader; no ``flac -d |`` pipe needed).
+The LibriSpeech language-model text (openslr SLR11 ``librispeech-lm-norm.txt.gz``,
+~40M normalised sentences from ~14.5k books, the dev/test books left out; the text
+of the official n-gram LMs) is downloaded with the audio and written as the Kaldi
+text ``data/local/other_text/text`` (ids ``librispeech_lm_norm_<line>``, as ESPnet's
+LibriSpeech recipe names them), the n-gram's training text.
+
 ``utt2spk`` maps to ``<spk>-<chapter>`` by default (as Kaldi's
 ``egs/librispeech/s5/local/data_prep.sh`` does: one "speaker" per reader and
 chapter, a prefix of the utterance id); ``speaker_level="speaker"`` maps to
@@ -52,6 +58,14 @@ ARCHIVES = {
     "train-clean-360": {"md5": "c0e676e450a7ff2f54aeade5171606fa", "size": None, "approx": "23G"},
     "train-other-500": {"md5": "d1a0fd59409feb2c614ce4d30c387708", "size": None, "approx": "30G"},
 }
+
+LM_BASE_URL = "https://www.openslr.org/resources/11"
+# OpenSLR 11 publishes no md5 list; this md5 is the one public recipes check the file
+# against (e.g. a Python port of Kaldi's librispeech download_lm.sh, 2022).
+LM_TEXT = {"name": "librispeech-lm-norm.txt.gz", "md5": "c83c64c726a1aedfe65f80aa311de402",
+           "size": None, "approx": "1.5G"}
+LM_TEXT_DIR = "local/other_text"  # under the data dir: <data>/local/other_text/text
+LM_ID_PREFIX = "librispeech_lm_norm_"
 
 DATA_DIRS = {
     "pretrain_960": ["train-clean-100", "train-clean-360", "train-other-500"],
@@ -95,6 +109,47 @@ def download_librispeech(root, subsets: Iterable[str] = tuple(ARCHIVES),
         if not keep_archives:
             archive.unlink()
     return root / "LibriSpeech"
+
+
+def download_lm_text(root, base_url: str = LM_BASE_URL) -> Path:
+    """Download ``<root>/librispeech-lm-norm.txt.gz`` (md5-verified, resumable; skipped
+    when already there)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / LM_TEXT["name"]
+    return dl.download(f"{base_url}/{LM_TEXT['name']}", dest, md5=LM_TEXT["md5"], size=LM_TEXT["size"])
+
+
+def prepare_lm_text(lm_text, data_root) -> int:
+    """Write the LM text (``.txt.gz`` or plain) as the Kaldi text
+    ``<data_root>/local/other_text/text``: one id per line (``librispeech_lm_norm_<line
+    number>``, sorted), the sentence normalised as the transcripts, empty lines left
+    out. Written to a temporary file and renamed, so an interrupted run leaves none.
+    Returns the number of sentences."""
+    import gzip
+
+    lm_text = Path(lm_text)
+    if not lm_text.is_file():
+        raise LibriSpeechError(
+            f"LM text {lm_text} not found: download it (local/data.sh --download true) "
+            f"or leave it out (--lm_text false)")
+    out = Path(data_root) / LM_TEXT_DIR / "text"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name("text.tmp")
+    opener = gzip.open if lm_text.suffix == ".gz" else open
+    n = 0
+    with opener(lm_text, "rt", encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+        for number, line in enumerate(src, 1):
+            sentence = normalize_librispeech(line)
+            if sentence:
+                dst.write(f"{LM_ID_PREFIX}{number:09d} {sentence}\n")
+                n += 1
+    if n == 0:
+        tmp.unlink()
+        raise LibriSpeechError(f"{lm_text} holds no sentence")
+    tmp.replace(out)
+    logger.info("wrote %s: %d sentences of %s", out, n, lm_text)
+    return n
 
 
 def scan_subset(subset_dir, strict: bool = True):
@@ -224,6 +279,12 @@ def main(argv=None) -> int:
     d.add_argument("--subsets", nargs="+", default=list(ARCHIVES))
     d.add_argument("--base_url", default=BASE_URL)
     d.add_argument("--keep_archives", type=lambda s: s.lower() == "true", default=True)
+    d.add_argument("--lm_text", type=lambda s: s.lower() == "true", default=False,
+                   help="also download the LM text librispeech-lm-norm.txt.gz into --root")
+    d.add_argument("--lm_base_url", default=LM_BASE_URL)
+    m = sub.add_parser("prepare_lm_text", help="write the LM text as <data_dir>/local/other_text/text")
+    m.add_argument("--lm_text", required=True, help="librispeech-lm-norm.txt.gz (or the plain text)")
+    m.add_argument("--data_dir", required=True)
     q = sub.add_parser("prepare", help="write Kaldi data dirs")
     q.add_argument("--corpus_dir", required=True, help="the LibriSpeech/ directory")
     q.add_argument("--data_dir", required=True)
@@ -237,6 +298,10 @@ def main(argv=None) -> int:
     try:
         if a.cmd == "download":
             download_librispeech(a.root, a.subsets, a.base_url, a.keep_archives)
+            if a.lm_text:
+                download_lm_text(a.root, a.lm_base_url)
+        elif a.cmd == "prepare_lm_text":
+            print(f"{LM_TEXT_DIR}/text\t{prepare_lm_text(a.lm_text, a.data_dir)}")
         else:
             counts = prepare_librispeech(a.corpus_dir, a.data_dir, a.dirs,
                                          a.speaker_level, strict=not a.skip_bad)

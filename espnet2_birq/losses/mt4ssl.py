@@ -4,14 +4,19 @@
   encoder frame, read by the data loader as the ``frame_labels`` stream (the recipe's
   k-means step writes them); cross-entropy on masked frames, HuBERT style.
 - :class:`EMARegressionLoss` (online targets): the student regresses, through a linear
-  head, the average of the top ``top_k`` block outputs of an EMA teacher
-  (:class:`espnet2_birq.ema.EMATeacher`, util ``ema``) that sees the unmasked input,
-  each block output instance-normalised over time; mean squared error on masked frames.
+  head, the average of the top ``top_k`` layers of an EMA teacher
+  (:class:`espnet2_birq.ema.EMATeacher`, util ``ema``) that sees the unmasked input:
+  each block's feed-forward output before its residual connection, instance-normalised
+  over time; per masked frame the squared error summed over the ``D`` dimensions and
+  divided by ``sqrt(D)``, averaged over the masked frames (MT4SSL's and data2vec's code).
 
-MT4SSL is ``loss: [{name: kmeans_ce}, {name: ema_regression}]`` (weights 1.0); either
-loss also composes with ``best_rq`` or ``birq``.
+MT4SSL is ``loss: [{name: kmeans_ce}, {name: ema_regression}]`` (weights 1.0) with
+util ``learned_mask`` (``masking``: the learned mask embedding of wav2vec 2.0). Either
+loss also composes with ``best_rq`` or ``birq`` when given ``masking: span_mask``, the
+masking those use (one masked forward serves every loss).
 """
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -19,6 +24,19 @@ from typeguard import typechecked
 
 from espnet2.ssl.loss.abs_loss import AbsSSLLoss
 from espnet2_birq.losses.common import MaskedPredictionHeads, code_usage
+
+#: Masking utils an MT4SSL loss may ask for (``masking`` key).
+MASKINGS = ("learned_mask", "span_mask")
+#: Teacher layers the regression may average (``target`` key of ``ema_regression``).
+TARGETS = ("ffn", "block")
+#: Scalings of the regression (``loss_scale`` key of ``ema_regression``).
+LOSS_SCALES = ("sqrt_dim", "per_dim")
+
+
+def _check_choice(key: str, value: str, choices: Tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    return value
 
 
 def _check_frames(
@@ -39,6 +57,8 @@ class KMeansCELoss(AbsSSLLoss):
         num_clusters: Number of k-means clusters (the recipe's k-means reads it here).
         layer: Encoder layer feeding the head (-1: final, normalised).
         weight: Factor on this loss in the sum of the losses.
+        masking: The masking util it asks for: ``learned_mask`` (MT4SSL) or
+            ``span_mask`` (BEST-RQ's noise spans, to compose with best_rq/birq).
     """
 
     @typechecked
@@ -48,11 +68,13 @@ class KMeansCELoss(AbsSSLLoss):
         num_clusters: int = 500,
         layer: int = -1,
         weight: float = 1.0,
+        masking: str = "learned_mask",
     ):
         super().__init__()
         if num_clusters < 2:
             raise ValueError(f"num_clusters must be >= 2, got {num_clusters}")
-        self.util_attributes = {"span_mask"}
+        self.masking = _check_choice("masking", masking, MASKINGS)
+        self.util_attributes = {masking}
         self.required_inputs = [
             "encoder_output",
             "mask_info",
@@ -150,14 +172,21 @@ def masked_instance_norm(
 
 
 class EMARegressionLoss(AbsSSLLoss):
-    """Regress the EMA teacher's averaged top-k layers at masked frames (MSE).
+    """Regress the EMA teacher's averaged top-k layers at masked frames.
 
     Args:
         encoder_output_size: Dimension of the student (and teacher) frames (task).
         top_k: Teacher blocks averaged from the top (MT4SSL, data2vec: 8).
-        instance_norm: Instance-normalise each teacher block before averaging.
+        instance_norm: Instance-normalise each teacher layer before averaging.
+        target: Which output of each teacher block: ``ffn`` (MT4SSL, data2vec: its
+            final feed-forward module's output before the residual connection) or
+            ``block`` (the block output, the project's earlier target).
+        loss_scale: ``sqrt_dim`` (MT4SSL, data2vec: squared error summed over the D
+            dimensions, times 1/sqrt(D), per masked frame) or ``per_dim`` (mean over
+            the dimensions, sqrt(D) times lighter: the project's earlier scale).
         layer: Student layer feeding the regression head (-1: final, normalised).
         weight: Factor on this loss in the sum of the losses.
+        masking: The masking util it asks for, as :class:`KMeansCELoss`'s.
     """
 
     @typechecked
@@ -166,13 +195,21 @@ class EMARegressionLoss(AbsSSLLoss):
         encoder_output_size: int,
         top_k: int = 8,
         instance_norm: bool = True,
+        target: str = "ffn",
+        loss_scale: str = "sqrt_dim",
         layer: int = -1,
         weight: float = 1.0,
+        masking: str = "learned_mask",
     ):
         super().__init__()
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        self.util_attributes = {"span_mask", "ema"}
+        self.target = _check_choice("target", target, TARGETS)
+        self.loss_scale = _check_choice("loss_scale", loss_scale, LOSS_SCALES)
+        self.masking = _check_choice("masking", masking, MASKINGS)
+        self.util_attributes = {masking, "ema"}
+        # The teacher's per-block list it reads (the model keeps only those).
+        self.teacher_outputs = ("ffn",) if target == "ffn" else ("layers",)
         self.required_inputs = [
             "encoder_output",
             "encoder_output_lengths",
@@ -184,6 +221,19 @@ class EMARegressionLoss(AbsSSLLoss):
         self.layer = layer
         self.weight = weight
         self.head = torch.nn.Linear(encoder_output_size, encoder_output_size)
+
+    def teacher_layers(self, teacher_output: Dict) -> List[torch.Tensor]:
+        """The teacher's per-block tensors this loss averages (``target``)."""
+        if self.target == "block":
+            return teacher_output["layers"]
+        ffn = teacher_output.get("ffn")
+        if ffn is None:
+            raise RuntimeError(
+                "ema_regression: target 'ffn' needs a 'feed_forward' module in every "
+                "teacher block (ESPnet's Transformer/Conformer blocks have one); use "
+                "target: block for this encoder"
+            )
+        return ffn
 
     @torch.no_grad()
     def targets(self, layers: List[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
@@ -211,7 +261,7 @@ class EMARegressionLoss(AbsSSLLoss):
                 "ema_regression: teacher and student output lengths differ: "
                 f"{teacher_output['lengths'].tolist()} vs {encoder_output_lengths.tolist()}"
             )
-        target = self.targets(teacher_output["layers"], teacher_output["lengths"])
+        target = self.targets(self.teacher_layers(teacher_output), teacher_output["lengths"])
         mask_m = mask_info["mask_m"]
         predicted = self.head(hidden[mask_m]).float()
         selected = target[mask_m]
@@ -220,7 +270,12 @@ class EMARegressionLoss(AbsSSLLoss):
             loss = predicted.sum() * 0.0 + sum(p.sum() for p in self.head.parameters()) * 0.0
             target_var = hidden.new_zeros(())
         else:
-            loss = torch.nn.functional.mse_loss(predicted, selected)
+            squared = (predicted - selected) ** 2
+            if self.loss_scale == "sqrt_dim":
+                # Per masked frame: sum over dimensions / sqrt(D); mean over frames.
+                loss = squared.sum(dim=-1).mean() / math.sqrt(squared.shape[-1])
+            else:
+                loss = squared.mean()
             target_var = selected.var(dim=0, unbiased=False).mean()
         stats = {
             "ema_regression_loss": loss.detach(),

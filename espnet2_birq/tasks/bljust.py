@@ -42,6 +42,8 @@ from espnet2_birq.bljust import (
     register_lr_scale_hooks,
 )
 from espnet2_birq.collate import CropCollateFn
+from espnet2_birq.ema import EMATeacher
+from espnet2_birq.encoders.asr_task import WindowedEncoderASRMixin
 from espnet2_birq.masking import FrameSubsampling
 from espnet2_birq.tasks.ssl import (
     DEFAULT_LOSS,
@@ -69,7 +71,8 @@ class PairedCollate:
     """Collate a mixed list of labelled and unlabelled items into one batch.
 
     The unlabelled entries get the prefix ``unlabelled_``; ``bljust_epoch`` tells the
-    model the epoch (its phases depend on it).
+    model the epoch (its phases depend on it). The keys are the labelled utterances,
+    or the unlabelled ones in a batch without labelled items (exploration).
     """
 
     def __init__(self, labelled_collate, unlabelled_collate, epoch: int):
@@ -79,9 +82,10 @@ class PairedCollate:
     def __call__(self, items):
         labelled = [item for side, item in items if side == 0]
         unlabelled = [item for side, item in items if side == 1]
-        keys, batch = self.collates[0](labelled)
+        keys, batch = self.collates[0](labelled) if labelled else (None, {})
         if unlabelled:
-            _, unlabelled_batch = self.collates[1](unlabelled)
+            unlabelled_keys, unlabelled_batch = self.collates[1](unlabelled)
+            keys = unlabelled_keys if keys is None else keys
             for name, value in unlabelled_batch.items():
                 batch[UNLABELLED_PREFIX + name] = value
         batch[EPOCH_KEY] = torch.tensor([self.epoch], dtype=torch.long)
@@ -98,7 +102,11 @@ class PairedIterFactory(AbsIterFactory):
     ``p`` shuffled with ``seed + p``; epoch ``e`` takes the stream's items from
     ``(e - 1) * n`` on (``n`` batches per epoch), so the shorter set is cycled, nothing
     is skipped, and a resumed run continues exactly where it stopped. Epochs in which
-    the model needs no unlabelled data (``labelled_only_epoch``) load none.
+    the model needs no unlabelled data (``labelled_only_epoch``) load none, and the
+    first ``unlabelled_only_batches(epoch)`` batches of an epoch, which train the SSL
+    loss alone (BL-JUST's exploration updates), load no labelled data: the labelled
+    batches at those positions are not read in that epoch (the updates would throw
+    them away).
     """
 
     @typechecked
@@ -110,6 +118,7 @@ class PairedIterFactory(AbsIterFactory):
         unlabelled_collate: Any,
         seed: int = 0,
         labelled_only_epoch: Any = None,
+        unlabelled_only_batches: Any = None,
     ):
         if len(unlabelled_batches) == 0:
             raise ValueError("the unlabelled set has no mini-batches")
@@ -119,6 +128,7 @@ class PairedIterFactory(AbsIterFactory):
         self.unlabelled_collate = unlabelled_collate
         self.seed = seed
         self.labelled_only_epoch = labelled_only_epoch or (lambda epoch: False)
+        self.unlabelled_only_batches = unlabelled_only_batches or (lambda epoch: 0)
 
     def unlabelled_pass(self, index: int, shuffle: bool) -> List[List[str]]:
         batches = [list(b) for b in self.unlabelled_batches]
@@ -148,9 +158,10 @@ class PairedIterFactory(AbsIterFactory):
             unlabelled_batches = [[] for _ in range(n)]
         else:
             unlabelled_batches = self.unlabelled_stream((epoch - 1) * n, n, shuffle)
+        exploring = 0 if self.labelled_only_epoch(epoch) else self.unlabelled_only_batches(epoch)
         batches = [
-            [(0, k) for k in lab] + [(1, k) for k in unl]
-            for lab, unl in zip(labelled_batches, unlabelled_batches)
+            ([] if index < exploring else [(0, k) for k in lab]) + [(1, k) for k in unl]
+            for index, (lab, unl) in enumerate(zip(labelled_batches, unlabelled_batches))
         ]
         return DataLoader(
             dataset=PairedDataset(self.labelled.dataset, self.unlabelled_dataset),
@@ -164,8 +175,11 @@ class PairedIterFactory(AbsIterFactory):
         )
 
 
-class BlJustTask(ASRTask):
-    """ASR task trained with BL-JUST (:mod:`espnet2_birq.bljust`)."""
+class BlJustTask(WindowedEncoderASRMixin, ASRTask):
+    """ASR task trained with BL-JUST (:mod:`espnet2_birq.bljust`).
+
+    ``--encoder windowed_conformer`` is a choice too (:mod:`espnet2_birq.encoders`).
+    """
 
     # Stops on NaN/inf inputs, validation losses and runs of skipped updates, as the
     # SSL and fine-tuning stages do (espnet2_birq/train/trainer.py).
@@ -217,7 +231,8 @@ class BlJustTask(ASRTask):
             "--ssl_util",
             action=NestedDictAction,
             default=DEFAULT_UTIL,
-            help="SSL helper modules (span_mask), as --util of espnet2_birq.bin.ssl_train",
+            help="SSL helper modules (span_mask, learned_mask, ema), as --util of "
+            "espnet2_birq.bin.ssl_train",
         )
         group.add_argument(
             "--bljust_conf",
@@ -263,7 +278,9 @@ class BlJustTask(ASRTask):
         schedule = BlJustSchedule(
             **dict(args.bljust_conf), max_epoch=getattr(args, "max_epoch", None)
         )
-        return BlJustASRModel.from_asr_model(asr_model, BlJustBranch(ssl, schedule))
+        model = BlJustASRModel.from_asr_model(asr_model, BlJustBranch(ssl, schedule))
+        keep_teachers_out_of_buffer_sync(model)
+        return model
 
     @classmethod
     def build_optimizers(
@@ -295,6 +312,7 @@ class BlJustTask(ASRTask):
         schedule = BlJustSchedule(
             **dict(args.bljust_conf), max_epoch=getattr(args, "max_epoch", None)
         )
+        accum_grad = getattr(args, "accum_grad", 1)
         return PairedIterFactory(
             labelled,
             dataset,
@@ -306,6 +324,10 @@ class BlJustTask(ASRTask):
             ),
             seed=args.seed,
             labelled_only_epoch=schedule.is_final_epoch,
+            # Exploration updates train the SSL loss alone: no labelled batch is read.
+            unlabelled_only_batches=lambda epoch: schedule.exploration_batches(
+                epoch, accum_grad
+            ),
         )
 
     @classmethod
@@ -361,6 +383,27 @@ class BlJustTask(ASRTask):
             allow_multi_rates=args.allow_multi_rates,
         )
         return dataset, batches
+
+
+def keep_teachers_out_of_buffer_sync(model: torch.nn.Module) -> List[str]:
+    """Leave the buffers of every EMA teacher (util ``ema``) out of DDP's broadcast.
+
+    DDP would broadcast every buffer from rank 0 at each forward, a whole copy of the
+    encoder for a teacher; every rank averages the same synchronised student, so the
+    teachers agree without it (as in the SSL task, :mod:`espnet2_birq.tasks.ssl`).
+
+    Returns:
+        The names of the buffers left out.
+    """
+    prefixes = tuple(
+        f"{name}." for name, module in model.named_modules() if isinstance(module, EMATeacher)
+    )
+    names = [name for name, _ in model.named_buffers() if prefixes and name.startswith(prefixes)]
+    if names:
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, names
+        )
+    return names
 
 
 def build_ssl_losses(loss_args: List[Dict], context: Dict[str, Any]) -> list:

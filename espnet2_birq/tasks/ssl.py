@@ -5,9 +5,11 @@ are module-level and closed, so the task declares its own extended lists and its
 ``build_model`` (ESPnet's modules are never patched). Differences from ``SSLTask``:
 
 - choices: ``--frontend kaldi_fbank`` (the project's Kaldi-compatible fbank),
-  ``--model birq`` (:class:`BirqSSLModel`), losses ``best_rq`` / ``birq`` /
-  ``kmeans_ce`` / ``ema_regression`` (MT4SSL) and the utils ``span_mask`` and ``ema``
-  (EMA teacher); ESPnet's own entries stay available;
+  ``--encoder windowed_conformer`` (Conformer with windowed self-attention,
+  :mod:`espnet2_birq.encoders`), ``--model birq`` (:class:`BirqSSLModel`), losses
+  ``best_rq`` / ``birq`` / ``kmeans_ce`` / ``ema_regression`` (MT4SSL) and the utils ``span_mask``,
+  ``learned_mask`` (MT4SSL's masking) and ``ema`` (EMA teacher); ESPnet's own entries
+  stay available;
 - no token list: targets come from the input, so ``--token_list`` is optional;
 - collation pads (and optionally crops) the input only; per-frame targets are computed
   inside the model from the same cropped input, so they stay aligned with the encoder
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from typeguard import typechecked
 
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet2.asr.frontend.abs_frontend import AbsFrontend
 from espnet2.ssl.loss.abs_loss import AbsSSLLoss
 from espnet2.tasks import ssl as espnet_ssl
@@ -36,12 +39,13 @@ from espnet2.utils.types import int_or_none
 from espnet2_birq.bilevel import register_update_hooks
 from espnet2_birq.collate import CropCollateFn
 from espnet2_birq.ema import EMATeacher
+from espnet2_birq.encoders.windowed_conformer import WindowedConformerEncoder
 from espnet2_birq.features import KaldiFbankFrontend
 from espnet2_birq.frame_rate import label_stride
 from espnet2_birq.losses.best_rq import BestRQLoss
 from espnet2_birq.losses.birq import BiRQLoss
 from espnet2_birq.losses.mt4ssl import EMARegressionLoss, KMeansCELoss
-from espnet2_birq.masking import FrameSubsampling, SpanMasking
+from espnet2_birq.masking import FrameSubsampling, LearnedMasking, SpanMasking
 from espnet2_birq.ssl_model import BirqSSLModel
 from espnet2_birq.train.trainer import GuardedTrainer
 
@@ -53,6 +57,15 @@ frontend_choices = ClassChoices(
     ),
     type_check=AbsFrontend,
     default="kaldi_fbank",
+)
+encoder_choices = ClassChoices(
+    "encoder",
+    classes=dict(
+        **espnet_ssl.encoder_choices.classes,
+        windowed_conformer=WindowedConformerEncoder,
+    ),
+    type_check=AbsEncoder,
+    default=espnet_ssl.encoder_choices.default,
 )
 model_choices = ClassChoices(
     "model",
@@ -74,7 +87,12 @@ loss_choices = ClassChoices(
 )
 util_choices = ClassChoices(
     "util",
-    classes=dict(span_mask=SpanMasking, ema=EMATeacher, **espnet_ssl.util_choices.classes),
+    classes=dict(
+        span_mask=SpanMasking,
+        learned_mask=LearnedMasking,
+        ema=EMATeacher,
+        **espnet_ssl.util_choices.classes,
+    ),
     type_check=torch.nn.Module,
     default=None,
 )
@@ -95,7 +113,7 @@ class BirqSSLTask(SSLTask):
         espnet_ssl.specaug_choices,
         espnet_ssl.normalize_choices,
         espnet_ssl.preencoder_choices,
-        espnet_ssl.encoder_choices,
+        encoder_choices,
         model_choices,
     ]
 
@@ -208,7 +226,7 @@ class BirqSSLTask(SSLTask):
             input_size = preencoder.output_size()
 
         # 5. Encoder
-        encoder_class = espnet_ssl.encoder_choices.get_class(args.encoder)
+        encoder_class = encoder_choices.get_class(args.encoder)
         encoder = encoder_class(input_size=input_size, **args.encoder_conf)
         subsampling = FrameSubsampling.from_encoder(encoder)
 
@@ -293,6 +311,8 @@ def build_util_modules(
                 util_conf = dict(conf_obj.get("conf", {}))
         if attr == "mask":
             util_conf["encoder_embed_dim"] = encoder.output_size()
+        if attr == "learned_mask":
+            util_conf["encoder_output_size"] = encoder.output_size()
         if attr == "ema":
             util_conf["encoder"] = encoder
         util_modules.update({attr: util_choices.get_class(attr)(**util_conf)})

@@ -14,7 +14,8 @@
 #     (--train_mode bljust: stage 5 is skipped and stage 6 trains BL-JUST, supervised
 #      and self-supervised at once, on the train set and the unlabelled pre-training set)
 #     (--use_lm true: stage 6 also trains a language model -> exp/lm_<tag>/, ESPnet's lm_train)
-#   7 decoding of every test set (--use_lm true: beam search with the stage-6 LM)
+#     (--use_ngram true: stage 6 also trains an n-gram over the ASR tokens -> exp/ngram_<tokens>/)
+#   7 decoding of every test set (--use_lm / --use_ngram true: beam search with the LM / n-gram)
 #   8 scoring (WER, CER) and exp/asr_<tag>/RESULTS.md
 #   9 packing (espnet2.bin.pack): exp/ssl_<tag>/*.zip (SSL model) and exp/asr_<tag>/*.zip (ASR model)
 #  10 upload of the packed models to the Hugging Face Hub (only with --hf_repo / --hf_ssl_repo)
@@ -55,7 +56,7 @@ valid_set=           # validation set (used by both SSL and ASR training)
 test_sets=           # sets to decode and score, e.g. "dev test"
 feats_type=fbank     # fbank: pre-compute fbank for all sets; raw: SSL reads waveforms (kaldi_fbank frontend)
 global_cmvn=true     # normalise with global CMVN of the pre-training set (false: keep the configs' normalize)
-fs=16000             # sampling rate
+fs=16000             # sampling rate: stage 2 resamples audio at another rate to it
 min_frames=15        # shorter audio (10 ms frames) is bad audio: conv2d/conv2d6/conv2d8 subsampling needs 7/11/15
 skip_bad_audio=false # drop (and list) unreadable, empty, too short or non-finite audio in stages 1-2 instead of failing
 speed_perturb_factors=  # e.g. "0.9 1.0 1.1": the fine-tuning set becomes <train_set>_sp, its speed-perturbed copies (stage 1)
@@ -67,12 +68,14 @@ token_type=char      # char or bpe
 nbpe=5000            # BPE vocabulary size
 bpemode=unigram      # sentencepiece model type
 bpe_char_cover=1.0   # sentencepiece character coverage
+token_listdir=data/token_list  # token lists: <token_listdir>/<char|bpe_<mode><nbpe>>/ (one per corpus variant, e.g. AMI mic)
 
 # SSL options
 ssl_config=conf/train_ssl_birq_conformer.yaml  # SSL config (objective + encoder)
 ssl_tag=             # exp/ssl_<tag>; default: basename of ssl_config
 ssl_exp=             # SSL experiment dir (overrides ssl_tag)
 ssl_args=            # extra arguments for espnet2_birq.bin.ssl_train
+num_splits_ssl=1     # >1: the pre-training set's lists are split into N parts, read one part at a time (ESPnet's --multiple_iterator, as asr.sh's --num_splits_asr)
 
 # k-means targets (MT4SSL): run in stage 5 before training when the SSL config has a kmeans_ce loss
 kmeans_source=fbank  # fbank: global-CMVN fbank stacked to the encoder frame rate; layer: a block of an earlier model
@@ -108,6 +111,14 @@ lm_train_text=       # LM training text: Kaldi text files (ids unique across the
 lm_dev_text=         # LM validation text; default: data/<valid_set>/text
 lm_inference_model=valid.loss.ave.pth  # the LM model file in lm_exp used for decoding
 
+# N-gram options (--use_ngram true; ESPnet's kenlm scorer: asr_inference --ngram_file, weight
+# ngram_weight of the --inference_config). The n-gram is over the ASR model's TOKENS.
+use_ngram=false      # true: stage 6 also trains a token n-gram (exp/ngram_<tokens>), stage 7 decodes with it
+ngram_num=3          # n-gram order
+ngram_exp=           # n-gram dir; default: ${expdir}/ngram_<token list name> (char, bpe_unigram300, ...)
+ngram_file=          # an existing n-gram over the ASR tokens (ARPA or kenlm binary): stage 7 uses it, nothing is trained
+ngram_trainer=auto   # lmplz (kenlm's, as asr.sh), kaldingram (pip) or auto: lmplz when on PATH, else kaldingram
+
 # Decoding options
 inference_config=conf/decode_ctc_greedy.yaml  # decoding config
 inference_model=auto # model file in asr_exp; auto: valid.acc.ave.pth, valid.cer_ctc.ave.pth or valid.loss.ave.pth
@@ -125,14 +136,15 @@ SSL pre-training (BEST-RQ/BiRQ) and ASR fine-tuning, ESPnet egs2 style.
 
 Stages:
   1 data prep (local/data.sh), validation, utt2dur
-  2 fbank features (dump/fbank/<set>)
-  3 token list (data/token_list/<char|bpe_<mode><nbpe>>/tokens.txt)
+  2 fbank features (dump/fbank/<set>); audio at another rate than --fs is resampled to it
+  3 token list (${token_listdir}/<char|bpe_<mode><nbpe>>/tokens.txt)
   4 collect stats (ESPnet's collect_stats): shape files (${expdir}/ssl_stats_*, ${expdir}/asr_stats_*),
     global CMVN of the pre-training set (${expdir}/ssl_stats_<feats_type>/train/feats_stats.npz)
   5 SSL pre-training (${expdir}/ssl_<tag>); with a kmeans_ce loss, first k-means labels
     (${dumpdir}/kmeans/<name>/{kmeans.pkl,<set>/labels.txt})
-  6 ASR fine-tuning (${expdir}/asr_<tag>); --use_lm true: also the LM (${expdir}/lm_<tag>)
-  7 decoding of the test sets (--use_lm true: with the LM)
+  6 ASR fine-tuning (${expdir}/asr_<tag>); --use_lm true: also the LM (${expdir}/lm_<tag>);
+    --use_ngram true: also an n-gram over the ASR tokens (${expdir}/ngram_<tokens>/<N>gram.arpa)
+  7 decoding of the test sets (--use_lm / --use_ngram true: with the LM / n-gram)
   8 scoring (WER/CER) and ${expdir}/asr_<tag>/RESULTS.md
   9 packing: ${expdir}/ssl_<tag>/ssl_<tag>_valid.<criterion>.ave.zip, ${expdir}/asr_<tag>/asr_<tag>_<model>.zip
  10 upload of the packed models to the Hugging Face Hub (needs --hf_repo or --hf_ssl_repo)
@@ -159,7 +171,10 @@ Options (default):
     --feats_type      # fbank or raw (default: ${feats_type}); raw: SSL reads the pre-training
                       # waveforms with the in-model kaldi_fbank frontend (identical features)
     --global_cmvn     # global CMVN from the pre-training set for SSL and ASR (default: ${global_cmvn})
-    --fs              # sampling rate in Hz, or kHz with a k: 16k = 16000 (default: ${fs})
+    --fs              # sampling rate in Hz, or kHz with a k: 16k = 16000 (default: ${fs}); stage 2
+                      # resamples audio at another rate to it, counted and listed in
+                      # ${dumpdir}/<fbank|raw>/<set>/resampled (raw: copies in .../resampled_audio);
+                      # raw: the kaldi_fbank frontend gets --frontend_conf fs=<fs>
     --min_frames      # audio shorter than this many 10 ms frames is bad audio (default: ${min_frames});
                       # the encoder's subsampling fails on shorter input (conv2d: 7, conv2d6: 11, conv2d8: 15)
     --skip_bad_audio  # drop unreadable/empty recordings in stage 1 (data/<set>/bad_audio) and bad audio in
@@ -177,11 +192,17 @@ Options (default):
     --nbpe            # BPE vocabulary size (default: ${nbpe})
     --bpemode         # sentencepiece model type (default: ${bpemode})
     --bpe_char_cover  # sentencepiece character coverage (default: ${bpe_char_cover})
+    --token_listdir   # where stage 3 writes the token lists (default: ${token_listdir}); runs on
+                      # other training texts side by side (AMI's microphones) need one each
   SSL pre-training:
     --ssl_config      # SSL config (default: ${ssl_config}); BEST-RQ: conf/train_ssl_best_rq_*.yaml
     --ssl_tag         # experiment name suffix (default: basename of --ssl_config)
     --ssl_exp         # experiment dir (default: ${expdir}/ssl_<ssl_tag>)
     --ssl_args        # extra arguments for espnet2_birq.bin.ssl_train (default: "${ssl_args}")
+    --num_splits_ssl  # >1: stage 5 splits the pre-training set's scp, shape (and k-means label)
+                      # files into N parts (espnet2.bin.split_scps, ${expdir}/ssl_stats_<type>/splits<N>)
+                      # and trains with --multiple_iterator true: one part in memory at a time,
+                      # every part once per epoch, as asr.sh's --num_splits_asr (default: ${num_splits_ssl})
   k-means targets (stage 5, only for SSL configs with a kmeans_ce loss, e.g. MT4SSL):
     --kmeans_source   # fbank or layer (default: ${kmeans_source})
     --kmeans_model_file   # layer: earlier pre-trained model file (default: "${kmeans_model_file}")
@@ -218,6 +239,15 @@ Options (default):
                        # (default: data/<train_set>/text; e.g. "data/train/text data/local/other_text/text")
     --lm_dev_text      # LM validation text (default: data/<valid_set>/text)
     --lm_inference_model # LM model file in the LM exp dir used by stage 7 (default: ${lm_inference_model})
+  N-gram (ESPnet's kenlm scorer over the ASR tokens; needs a beam-search --inference_config, weight ngram_weight):
+    --use_ngram        # stage 6 also trains an n-gram on --lm_train_text tokenised with the token list
+                       # (BPE pieces or characters), stage 7 decodes with it (default: ${use_ngram})
+    --ngram_num        # its order (default: ${ngram_num})
+    --ngram_exp        # its directory (default: ${expdir}/ngram_<token list name>)
+    --ngram_file       # an existing n-gram over the same tokens, ARPA or kenlm binary: stage 7
+                       # decodes with it, stage 6 trains none (default: "${ngram_file}")
+    --ngram_trainer    # lmplz (kenlm's modified Kneser-Ney, on PATH), kaldingram (pip, Kneser-Ney)
+                       # or auto: lmplz when on PATH, else kaldingram (default: ${ngram_trainer})
   Decoding:
     --inference_config # decoding config (default: ${inference_config})
     --inference_model  # model file in the ASR exp dir (default: ${inference_model}: valid.acc.ave.pth,
@@ -271,13 +301,17 @@ case "${train_mode}" in pretrain_finetune|bljust) ;; *) die "--train_mode must b
 if [ "${use_lm}" = true ] && [ -z "${lm_config}" ]; then
     die "--use_lm true needs --lm_config (an espnet2.bin.lm_train config, e.g. the recipe's conf/train_lm_*.yaml)"
 fi
+case "${ngram_trainer}" in auto|lmplz|kaldingram) ;; *) die "--ngram_trainer must be auto, lmplz or kaldingram, got '${ngram_trainer}'" ;; esac
+[ -z "${ngram_file}" ] || use_ngram=true  # an external n-gram is decoded with, and none is trained
 if [ "${train_mode}" = bljust ] && [ "${feats_type}" != fbank ]; then
     # The unlabelled set goes through the ASR model's input path, which reads fbank.
     die "--train_mode bljust needs --feats_type fbank (the unlabelled set is read as fbank features)"
 fi
-for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs min_frames kmeans_sample_utts kmeans_max_frames kmeans_seed; do
+for x in stage stop_stage ngpu num_nodes nj inference_nj nbpe freeze_encoder_epochs min_frames kmeans_sample_utts kmeans_max_frames kmeans_seed ngram_num num_splits_ssl; do
     [[ ${!x} =~ ^[0-9]+$ ]] || die "--${x} must be a non-negative integer, got '${!x}'"
 done
+[ "${ngram_num}" -ge 1 ] || die "--ngram_num must be >= 1"
+[ "${num_splits_ssl}" -ge 1 ] || die "--num_splits_ssl must be >= 1"
 for x in min_wav_duration max_wav_duration ${speed_perturb_factors}; do
     case "${x}" in
         min_wav_duration|max_wav_duration) v=${!x}; [ -n "${v}" ] || continue; what="--${x}" ;;
@@ -325,10 +359,10 @@ fbank_dir=${dumpdir}/fbank
 raw_dir=${dumpdir}/raw  # --feats_type raw: checked wav.scp and speech_shape of the SSL sets
 
 if [ "${token_type}" = bpe ]; then
-    token_dir=data/token_list/bpe_${bpemode}${nbpe}
+    token_dir=${token_listdir}/bpe_${bpemode}${nbpe}
     bpemodel=${token_dir}/bpe.model
 else
-    token_dir=data/token_list/char
+    token_dir=${token_listdir}/char
     bpemodel=none
 fi
 token_list=${token_dir}/tokens.txt
@@ -371,6 +405,10 @@ fi
 # Text of the original (not speed-perturbed) fine-tuning set: perturbation copies audio, not text.
 [ -n "${lm_train_text}" ] || lm_train_text=data/${source_train_set}/text
 [ -n "${lm_dev_text}" ] || lm_dev_text=data/${valid_set}/text
+# The n-gram depends on the tokens only (not on the ASR model): one per token list.
+[ -n "${ngram_exp}" ] || ngram_exp=${expdir}/ngram_$(basename "${token_dir}")
+ngram_arpa=${ngram_exp}/${ngram_num}gram.arpa
+ngram_bin=${ngram_exp}/${ngram_num}gram.bin  # kenlm's binary, when build_binary is on PATH
 
 if [ "${gpu_inference}" = true ]; then
     _decode_cmd="${cuda_cmd}"; _decode_ngpu=1
@@ -479,7 +517,7 @@ die_bad_audio() {  # die_bad_audio OUT MESSAGE: list every bad utterance of all 
         cat "${out}"/bad_audio_errors.* | LC_ALL=C sort > "${out}/bad_audio_errors"
         echo "---- $(echo "${list}" | wc -l) utterance(s) of this set with bad audio (utterance, audio, reason; also in ${out}/bad_audio_errors) ----" >&2
         echo "${list}" | head -n 500 >&2
-        die "$2: repair or remove the audio above, or re-run with --skip_bad_audio true to drop and list it (a wrong sample rate is never dropped: resample)"
+        die "$2: repair or remove the audio above, or re-run with --skip_bad_audio true to drop and list it"
     fi
     die "$2 (cause above)"
 }
@@ -538,6 +576,21 @@ keep_utts() {  # keep_utts OUT DATA: OUT/{text,utt2spk} = DATA's, for the uttera
         log "WARNING: ${n_bad} of $(num_lines "${data}/utt2spk") utterances of ${data} skipped (bad audio), listed in ${out}/bad_utts; every later stage uses ${out}/ without them"
     fi
 }
+report_resampled() {  # report_resampled OUT DATA: how many of DATA's recordings stage 2 resampled to --fs
+    local out=$1 data=$2 n
+    [ -s "${out}/resampled" ] || return 0
+    n=$(num_lines "${out}/resampled")
+    log "WARNING: ${n} of $(num_lines "${data}/wav.scp") recordings of ${data} are not at ${fs} Hz and were resampled to it (--fs), listed with their rates in ${out}/resampled"
+}
+
+# The n-gram trainer is checked now, not after the hours of fine-tuning before it in stage 6.
+if run_stage 6 && [ "${use_ngram}" = true ] && [ -z "${ngram_file}" ]; then
+    if [ "${ngram_trainer}" = lmplz ]; then
+        command -v lmplz > /dev/null || die "--ngram_trainer lmplz: kenlm's lmplz is not on PATH (build kenlm's lmplz and build_binary, see docs/recipes.md \"N-gram language models\"; or --ngram_trainer kaldingram)"
+    elif [ "${ngram_num}" -gt 5 ] && ! { [ "${ngram_trainer}" = auto ] && command -v lmplz > /dev/null; }; then
+        die "kaldingram trains n-grams up to order 5, not --ngram_num ${ngram_num} (kenlm's lmplz: --ngram_trainer lmplz)"
+    fi
+fi
 
 # Jobs started through run.pl/slurm.pl stop when this script dies (utils/job_runner.py).
 export RECIPE_PID=$$
@@ -618,6 +671,10 @@ filter_by_duration() {  # filter_by_duration SET: set_dir=the data dir to read
 # ---------------------------------------------------------------------------
 if run_stage 2; then
     log "Stage 2: features (feats_type=${feats_type}) -> ${fbank_dir}"
+    # Audio at another sampling rate than --fs is resampled to it (libsoxr, the resampler of
+    # sox's rate effect), counted and listed in <out>/resampled: when the fbank is computed,
+    # and (raw) as a copy in ${raw_dir}/<set>/resampled_audio, which ESPnet's sound loader
+    # reads (it opens files, not "sox ... |" pipes), as asr.sh's format_wav_scp.sh does.
     if [ "${feats_type}" = raw ] && [ -f "data/${pretrain_set}/segments" ]; then
         # ESPnet's "sound" reader takes wav.scp entries as utterances; with segments
         # they are whole recordings.
@@ -636,7 +693,7 @@ if run_stage 2; then
         n_utt=$(num_lines "${set_dir}/utt2spk")
         _nj=$(min "${nj}" "${n_utt}")
         mkdir -p "${out}/log"
-        rm -f "${out}"/feats.*.ark "${out}"/feats.*.scp "${out}"/utt2num_frames.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.*
+        rm -f "${out}"/feats.*.ark "${out}"/feats.*.scp "${out}"/utt2num_frames.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.* "${out}"/resampled.*
         utils/split_data.sh "${set_dir}" "${_nj}" > /dev/null
         log "fbank ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${out}/log/extract_fbank.*.log"
         # shellcheck disable=SC2086
@@ -647,11 +704,13 @@ if run_stage 2; then
             || die_bad_audio "${out}" "feature extraction of ${dset} failed"
         ${python} -m espnet2_birq.bin.extract_fbank merge --out_dir "${out}" --nj "${_nj}" --data_dir "${set_dir}"
         keep_utts "${out}" "${set_dir}"
+        report_resampled "${out}" "${set_dir}"
         mark_done "${out}/.done" "${_inputs[@]}"
     done
     if [ "${feats_type}" = raw ]; then
         # SSL reads these sets' waveforms: check them now (ESPnet's sound loader
-        # ignores the sampling rate and crashes on multi-channel or tiny files).
+        # ignores the sampling rate and crashes on multi-channel or tiny files), and
+        # resample the recordings at another rate into ${raw_dir}/<set>/resampled_audio.
         for dset in $(echo "${pretrain_set} ${valid_set}" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
             need "data/${dset}/wav.scp" 1
             filter_by_duration "${dset}"
@@ -661,7 +720,8 @@ if run_stage 2; then
             n_utt=$(num_lines "${set_dir}/utt2spk")
             _nj=$(min "${nj}" "${n_utt}")
             mkdir -p "${out}/log"
-            rm -f "${out}"/wav.*.scp "${out}"/utt2num_samples.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.*
+            rm -f "${out}"/wav.*.scp "${out}"/utt2num_samples.* "${out}"/bad_utts.* "${out}"/bad_audio_errors.* "${out}"/resampled.*
+            rm -rf "${out}/resampled_audio"
             utils/split_data.sh "${set_dir}" "${_nj}" > /dev/null
             log "raw audio check ${dset}: ${n_utt} utterances, ${_nj} jobs, log: ${out}/log/check_audio.*.log"
             # shellcheck disable=SC2086
@@ -673,6 +733,7 @@ if run_stage 2; then
             ${python} -m espnet2_birq.bin.extract_fbank merge --kind raw --prefix wav \
                 --out_dir "${out}" --nj "${_nj}" --data_dir "${set_dir}"
             keep_utts "${out}" "${set_dir}"
+            report_resampled "${out}" "${set_dir}"
             mark_done "${out}/.done" "${_inputs[@]}"
         done
     fi
@@ -761,7 +822,9 @@ if run_stage 4; then
         need "${_ssl_data[1]}" 2
     else
         _ssl_data=("${raw_dir}/${pretrain_set}/wav.scp" "${raw_dir}/${valid_set}/wav.scp")
-        _ssl_opts=(--train_data_path_and_name_and_type "${_ssl_data[0]},speech,sound"
+        # the kaldi_fbank frontend computes the features at --fs (the configs say 16000)
+        _ssl_opts=(--frontend_conf "fs=${fs}"
+            --train_data_path_and_name_and_type "${_ssl_data[0]},speech,sound"
             --valid_data_path_and_name_and_type "${_ssl_data[1]},speech,sound")
         need "${_ssl_data[0]}" 2  # the checked audio, without the utterances stage 2 skipped
         need "${_ssl_data[1]}" 2
@@ -829,7 +892,8 @@ kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
         _check_opts=(--samples_fs "${fs}")
     fi
     _scp_of() {  # _scp_of SET: the scp the k-means reads for SET
-        if [ "${feats_type}" = raw ]; then echo "data/$1/wav.scp"; else echo "${fbank_dir}/$1/feats.scp"; fi
+        # raw: stage 2's checked wav.scp (recordings at another rate: their copies at --fs)
+        if [ "${feats_type}" = raw ]; then echo "${raw_dir}/$1/wav.scp"; else echo "${fbank_dir}/$1/feats.scp"; fi
     }
     case "${kmeans_source}" in
         fbank)
@@ -923,7 +987,7 @@ elif run_stage 5; then
                 --train_data_path_and_name_and_type "${fbank_dir}/${pretrain_set}/feats.scp,speech,kaldi_ark"
                 --valid_data_path_and_name_and_type "${fbank_dir}/${valid_set}/feats.scp,speech,kaldi_ark")
         else
-            _opts+=(--frontend kaldi_fbank
+            _opts+=(--frontend kaldi_fbank --frontend_conf "fs=${fs}"
                 --train_data_path_and_name_and_type "${raw_dir}/${pretrain_set}/wav.scp,speech,sound"
                 --valid_data_path_and_name_and_type "${raw_dir}/${valid_set}/wav.scp,speech,sound")
         fi
@@ -935,6 +999,41 @@ elif run_stage 5; then
         if [ -n "${_kmeans_clusters}" ]; then
             _opts+=(--train_data_path_and_name_and_type "${kmeans_dir}/${pretrain_set}/labels.txt,frame_labels,text_int"
                 --valid_data_path_and_name_and_type "${kmeans_dir}/${valid_set}/labels.txt,frame_labels,text_int")
+        fi
+        _train_shape=${ssl_stats_dir}/train/speech_shape
+        if [ "${num_splits_ssl}" -gt 1 ]; then
+            # asr.sh's --num_splits_asr for pre-training: ESPnet's split_scps deals the lines of
+            # the training lists (same keys, same order) into N parts, and --multiple_iterator
+            # reads one part per iterator (a large set's lists are never all in memory)
+            _split_dir=${ssl_stats_dir}/splits${num_splits_ssl}
+            _split_scps=()
+            for i in "${!_opts[@]}"; do
+                [ "${_opts[i]}" = --train_data_path_and_name_and_type ] || continue
+                _v=${_opts[i + 1]}
+                _split_scps+=("${_v%%,*}")
+                _opts[i + 1]=${_split_dir}/$(basename "${_v%%,*}"),${_v#*,}
+            done
+            _split_inputs=("${_split_scps[@]}" "${_train_shape}" "num_splits_ssl=${num_splits_ssl}")
+            if ! is_done "${_split_dir}/.done" "split of the pre-training lists ${_split_dir}" "${_split_inputs[@]}"; then
+                rm -rf "${_split_dir}"
+                mkdir -p "${_split_dir}/sorted"
+                for f in "${_train_shape}" "${_split_scps[@]}"; do
+                    LC_ALL=C sort -k1,1 "${f}" > "${_split_dir}/sorted/$(basename "${f}")"
+                    cmp -s <(cut -d ' ' -f 1 "${_split_dir}/sorted/$(basename "${f}")") \
+                        <(cut -d ' ' -f 1 "${_split_dir}/sorted/$(basename "${_train_shape}")") \
+                        || die "${f} and ${_train_shape} list other utterances: they cannot be split alike (rerun stage 4)"
+                done
+                _sorted=()
+                for f in "${_split_scps[@]}" "${_train_shape}"; do _sorted+=("${_split_dir}/sorted/$(basename "${f}")"); done
+                ${python} -m espnet2.bin.split_scps --num_splits "${num_splits_ssl}" --output_dir "${_split_dir}" \
+                    --scps "${_sorted[@]}" > "${_split_dir}/split_scps.log" 2>&1 \
+                    || die_with_log "${_split_dir}/split_scps.log" "splitting the pre-training lists failed (e.g. fewer utterances than --num_splits_ssl ${num_splits_ssl})"
+                rm -rf "${_split_dir}/sorted"
+                mark_done "${_split_dir}/.done" "${_split_inputs[@]}"
+            fi
+            _train_shape=${_split_dir}/$(basename "${_train_shape}")
+            _opts+=(--multiple_iterator true)
+            log "pre-training lists in ${num_splits_ssl} parts (${_split_dir}), read one part at a time"
         fi
         write_rerun "${ssl_exp}" 5
         log "SSL training started; log: ${ssl_exp}/train.log (tail -f it to follow progress)"
@@ -950,7 +1049,7 @@ elif run_stage 5; then
                 --config "${ssl_config}" \
                 --output_dir "${ssl_exp}" \
                 --resume true \
-                --train_shape_file "${ssl_stats_dir}/train/speech_shape" \
+                --train_shape_file "${_train_shape}" \
                 --valid_shape_file "${ssl_stats_dir}/valid/speech_shape" \
                 "${_opts[@]}" ${ssl_args} \
             || die "SSL training failed (cause above; log: ${ssl_exp}/train.log)"
@@ -1070,7 +1169,8 @@ elif run_stage 6; then
             _cmvn_opts=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
         fi
         write_rerun "${asr_exp}" 6
-        ${python} -m espnet2_birq.bin.make_finetune_config \
+        # --fs: the fine-tuning features' rate; refused when the pre-trained model's frontend read another
+        ${python} -m espnet2_birq.bin.make_finetune_config --fs "${fs}" \
             --ssl_config "${_arch_config}" --asr_config "${asr_config}" --out "${asr_exp}/train_asr.yaml"
         _init=()
         if [ -n "${init_ckpt}" ]; then
@@ -1185,6 +1285,79 @@ if run_stage 6 && [ "${use_lm}" = true ]; then
     fi
 fi
 
+# ------------------------------------------------------ n-gram (stage 6)
+# As asr.sh's n-gram stage (kenlm's lmplz, then build_binary), but over the TOKENS of the
+# ASR model: ESPnet's n-gram scorer queries kenlm with the token strings (BPE pieces or
+# characters) the model emits, so --lm_train_text is first tokenised with the token list
+# (espnet2.bin.tokenize_text, the tokeniser of stage 3). Trainer: kenlm's lmplz (modified
+# Kneser-Ney, on disk, any size; kenlm's pip package has no lmplz) when on PATH, else
+# kaldingram (pip; Kneser-Ney as SRILM's -ukndiscount, in memory: small and medium texts).
+resolve_ngram_trainer() {
+    case "${ngram_trainer}" in
+        auto) if command -v lmplz > /dev/null; then echo lmplz; else echo kaldingram; fi ;;
+        *) echo "${ngram_trainer}" ;;
+    esac
+}
+train_ngram() {  # train_ngram TRAINER: stage 6's n-gram (the caller holds the n-gram directory's lock)
+    local trainer=$1 tokens=${ngram_exp}/data/train.tokens
+    need "${token_list}" 3
+    mkdir -p "${ngram_exp}/data"
+    # shellcheck disable=SC2086
+    lm_text "${ngram_exp}/data/train.txt" ${lm_train_text}
+    log "n-gram text: $(num_lines "${ngram_exp}/data/train.txt") sentences of ${lm_train_text}, as ${token_type} tokens -> ${tokens}"
+    ${python} -m espnet2.bin.tokenize_text --token_type "${token_type}" --bpemodel "${bpemodel}" \
+        --input "${ngram_exp}/data/train.txt" --output "${tokens}.tmp" --field 2- \
+        --cleaner none --g2p none --non_linguistic_symbols none 2> "${ngram_exp}/tokenize_text.log" \
+        || die_with_log "${ngram_exp}/tokenize_text.log" "tokenising the n-gram text failed; see ${ngram_exp}/tokenize_text.log"
+    mv -f "${tokens}.tmp" "${tokens}"
+    rm -f "${ngram_arpa}" "${ngram_bin}"
+    log "n-gram training (${trainer}, order ${ngram_num}) -> ${ngram_arpa}; log: ${ngram_exp}/train.log"
+    if [ "${trainer}" = lmplz ]; then
+        # asr.sh's options: 20% of the memory for sorting, discounts for tiny texts
+        mkdir -p "${ngram_exp}/tmp"
+        ${train_cmd} "${ngram_exp}/train.log" \
+            lmplz -o "${ngram_num}" -S 20% --discount_fallback -T "${ngram_exp}/tmp" \
+                --text "${tokens}" --arpa "${ngram_arpa}.tmp" \
+            || die "lmplz failed; see ${ngram_exp}/train.log"
+        rm -rf "${ngram_exp}/tmp"
+    else
+        ${train_cmd} "${ngram_exp}/train.log" \
+            ${python} -m kaldingram.cli train --ngram-order "${ngram_num}" \
+                --text "${tokens}" --lm "${ngram_arpa}.tmp" \
+            || die "kaldingram failed; see ${ngram_exp}/train.log"
+    fi
+    [ -s "${ngram_arpa}.tmp" ] || die "the n-gram trainer wrote no ${ngram_arpa}; see ${ngram_exp}/train.log"
+    mv -f "${ngram_arpa}.tmp" "${ngram_arpa}"
+    if command -v build_binary > /dev/null; then
+        # kenlm's binary loads fast and is shared (mmap) by the decoding jobs
+        build_binary -s "${ngram_arpa}" "${ngram_bin}.tmp" > "${ngram_exp}/build_binary.log" 2>&1 \
+            || die_with_log "${ngram_exp}/build_binary.log" "build_binary failed; see ${ngram_exp}/build_binary.log"
+        mv -f "${ngram_bin}.tmp" "${ngram_bin}"
+    fi
+    log "n-gram: $(sed -n 's/^ngram \([0-9]*\)=\([0-9]*\)$/\1-grams: \2/p' "${ngram_arpa}" | tr '\n' ' ')"
+    mark_done "${ngram_exp}/.done" "${_ngram_inputs[@]}"
+}
+ngram_model() {  # ngram_model: the n-gram stage 7 decodes with
+    if [ -n "${ngram_file}" ]; then echo "${ngram_file}"
+    elif [ -f "${ngram_bin}" ]; then echo "${ngram_bin}"
+    else echo "${ngram_arpa}"; fi
+}
+if run_stage 6 && [ "${use_ngram}" = true ] && [ -n "${ngram_file}" ]; then
+    log "Stage 6: n-gram: none trained, stage 7 decodes with --ngram_file ${ngram_file}"
+elif run_stage 6 && [ "${use_ngram}" = true ]; then
+    _ngram_trainer=$(resolve_ngram_trainer)  # (checked before stage 1)
+    log "Stage 6: n-gram: ${ngram_exp} (order ${ngram_num}, ${_ngram_trainer}, text: ${lm_train_text})"
+    # shellcheck disable=SC2206
+    _ngram_inputs=(${lm_train_text} "${token_list}" "token_type=${token_type}" "${bpemodel}"
+        "ngram_num=${ngram_num}" "ngram_trainer=${_ngram_trainer}")
+    # as the LM: a finished n-gram is read without the lock (runs side by side share it)
+    if ! is_done "${ngram_exp}/.done" "n-gram ${ngram_exp}" "${_ngram_inputs[@]}"; then
+        acquire_lock "${ngram_exp}"
+        is_done "${ngram_exp}/.done" "n-gram ${ngram_exp}" "${_ngram_inputs[@]}" || train_ngram "${_ngram_trainer}"
+        release_lock "${ngram_exp}"
+    fi
+fi
+
 # ---------------------------------------------------------------------------
 if [ "${inference_model}" = auto ]; then
     inference_model=valid.loss.ave.pth
@@ -1198,6 +1371,11 @@ if [ -z "${inference_tag}" ]; then
     inference_tag+="_asr_model_$(echo "${inference_model}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
     # as asr.sh: decodings with and without an LM (or with another LM) sit side by side
     [ "${use_lm}" = true ] && inference_tag+="_lm_$(basename "${lm_exp}")_$(echo "${lm_inference_model}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
+    if [ "${use_ngram}" = true ] && [ -n "${ngram_file}" ]; then
+        inference_tag+="_ngram_$(basename "${ngram_file}" | sed -e "s/\.gz$//" -e "s/\.[^.]*$//")"
+    elif [ "${use_ngram}" = true ]; then
+        inference_tag+="_ngram_$(basename "${ngram_exp}")_${ngram_num}gram"
+    fi
 fi
 
 if run_stage 7; then
@@ -1212,6 +1390,17 @@ if run_stage 7; then
         need "${lm_model}" 6
         _lm_opts=(--lm_train_config "${lm_exp}/config.yaml" --lm_file "${lm_model}")
         _newest_model=$(newer_of "${_newest_model}" "${lm_model}")
+    fi
+    if [ "${use_ngram}" = true ]; then
+        _ngram=$(ngram_model)
+        if [ -n "${ngram_file}" ]; then
+            [ -f "${_ngram}" ] || die "--ngram_file ${_ngram} not found"
+        else
+            need "${_ngram}" 6
+        fi
+        # its weight: ngram_weight of the --inference_config (or --inference_args)
+        _lm_opts+=(--ngram_file "${_ngram}")
+        _newest_model=$(newer_of "${_newest_model}" "${_ngram}")
     fi
     for dset in ${test_sets}; do
         _dir=${asr_exp}/${inference_tag}/${dset}
@@ -1283,6 +1472,11 @@ if run_stage 8; then
     fi
     if [ "${use_lm}" = true ]; then
         _notes+=(--note "language model: ${lm_model} (config: ${lm_config}; text: ${lm_train_text})")
+    fi
+    if [ "${use_ngram}" = true ] && [ -n "${ngram_file}" ]; then
+        _notes+=(--note "n-gram: ${ngram_file} (--ngram_file)")
+    elif [ "${use_ngram}" = true ]; then
+        _notes+=(--note "n-gram: $(ngram_model) (${ngram_num}-gram over the ${token_type} tokens of ${lm_train_text})")
     fi
     echo "<!-- Generated by $0 -->" > "${asr_exp}/RESULTS.md.tmp"
     ${python} -m espnet2_birq.bin.score results_table --exp_dir "${asr_exp}" \

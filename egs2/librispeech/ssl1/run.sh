@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # LibriSpeech recipe: BiRQ (default) or BEST-RQ pre-training on the 960 h of
 # train-{clean-100,clean-360,other-500}, CTC fine-tuning on train-clean-100 (100 h),
-# greedy CTC decoding and WER of dev/test clean/other. Every stage lives in ./ssl.sh;
+# CTC beam search with a 4-gram over the BPE tokens of the LibriSpeech LM text (the
+# paper decodes with a 4-gram LM) and WER of dev/test clean/other. Every stage lives in ./ssl.sh;
 # this file only sets the LibriSpeech defaults (see README.md). The default model is
 # the BiRQ paper's LibriSpeech setup "C2" (10-block, 155M Conformer, 64 utterances per
 # update, 100 epochs; CTC fine-tuning 30 epochs with a tri-stage schedule), from the
@@ -15,6 +16,7 @@
 #            --asr_args "--batch_size 16 --accum_grad 4"          # one GPU, same batches
 #   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
 #   ./run.sh --stage 6 --pretrained none                            # fine-tune from scratch
+#   ./run.sh --use_ngram false --inference_config conf/decode_ctc_greedy.yaml  # greedy, no LM
 #   ./run.sh --help                # this recipe's settings, then every ssl.sh option
 # The corpus goes to ${LIBRISPEECH} (db.sh; 61 GB of downloads). Options of
 # local/data.sh (e.g. --download false) go through --local_data_opts "...".
@@ -28,7 +30,11 @@ test_sets="dev_clean dev_other test_clean test_other"
 
 ssl_config=../../../conf/train_ssl_birq_c2.yaml  # the BiRQ paper's C2 (README.md)
 asr_config=../../../conf/train_asr_ctc_c2.yaml   # its fine-tuning: CTC, 30 epochs, tri-stage lr
-inference_config=conf/decode_ctc_greedy.yaml
+inference_config=conf/decode_ctc_ngram.yaml   # CTC prefix beam search + the n-gram below
+use_ngram=true                    # stage 6 trains a 4-gram over the BPE tokens (README.md, "Decoding")
+ngram_num=4
+ngram_trainer=lmplz               # 40M sentences: kenlm's lmplz (on PATH; docs/recipes.md)
+lm_train_text=data/local/other_text/text  # librispeech-lm-norm.txt.gz (openslr SLR11), local/data.sh
 bljust_config=conf/train_bljust_conformer.yaml  # --train_mode bljust (joint training, needs --feats_type fbank)
 
 ngpu=8                            # batches are per update over all GPUs (README.md)
@@ -49,11 +55,17 @@ Recipe settings (passed to ssl.sh; override any of them on the command line):
   --asr_config ${asr_config}   --inference_config ${inference_config}
       (24-block, 159M alternative: --ssl_config conf/train_ssl_birq_conformer.yaml or
       conf/train_ssl_best_rq_conformer.yaml, with --asr_config conf/train_asr_ctc.yaml)
+  --use_ngram ${use_ngram}   --ngram_num ${ngram_num}   --ngram_trainer ${ngram_trainer}
+  --lm_train_text ${lm_train_text}
+      (a 4-gram over the BPE tokens of the LM text; greedy CTC without it:
+      --use_ngram false --inference_config conf/decode_ctc_greedy.yaml; the official
+      word 4-gram fits only a word-unit token list: --ngram_file, README.md)
   --bljust_config ${bljust_config}   (BL-JUST instead of pre-training + fine-tuning:
       $0 --train_mode bljust --feats_type fbank)
   --ngpu ${ngpu}   --feats_type ${feats_type}   --token_type ${token_type}   --nbpe ${nbpe}   --bpemode unigram
   --local_data_opts "${local_data_opts}"   (options of local/data.sh: --download true|false,
-      --subsets, --speaker_level chapter|speaker, --skip_bad, --keep_archives)
+      --subsets, --speaker_level chapter|speaker, --skip_bad, --keep_archives,
+      --lm_text true|false)
 Corpus location: LIBRISPEECH in db.sh (default downloads/librispeech).
 Multi-node: cmd_backend=slurm $0 --num_nodes N (N nodes x --ngpu GPUs).
 
@@ -77,5 +89,9 @@ done
     --ssl_config "${ssl_config}" \
     --asr_config "${asr_config}" \
     --inference_config "${inference_config}" \
+    --use_ngram "${use_ngram}" \
+    --ngram_num "${ngram_num}" \
+    --ngram_trainer "${ngram_trainer}" \
+    --lm_train_text "${lm_train_text}" \
     --bljust_config "${bljust_config}" \
     "$@"

@@ -55,6 +55,7 @@ ngpu=8                            # batches are per update over all GPUs (README
 feats_type=raw                    # pre-training reads the audio files (no 576 GB fbank dump)
 token_type=bpe
 nbpe=300                          # unigram BPE for 100 h CTC fine-tuning (README.md)
+num_splits_ssl=10                 # pre-training lists in 10 parts, one in memory at a time (README.md)
 local_data_opts="--hours ${hours} --finetune_hours ${finetune_hours}${user_data_opts:+ ${user_data_opts}}"
 
 for arg in ${args[@]+"${args[@]}"}; do
@@ -75,6 +76,7 @@ Recipe settings (passed to ssl.sh; override any of them on the command line):
   --bljust_config ${bljust_config}   (BL-JUST instead of pre-training + fine-tuning:
       $0 --train_mode bljust --feats_type fbank)
   --ngpu ${ngpu}   --feats_type ${feats_type}   --token_type ${token_type}   --nbpe ${nbpe}   --bpemode unigram
+  --num_splits_ssl ${num_splits_ssl}   (stage 5 reads the pre-training lists in parts: ESPnet's --multiple_iterator)
   --local_data_opts "${local_data_opts}"   (options of local/data.sh: --download true|false,
       --subsets auto|en000,..., --dev_hours, --test_hours, --extract_dir, --strict)
 Corpus location: YODAS in db.sh (default downloads/yodas).
@@ -97,6 +99,7 @@ done
     --token_type "${token_type}" \
     --nbpe "${nbpe}" \
     --bpemode unigram \
+    --num_splits_ssl "${num_splits_ssl}" \
     --ssl_config "${ssl_config}" \
     --asr_config "${asr_config}" \
     --inference_config "${inference_config}" \

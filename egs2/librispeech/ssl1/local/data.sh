@@ -2,9 +2,11 @@
 # LibriSpeech data preparation for BiRQ SSL pre-training and fine-tuning.
 #
 # Stage 1: download + extract the official openslr SLR12 tarballs (md5
-#          verified, resumable; skipped when already there).
+#          verified, resumable; skipped when already there), and the LM text
+#          librispeech-lm-norm.txt.gz of openslr SLR11 (--lm_text true).
 # Stage 2: write Kaldi data dirs under ${data_dir}/:
-#          pretrain_960 train_clean_100 dev_clean dev_other test_clean test_other
+#          pretrain_960 train_clean_100 dev_clean dev_other test_clean test_other,
+#          and the LM text as ${data_dir}/local/other_text/text (the n-gram's text)
 # Stage 3: validate them.
 #
 # Options (Kaldi style, e.g. --stage 2 --download false):
@@ -16,6 +18,8 @@
 #                               librispeech convention, default) or <spk>
 #   --skip_bad true|false       skip+count bad entries instead of failing
 #   --keep_archives true|false  keep the .tar.gz after extraction (default true)
+#   --lm_text true|false        download and prepare the LM text (default true;
+#                               1.5 GB download, 4.3 GB as data/local/other_text/text)
 #   --data_dir DIR              output root (default data)
 #   --python CMD                python interpreter (default python3)
 set -euo pipefail
@@ -32,6 +36,7 @@ subsets="train-clean-100 train-clean-360 train-other-500 dev-clean dev-other tes
 speaker_level=chapter
 skip_bad=false
 keep_archives=true
+lm_text=true
 data_dir=data
 python=python3
 
@@ -57,7 +62,8 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     if [ "${download}" = true ]; then
         log "Stage 1: download LibriSpeech (${subsets}) into ${LIBRISPEECH}"
         "${python}" -m espnet2_birq.dataprep.librispeech download \
-            --root "${LIBRISPEECH}" --subsets ${subsets} --keep_archives "${keep_archives}"
+            --root "${LIBRISPEECH}" --subsets ${subsets} --keep_archives "${keep_archives}" \
+            --lm_text "${lm_text}"
     else
         log "Stage 1: --download false; using the existing copy in ${LIBRISPEECH}"
     fi
@@ -74,6 +80,20 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     "${python}" -m espnet2_birq.dataprep.librispeech prepare \
         --corpus_dir "${LIBRISPEECH}/LibriSpeech" --data_dir "${data_dir}" \
         --speaker_level "${speaker_level}" ${extra}
+    if [ "${lm_text}" = true ]; then
+        lm_gz=${LIBRISPEECH}/librispeech-lm-norm.txt.gz
+        if [ ! -f "${lm_gz}" ]; then
+            log "Error: ${lm_gz} not found. Run with --download true, or --lm_text false to go without it"
+            exit 1
+        fi
+        if [ -s "${data_dir}/local/other_text/text" ] && [ "${data_dir}/local/other_text/text" -nt "${lm_gz}" ]; then
+            log "${data_dir}/local/other_text/text already written from ${lm_gz}; skipping"
+        else
+            log "writing the LM text ${lm_gz} as ${data_dir}/local/other_text/text"
+            "${python}" -m espnet2_birq.dataprep.librispeech prepare_lm_text \
+                --lm_text "${lm_gz}" --data_dir "${data_dir}"
+        fi
+    fi
 fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
