@@ -432,6 +432,7 @@ def write_report(results: dict, args, budgets, hours: Dict[int, float], pretrain
         + ("." if estimated else f"; this invocation took {elapsed / 60:.1f} min."),
         "- Differences: of the test means; a difference counts only when it is larger than twice the "
         "larger standard deviation of the two arms, otherwise the cell says *within spread*.",
+        *([getattr(args, "imported_note")] if getattr(args, "imported_note", None) else []),
         "",
         "| labelled | method | dev WER | dev CER | test WER | test CER | min/run |",
         "|---|---|---|---|---|---|---|",
@@ -550,6 +551,9 @@ def parse_args(argv=None):
     p.add_argument("--out_name", default=None, help="report file stem (default: compare_methods[_quick])")
     p.add_argument("--report_only", action="store_true",
                    help="run nothing: write the report from a finished --work_dir (wall times from its logs/*.seconds)")
+    p.add_argument("--import_runs", nargs="+", default=[], metavar="JSON:OLD=NEW[,OLD=NEW]",
+                   help="with --report_only: take the runs of these methods from an earlier report's JSON "
+                        "(renamed OLD -> NEW; only the seeds and budgets asked for) instead of the work directory")
     p.add_argument("--empty_hyps_ok", action="store_true",
                    help="score models that emit only blanks (--quick sets it: 20 updates may not learn)")
     args = p.parse_args(argv)
@@ -567,6 +571,8 @@ def parse_args(argv=None):
     args.out_name = args.out_name or ("compare_methods_quick" if quick else "compare_methods")
     if len(set(args.seeds)) != len(args.seeds):
         p.error("--seeds must be distinct")
+    if args.import_runs and not args.report_only:
+        p.error("--import_runs is for --report_only")
     if "scratch" not in args.methods:
         p.error("--methods must include scratch: every verdict is relative to it")
     return args
@@ -616,13 +622,41 @@ def main(argv=None) -> int:
     return 0
 
 
+def read_imported_runs(specs: Sequence[str], seeds: Sequence[int], budgets: Sequence[int]) -> List[dict]:
+    """Runs of earlier reports, ``JSON:OLD=NEW[,OLD=NEW]``: methods renamed, other methods dropped."""
+    runs = []
+    for spec in specs:
+        path, _, mapping = spec.rpartition(":")
+        if not path or not mapping:
+            raise CompareError(f"--import_runs {spec}: expected JSON:OLD=NEW[,OLD=NEW]")
+        names = dict(pair.split("=", 1) for pair in mapping.split(","))
+        unknown = set(names.values()) - set(LABELS)
+        if unknown:
+            raise CompareError(f"--import_runs {spec}: unknown method names {sorted(unknown)}")
+        data = json.loads(Path(path).read_text())
+        found = [dict(r, method=names[r["method"]], imported_from=Path(path).name) for r in data["runs"]
+                 if r["method"] in names and r["seed"] in seeds and r["budget"] in budgets]
+        for new in names.values():
+            for budget in budgets:
+                have = sorted(r["seed"] for r in found if r["method"] == new and r["budget"] == budget)
+                if have != sorted(seeds):
+                    raise CompareError(f"{path}: {new} at {budget} utterances has seeds {have}, "
+                                       f"not {sorted(seeds)}")
+        runs += found
+    return runs
+
+
 def report_only(args) -> int:
     # the report shows the command that ran the jobs
     args.command_line = args.command_line.replace(" --report_only", "")
     recipe = args.work_dir / "ssl1"
     budgets = sorted(set(args.budgets))
     full_train = len(read_ids(recipe / "data" / "train" / "text"))
-    jobs = plan_jobs(args, recipe, budgets, full_train)
+    imported = read_imported_runs(args.import_runs, args.seeds, budgets)
+    imported_methods = {r["method"] for r in imported}
+    local = argparse.Namespace(**vars(args))
+    local.methods = [m for m in args.methods if m not in imported_methods]
+    jobs = plan_jobs(local, recipe, budgets, full_train)
     for job in jobs:
         seconds = args.work_dir / "logs" / f"{job.name}.seconds"
         if not seconds.is_file():
@@ -630,7 +664,14 @@ def report_only(args) -> int:
         job.seconds = float(seconds.read_text())
     done = {job.name: job for job in jobs}
     hours = {b: total_hours(recipe / "data" / ("train" if b == full_train else budget_name(b))) for b in budgets}
-    md = write_report(collect(recipe, args, budgets, done), args, budgets, hours,
+    results = collect(recipe, local, budgets, done)
+    results["runs"] += imported
+    if imported:
+        args.imported_note = (
+            "- Runs of " + ", ".join(sorted(imported_methods)) + " come from earlier reports ("
+            + ", ".join(sorted({r['imported_from'] for r in imported})) + ") of the same regime; "
+            "their times are not in the total.")
+    md = write_report(results, args, budgets, hours,
                       total_hours(recipe / "data" / "pretrain"), args.out_dir, 0.0, estimated=True)
     print(md.read_text())
     return 0

@@ -167,11 +167,11 @@ def test_report_table_and_plot(tmp_path):
     values = [line for line in lines[:split] if line.startswith("| 4")]
     diffs = [line for line in lines[split:] if line.startswith("| 4")]
     assert len(values) == 10 and len(diffs) == 8  # no difference row for scratch itself
-    assert "| 40 utts (1.3 min, 1.1%) | BiRQ | 71.0 ± 1.0 | 23.7 ± 0.3 | 71.0 ± 1.0 | 23.7 ± 0.3 | 1.5 |" in values
-    birq_40 = next(r for r in diffs if r.startswith("| 40 utts") and "| BiRQ |" in r)
+    assert "| 40 utts (1.3 min, 1.1%) | BiRQ (published) | 71.0 ± 1.0 | 23.7 ± 0.3 | 71.0 ± 1.0 | 23.7 ± 0.3 | 1.5 |" in values
+    birq_40 = next(r for r in diffs if r.startswith("| 40 utts") and "| BiRQ (published) |" in r)
     # WER: -20 vs scratch, -10 vs BEST-RQ; CER a third of that, sd 1/3: all beyond 2 sd
     assert birq_40.count("better, > 2 sd") == 4 and "-20.0 (better" in birq_40 and "-3.3 (better" in birq_40
-    birq_400 = next(r for r in diffs if r.startswith("| 400 utts") and "| BiRQ |" in r)
+    birq_400 = next(r for r in diffs if r.startswith("| 400 utts") and "| BiRQ (published) |" in r)
     assert birq_400.count("within spread") == 4
     bestrq_40 = next(r for r in diffs if r.startswith("| 40 utts") and "| BEST-RQ |" in r)
     assert bestrq_40.endswith("|  |  |")  # not compared with itself
@@ -305,3 +305,22 @@ def test_birq_stopgrad_variant_is_opt_in_and_uses_its_config(tmp_path):
     assert variant["loss"][0]["conf"]["stop_gradient_labels"] is True
     base.pop("loss"), variant.pop("loss")
     assert variant == base
+
+
+def test_imported_runs_are_renamed_filtered_and_complete(tmp_path):
+    """--import_runs: an earlier report's runs of some methods, renamed, only the seeds and
+    budgets asked for; a missing seed or an unknown new name is an error."""
+    runs = [dict(budget=b, method=m, seed=s, dev_wer=1.0, dev_cer=1.0, test_wer=1.0, test_cer=1.0)
+            for b in (80, 400) for m in ("best_rq", "birq_l1", "mt4ssl") for s in (0, 1, 2)]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(dict(runs=runs)))
+    got = cm.read_imported_runs([f"{old}:best_rq=best_rq,birq_l1=birq_stopgrad"], [0, 1], [80])
+    assert sorted((r["method"], r["seed"]) for r in got) == [
+        ("best_rq", 0), ("best_rq", 1), ("birq_stopgrad", 0), ("birq_stopgrad", 1)]
+    assert {r["budget"] for r in got} == {80} and {r["imported_from"] for r in got} == {"old.json"}
+    with pytest.raises(cm.CompareError, match="seeds"):
+        cm.read_imported_runs([f"{old}:best_rq=best_rq"], [0, 1, 2, 3], [80])
+    with pytest.raises(cm.CompareError, match="unknown method"):
+        cm.read_imported_runs([f"{old}:mt4ssl=mt4ssl_old"], [0], [80])
+    with pytest.raises(SystemExit):
+        cm.parse_args(["--import_runs", f"{old}:best_rq=best_rq"])  # only with --report_only
