@@ -139,6 +139,28 @@ def test_ssl_collect_stats_of_raw_audio_equals_the_fbank_cmvn(corpus, tmp_path):
     assert (out / "train" / "speech_shape").read_text() == "".join(f"{u} {n}\n" for u, n in samples.items())
 
 
+def test_ssl_collect_stats_of_resampled_raw_audio_at_another_fs(corpus, tmp_path):
+    """--feats_type raw --fs 8000 on 16 kHz audio: stage 2's check writes 8 kHz copies, and
+    stage 4's ``--frontend_conf fs=8000`` (over the config's fs: 16000) makes the in-model
+    frontend compute what stage 2's fbank at 8 kHz is: the same statistics."""
+    data, _, _ = corpus
+    raw, dump = tmp_path / "raw", tmp_path / "dump8k"
+    ef.check_raw(str(data), str(raw), "wav.1", fs=8000)
+    assert len((raw / "resampled.1").read_text().splitlines()) == len(TEXTS)
+    ef.merge(str(raw), 1, data_dir=str(data), prefix="wav", kind="raw")
+    ef.extract(str(data), str(dump), "feats.1", fs=8000)
+    ef.merge(str(dump), 1, data_dir=str(data))
+    out = tmp_path / "ssl_stats_raw"
+    _collect_stats("espnet2_birq.bin.ssl_train", out, f"{raw}/wav.scp,speech,sound", nj=1,
+                   extra=["--config", str(SSL_CONFIG), "--frontend_conf", "fs=8000",
+                          "--normalize", "none", "--train_dtype", "float64"])
+    _check_stats(out / "train" / "feats_stats.npz", _reference_stats(dump / "feats.scp"), rtol=1e-5, atol=1e-4)
+    samples = {line.split()[0]: soundfile.info(line.split()[1]).frames
+               for line in (data / "wav.scp").read_text().splitlines()}
+    assert (out / "train" / "speech_shape").read_text() == "".join(
+        f"{u} {round(n / 2)}\n" for u, n in samples.items())
+
+
 def _old_text_shape(text: Path, vocab: int) -> str:
     """Stage 4's former hand-written char text shape: utt len(text),vocab."""
     lines = []

@@ -13,7 +13,7 @@ import torchaudio.compliance.kaldi as ta_kaldi
 from typeguard import TypeCheckError
 
 from espnet2_birq.bin import extract_fbank as ef
-from espnet2_birq.features import KaldiFbankFrontend, kaldi_fbank, num_frames
+from espnet2_birq.features import KaldiFbankFrontend, kaldi_fbank, kaldi_fbank_batch, num_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,6 +130,7 @@ def test_frontend_equals_precomputed(data_dir, tmp_path):
     for b, k in enumerate(keys):
         n = int(out_lens[b])
         assert n == feats[k].shape[0]
+        # the batched frontend does kaldi_fbank's operations in its order: on the CPU, exactly
         assert torch.equal(out_feats[b, :n], torch.from_numpy(feats[k].copy())), k
         assert torch.all(out_feats[b, n:] == 0)
 
@@ -141,7 +142,9 @@ def test_frontend_is_typechecked():
         KaldiFbankFrontend(n_mels=80.0)
 
 
-def test_wrong_sample_rate_names_utterance(tmp_path):
+def test_other_sample_rate_is_resampled_and_listed(tmp_path):
+    """A recording at another rate is resampled to --fs (not refused, not dropped) and
+    listed with its rate and file (tests/test_resample.py checks the features)."""
     d = tmp_path / "data"
     d.mkdir()
     write_wav(tmp_path / "ok.wav", 0.5)
@@ -150,15 +153,13 @@ def test_wrong_sample_rate_names_utterance(tmp_path):
         d / "wav.scp",
         [("utt_ok", tmp_path / "ok.wav"), ("utt_8k", tmp_path / "low.wav")],
     )
-    # Even with --skip_bad_audio, a wrong rate is a hard error.
-    with pytest.raises(ef.BadAudioError) as exc:
-        ef.extract(str(d), str(tmp_path / "dump"), "feats.1", skip_bad_audio=True)
-    msg = str(exc.value)
-    assert "utt_8k" in msg and "low.wav" in msg and "8000" in msg
-    # Nothing half-written remains.
-    assert not (tmp_path / "dump" / "feats.1.scp").exists()
-    assert os.listdir(tmp_path / "dump") == ["bad_audio_errors.1"]  # the list of bad utterances only
-    assert (tmp_path / "dump" / "bad_audio_errors.1").read_text().startswith("utt_8k\t")
+    result = ef.extract(str(d), str(tmp_path / "dump"), "feats.1")
+    assert result == {"done": 2, "skipped": 0, "total": 2}
+    feats = dict(kaldiio.load_scp(str(tmp_path / "dump" / "feats.1.scp")))
+    assert sorted(feats) == ["utt_8k", "utt_ok"]
+    assert abs(feats["utt_8k"].shape[0] - feats["utt_ok"].shape[0]) <= 1  # 0.5 s each
+    listed = (tmp_path / "dump" / "resampled.1").read_text().split("\t")
+    assert listed[:2] == ["utt_8k", "8000"] and listed[2].strip().endswith("low.wav")
 
 
 def test_segments(tmp_path):
@@ -267,8 +268,10 @@ def test_cli_module_entry_point(data_dir, tmp_path):
          "--out_dir", str(out), "--name", "feats.1", "--fs", "8000"],
         capture_output=True, text=True, env=env,
     )
-    assert proc.returncode == 1
-    assert "spk-u0" in proc.stderr and "16000 Hz" in proc.stderr
+    # the 16 kHz corpus is resampled to --fs 8000, every recording counted
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "to 8000 Hz" in proc.stderr and (out / "resampled.1").is_file()
+    assert "spk-u0" in (out / "resampled.1").read_text()
 
 
 def test_wav_scp_ark_offset_entries(tmp_path):
@@ -304,15 +307,15 @@ def test_every_bad_utterance_of_a_job_is_listed_at_once(tmp_path):
     with pytest.raises(ef.BadAudioError) as exc:
         ef.extract(str(d), str(tmp_path / "dump"), "feats.1")
     msg = str(exc.value)
-    assert msg.startswith("4 utterance(s) with bad audio")
-    for utt in ("a_nan", "b_short", "d_low", "e_missing"):
+    assert msg.startswith("3 utterance(s) with bad audio")
+    for utt in ("a_nan", "b_short", "e_missing"):
         assert utt in msg
+    assert "d_low" not in msg  # another rate is resampled, not bad audio
     assert "NaN or inf samples" in msg
-    assert "sox " in msg and "-r 16000 - |" in msg  # the wrong rate's fix
     assert "--skip_bad_audio true" in msg
-    # with the skip option the NaN, short and missing ones are dropped; the rate still stops
-    with pytest.raises(ef.BadAudioError, match="1 utterance\\(s\\) with bad audio:\n  utterance 'd_low'"):
-        ef.extract(str(d), str(tmp_path / "dump"), "feats.1", skip_bad_audio=True)
+    # with the skip option the NaN, short and missing ones are dropped, the 8 kHz one resampled
+    result = ef.extract(str(d), str(tmp_path / "dump"), "feats.1", skip_bad_audio=True)
+    assert result == {"done": 2, "skipped": 3, "total": 5}
     write_map(d / "wav.scp", [("a_nan", tmp_path / "nan.wav"), ("c_ok", tmp_path / "ok.wav")])
     assert ef.extract(str(d), str(tmp_path / "dump"), "feats.1", skip_bad_audio=True)["skipped"] == 1
     assert (tmp_path / "dump" / "bad_utts.1").read_text().startswith("a_nan\taudio holds NaN or inf samples")
@@ -345,3 +348,92 @@ def test_audio_shorter_than_min_frames_is_bad_audio(tmp_path):
                     "--min_frames", "15", "--skip_bad_audio", "true"]) == 0
     assert (tmp_path / "raw" / "wav.1.scp").read_text().split()[0] == "ok"
     assert (tmp_path / "raw" / "bad_utts.1").read_text().startswith("brief\t")
+
+
+# ------------------------------------------------------------- batched frontend
+def per_utterance_frontend(batch: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The frontend as it was: kaldi_fbank of each utterance, zero-padded to the longest."""
+    feats = [kaldi_fbank(batch[b, : int(n)], 16000, expected_sample_rate=None) for b, n in enumerate(lengths)]
+    out = torch.zeros(len(feats), max(f.shape[0] for f in feats), 80, dtype=feats[0].dtype)
+    for b, f in enumerate(feats):
+        out[b, : f.shape[0]] = f
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_fbank_equals_per_utterance_on_random_batches(seed):
+    """Random batches of different lengths, padding holding garbage (not zeros), lengths
+    shorter than one window, exactly one window, one sample short of a new frame."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(401, 3 * 16000, (5,), generator=g)
+    lengths[1] = [399, 400, 559, 560][seed]
+    lengths[2] = 0 if seed == 0 else lengths[2]
+    batch = (torch.rand(5, int(lengths.max()), generator=g) * 2 - 1) * 0.4
+    for b, n in enumerate(lengths):
+        batch[b, int(n):] = 7.0  # what lies beyond an utterance must not matter
+    reference = per_utterance_frontend(batch, lengths)
+    feats, feats_lengths = KaldiFbankFrontend().eval()(batch, lengths)
+    assert feats_lengths.tolist() == [num_frames(int(n)) for n in lengths]
+    assert feats.shape == reference.shape
+    torch.testing.assert_close(feats, reference, rtol=0, atol=1e-5)
+
+
+def test_batched_fbank_keeps_dtype_and_takes_integer_audio():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([4000, 3211])
+    batch = torch.rand(2, 4000, generator=g, dtype=torch.float64) - 0.5
+    feats, _ = kaldi_fbank_batch(batch, lengths)
+    assert feats.dtype == torch.float64
+    torch.testing.assert_close(feats, per_utterance_frontend(batch, lengths), rtol=0, atol=1e-9)
+    ints = (batch * 1000).round().to(torch.int16)
+    feats, _ = kaldi_fbank_batch(ints, lengths)
+    assert feats.dtype == torch.float32
+
+
+def test_batched_fbank_of_a_batch_shorter_than_one_window():
+    feats, lengths = kaldi_fbank_batch(torch.zeros(3, 399), torch.tensor([399, 10, 0]))
+    assert feats.shape == (3, 0, 80) and lengths.tolist() == [0, 0, 0]
+
+
+def test_frontend_ignores_autocast():
+    """Mixed precision would change the numbers (a float16 power spectrum overflows)."""
+    g = torch.Generator().manual_seed(1)
+    batch = torch.rand(2, 8000, generator=g) - 0.5
+    lengths = torch.tensor([8000, 6000])
+    frontend = KaldiFbankFrontend().eval()
+    plain, _ = frontend(batch, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = frontend(batch, lengths)
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, plain)
+
+
+def test_frontend_reads_no_lengths_back(monkeypatch):
+    """No host synchronisation per batch: the frames per utterance stay on the device."""
+    import sys
+
+    reads = []
+    for method in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+        original = getattr(torch.Tensor, method)
+
+        def spy(self, *args, _original=original, _method=method, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith("features.py"):
+                reads.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, spy)
+    KaldiFbankFrontend().eval()(torch.rand(3, 5000) - 0.5, torch.tensor([5000, 4000, 100]))
+    assert reads == []
+
+
+def test_frontend_dither_only_in_training():
+    g = torch.Generator().manual_seed(2)
+    batch = torch.rand(2, 8000, generator=g) - 0.5
+    lengths = torch.tensor([8000, 8000])
+    frontend = KaldiFbankFrontend(dither=1.0)
+    eval_a, _ = frontend.eval()(batch, lengths)
+    eval_b, _ = frontend(batch, lengths)
+    assert torch.equal(eval_a, eval_b)
+    train, _ = frontend.train()(batch, lengths)
+    assert not torch.equal(train, eval_a)
+    torch.testing.assert_close(train, eval_a, rtol=0, atol=0.5)

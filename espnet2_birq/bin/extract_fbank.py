@@ -15,9 +15,12 @@ reads ``data_dir/wav.scp`` (and ``data_dir/segments`` if present), computes
 * ``out_dir/utt2num_frames.<job>``: ``utt num_frames`` per line,
 * ``out_dir/bad_utts.<job>``: utterances skipped with ``--skip_bad_audio
   true`` (``utt<TAB>reason``; empty file when none were skipped),
+* ``out_dir/resampled.<job>``: recordings whose sampling rate was not ``--fs``
+  and were resampled to it (``recording<TAB>rate<TAB>audio``; only when there are
+  some: a job that resampled none removes an earlier one),
 
 where ``<job>`` is the part of ``name`` after the last ``.`` (``feats.2`` ->
-``2``; the whole name when it has no ``.``).  All four files are written to
+``2``; the whole name when it has no ``.``).  All these files are written to
 temporary names and renamed at the end, so re-running a job replaces its
 outputs and an interrupted job leaves no partial ones.
 
@@ -35,24 +38,35 @@ concatenates ``<prefix>.{1..nj}.scp`` and ``utt2num_frames.{1..nj}`` into
 (ESPnet shape file: ``utt num_frames,80``), all sorted by utterance id, and
 checks that every utterance of ``data_dir`` was either extracted or listed in a
 ``bad_utts.<job>`` file.  It fails naming the missing utterances otherwise.
+The jobs' ``bad_utts.<job>`` and ``resampled.<job>`` lists are joined into
+``out_dir/bad_utts`` and ``out_dir/resampled`` (only when some were resampled).
 
-Errors: a wrong sample rate always aborts, naming the utterance and the audio
-source.  Missing, unreadable, multi-channel or too-short (< 1 frame) audio
-aborts too unless ``--skip_bad_audio true`` is given; then the utterance is
+``check`` (``--feats_type raw``): see :func:`check_raw`.
+
+Sampling rate: audio at another rate than ``--fs`` is resampled to ``--fs`` as it
+is read (:func:`resample`: libsoxr, the resampler of sox's ``rate`` effect that
+Kaldi's ``utils/data/resample_data_dir.sh`` pipes run), counted and listed; the
+rate comes from the header of the audio that is decoded anyway, so checking it
+costs nothing.
+
+Errors: missing, unreadable, multi-channel or too-short (< 1 frame) audio
+aborts unless ``--skip_bad_audio true`` is given; then the utterance is
 skipped, logged with a warning and counted.
 """
 
 import argparse
+import hashlib
 import io
 import logging
 import os
 import re
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import kaldiio
 import numpy as np
 import soundfile
+import soxr
 import torch
 
 from espnet2.utils.types import str2bool
@@ -97,6 +111,15 @@ def _ints_to_float(arr: np.ndarray, spec: str) -> np.ndarray:
 def load_audio(spec: str) -> Tuple[np.ndarray, int]:
     """Load a ``wav.scp`` value as a float32 waveform in ``[-1, 1]``.
 
+    ``(waveform, rate)`` of :func:`load_audio_with_format`.
+    """
+    data, rate, _ = load_audio_with_format(spec)
+    return data, rate
+
+
+def load_audio_with_format(spec: str) -> Tuple[np.ndarray, int, bool]:
+    """Load a ``wav.scp`` value as a float32 waveform in ``[-1, 1]``.
+
     The entry is opened by kaldiio, as ESPnet and Kaldi read ``wav.scp``:
     ``kaldiio.load_mat`` for ``file.ark:offset`` entries and
     ``kaldiio.open_like_kaldi`` for audio paths (spaces included) and pipe
@@ -109,7 +132,9 @@ def load_audio(spec: str) -> Tuple[np.ndarray, int]:
         spec: A path, a Kaldi pipe command ending in ``|`` or ``ark:offset``.
 
     Returns:
-        (ndarray, int): Waveform with shape `(T, C)` and its sampling rate.
+        (ndarray, int, bool): Waveform with shape `(T, C)`, its sampling rate, and
+        whether its samples are finer than 16-bit integers (float, 24- or 32-bit
+        PCM; see :func:`resample`).
 
     Raises:
         BadAudioError: if the audio cannot be obtained or decoded.
@@ -126,10 +151,12 @@ def load_audio(spec: str) -> Tuple[np.ndarray, int]:
             if not isinstance(loaded, tuple):
                 raise BadAudioError(f"'{spec}' is a matrix, not audio")
             rate, arr = loaded
-            arr = _ints_to_float(np.asarray(arr), spec)
+            arr = np.asarray(arr)
+            fine = arr.dtype.kind == "f" or arr.dtype == np.int32
+            arr = _ints_to_float(arr, spec)
             if arr.ndim == 1:
                 arr = arr[:, None]
-            return arr, int(rate)
+            return arr, int(rate), fine
         raise BadAudioError(f"audio file '{spec}' does not exist")
     try:
         stream = kaldiio.open_like_kaldi(spec, "rb")
@@ -153,11 +180,69 @@ def load_audio(spec: str) -> Tuple[np.ndarray, int]:
                                     "re-encode the file")
             data = f.read(dtype="float32", always_2d=True)
             rate = f.samplerate
+            fine = f.subtype in FINE_SUBTYPES
     except BadAudioError:
         raise
     except Exception as e:  # libsndfile raises several types
         raise BadAudioError(f"cannot decode {what}: {e}") from e
-    return data, rate
+    return data, rate, fine
+
+
+#: libsndfile sample formats finer than 16-bit integers: resampled audio stays float.
+FINE_SUBTYPES = frozenset({"FLOAT", "DOUBLE", "PCM_24", "PCM_32"})
+
+
+def resample(data: np.ndarray, rate: int, fs: int, fine: bool = True) -> np.ndarray:
+    """``data`` (samples, channels) at ``rate`` Hz resampled to ``fs`` Hz.
+
+    libsoxr (the ``soxr`` package, an ESPnet dependency through librosa, whose
+    default resampler it is) at its ``HQ`` quality: the resampler of sox's ``rate``
+    effect, which Kaldi's ``utils/data/resample_data_dir.sh`` puts in ``wav.scp``
+    as ``sox FILE -r 16000 -t wav - |``; linear phase, so the output is aligned
+    with the input.  It is preferred to ``torchaudio.functional.resample`` because
+    it is that reference, works on numpy arrays (no torch round trip), does not
+    build a windowed-sinc kernel for each rate pair (320 phases for 22.05 -> 16
+    kHz) and is maintained as a library of its own.
+
+    Audio of 16-bit integer samples or coarser (``fine`` False: 16/8-bit PCM,
+    mu-law and A-law telephone audio, lossy codecs) is put back on the 16-bit
+    grid, as a resampled 16-bit file holds it (sox keeps the bit depth; ESPnet's
+    ``format_wav_scp.py`` writes 16-bit PCM): its empty upper band then carries
+    16-bit quantisation noise like audio recorded at ``fs``, rather than
+    nothing, and features of ``--feats_type fbank`` (resampled here) and
+    ``--feats_type raw`` (a resampled 16-bit copy, :func:`check_raw`) agree.
+
+    Returns:
+        float32 array with shape `(T', C)`, ``T' = round(T * fs / rate)``.
+    """
+    if rate == fs:
+        return data
+    if data.shape[0] == 0:
+        return np.zeros((0, data.shape[1]), dtype=np.float32)
+    out = soxr.resample(np.ascontiguousarray(data, dtype=np.float32), rate, fs, quality="HQ")
+    if not fine:
+        out = np.clip(np.round(out * 32768.0), -32768.0, 32767.0) / 32768.0
+    return np.asarray(out, dtype=np.float32).reshape(-1, data.shape[1])
+
+
+def load_audio_at(spec: str, fs: int) -> Tuple[np.ndarray, int, bool]:
+    """A ``wav.scp`` value as a float32 waveform `(T, C)` at ``fs`` Hz.
+
+    Returns:
+        (ndarray, int, bool): the waveform at ``fs`` Hz, the rate of the audio
+        as stored (resampled when it is not ``fs``) and whether its samples are
+        finer than 16 bits.
+
+    Raises:
+        BadAudioError: if the audio cannot be obtained or decoded.
+    """
+    data, rate, fine = load_audio_with_format(spec)
+    if rate != fs:
+        try:
+            data = resample(data, rate, fs, fine)
+        except Exception as e:  # soxr refuses, e.g., absurd rates
+            raise BadAudioError(f"cannot resample '{spec}' from {rate} Hz to {fs} Hz: {e}") from e
+    return data, rate, fine
 
 
 class Utterance:
@@ -219,12 +304,16 @@ def list_utterances(data_dir: str) -> List[Utterance]:
 
 def iter_waveforms(
     utts: Sequence[Utterance],
+    fs: Optional[int] = None,
+    resampled: Optional[Dict[str, Tuple[str, int]]] = None,
 ) -> Iterator[Tuple[Utterance, Optional[np.ndarray], Optional[int], Optional[str]]]:
     """Yield ``(utt, waveform (T,), rate, error)`` for each utterance.
 
     ``error`` is a message (and waveform/rate are ``None``) when the audio is
     bad.  The last recording is cached so that consecutive segments of the
-    same recording read it once.
+    same recording read it once.  With ``fs``, recordings at another rate are
+    resampled to ``fs`` (:func:`resample`) and added to ``resampled``
+    (recording id -> ``(audio, original rate)``).
     """
     cache_spec = None
     cache = None  # (data, rate) or BadAudioError
@@ -232,7 +321,13 @@ def iter_waveforms(
         if utt.spec != cache_spec:
             cache_spec = utt.spec
             try:
-                cache = load_audio(utt.spec)
+                if fs is None:
+                    cache = load_audio(utt.spec)
+                else:
+                    data, rate, _ = load_audio_at(utt.spec, fs)
+                    if rate != fs and resampled is not None:
+                        resampled[utt.reco_id] = (utt.spec, rate)
+                    cache = (data, fs)
             except BadAudioError as e:
                 cache = e
         if isinstance(cache, BadAudioError):
@@ -265,15 +360,6 @@ def iter_waveforms(
         yield utt, wav, rate, None
 
 
-def wrong_rate_message(rate: int, fs: int, spec: str) -> str:
-    """Why audio at another sampling rate is refused, and the fixes that work."""
-    return (
-        f"sample rate is {rate} Hz but --fs {fs} was requested. Resample the audio to "
-        f"{fs} Hz (e.g. sox IN -r {fs} OUT), or with --feats_type fbank let wav.scp "
-        f"resample on the fly: '<id> sox {spec.rstrip('|').strip()} -t wav -r {fs} - |'"
-    )
-
-
 def check_waveform(wav: np.ndarray, rate: int, min_frames: int = 1) -> Optional[str]:
     """Why a mono waveform is unusable (too short, non-finite samples), or None."""
     if num_frames(len(wav), rate) < min_frames:
@@ -288,6 +374,29 @@ def check_waveform(wav: np.ndarray, rate: int, min_frames: int = 1) -> Optional[
 
 
 MAX_LISTED_ERRORS = 50
+
+
+def write_resampled_list(path: str, resampled: Dict[str, Tuple[str, Union[int, str]]]) -> None:
+    """``path``: ``recording<TAB>rate<TAB>audio`` for each resampled recording, sorted
+    (written atomically); no file when there are none (an earlier one is removed)."""
+    if not resampled:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for reco in sorted(resampled):
+            spec, rate = resampled[reco]
+            f.write(f"{reco}\t{rate}\t{spec}\n")
+    os.replace(tmp, path)
+
+
+def log_resampled(name: str, count: int, total: int, fs: int, path: str) -> None:
+    if count:
+        logger.warning(
+            "%s: resampled %d of %d recording(s) from another sampling rate to %d Hz "
+            "(listed in %s)", name, count, total, fs, path,
+        )
 
 
 def write_error_list(out_dir: str, job: str, errors) -> str:
@@ -311,7 +420,7 @@ def describe_errors(errors, skip_bad_audio: bool) -> str:
         advice.append("re-run with --skip_bad_audio true to drop and list the unreadable, "
                       "too short or non-finite ones")
     if len(skippable) < len(errors):
-        advice.append("a wrong sample rate is never skipped (see the fix above)")
+        advice.append("--feats_type raw never skips pipe or ark entries (see the fix above)")
     return (
         f"{len(errors)} utterance(s) with bad audio:\n" + "\n".join(lines)
         + ("\n" + "; ".join(advice) if advice else "")
@@ -334,7 +443,8 @@ def extract(
         data_dir: Kaldi data dir with ``wav.scp`` (+ optional ``segments``).
         out_dir: Output directory (created if needed).
         name: Output base name, e.g. ``feats.2``.
-        fs: Required sampling rate of the audio in Hz.
+        fs: Sampling rate of the features in Hz; audio at another rate is
+            resampled to it (listed in ``out_dir/resampled.<job>``).
         num_mel_bins: Feature dimension.
         skip_bad_audio: Skip (and count) utterances with bad audio instead of
             failing.
@@ -345,8 +455,8 @@ def extract(
 
     Raises:
         DataDirError: malformed data dir.
-        BadAudioError: bad audio (wrong sample rate always; other problems
-            unless ``skip_bad_audio``), naming the utterance and file.
+        BadAudioError: bad audio (unless ``skip_bad_audio``), naming the
+            utterance and file.
     """
     utts = list_utterances(data_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -357,21 +467,20 @@ def extract(
         "u2nf": os.path.join(out_dir, f"utt2num_frames.{job}"),
         "bad": os.path.join(out_dir, f"bad_utts.{job}"),
     }
+    resampled_list = os.path.join(out_dir, f"resampled.{job}")
     tmp = {k: v + f".tmp{os.getpid()}" for k, v in final.items()}
     done = 0
     skipped = 0
     errors: List[Tuple[Utterance, str, bool]] = []
+    resampled: Dict[str, Tuple[str, int]] = {}
     try:
         with open(tmp["ark"], "wb") as ark, open(
             tmp["scp"], "w", encoding="utf-8"
         ) as scp, open(tmp["u2nf"], "w", encoding="utf-8") as u2nf, open(
             tmp["bad"], "w", encoding="utf-8"
         ) as bad:
-            for i, (utt, wav, rate, err) in enumerate(iter_waveforms(utts), 1):
-                fatal = rate is not None and rate != fs
-                if fatal:
-                    err = wrong_rate_message(rate, fs, utt.spec)
-                elif err is None:
+            for i, (utt, wav, rate, err) in enumerate(iter_waveforms(utts, fs, resampled), 1):
+                if err is None:
                     err = check_waveform(wav, rate, min_frames)
                 feats = None
                 if err is None:
@@ -384,8 +493,8 @@ def extract(
                     if not bool(torch.isfinite(feats).all()):
                         err = "its features hold NaN or inf values"
                 if err is not None:
-                    if fatal or not skip_bad_audio:
-                        errors.append((utt, err, fatal))
+                    if not skip_bad_audio:
+                        errors.append((utt, err, False))
                         continue
                     logger.warning("skipping %s: %s", utt.describe(), err)
                     bad.write(f"{utt.utt_id}\t{err}\n")
@@ -412,6 +521,7 @@ def extract(
             raise BadAudioError(describe_errors(errors, skip_bad_audio))
         for k in ("ark", "scp", "u2nf", "bad"):
             os.replace(tmp[k], final[k])
+        write_resampled_list(resampled_list, resampled)
     finally:
         for path in tmp.values():
             if os.path.exists(path):
@@ -424,10 +534,41 @@ def extract(
             len(utts),
             final["bad"],
         )
+    log_resampled(name, len(resampled), len({u.reco_id for u in utts}), fs, resampled_list)
     logger.info(
         "%s: wrote %d utterances to %s (%d skipped)", name, done, final["scp"], skipped
     )
     return {"done": done, "skipped": skipped, "total": len(utts)}
+
+
+_SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
+
+#: ``check_raw``'s sub-directory of resampled copies (ssl.sh removes it before a re-run)
+RESAMPLED_AUDIO_DIR = "resampled_audio"
+
+
+def resampled_copy_path(out_dir: str, utt_id: str, fine: bool) -> str:
+    """Where :func:`check_raw` writes the resampled copy of an utterance's audio:
+    ``out_dir/resampled_audio/<utt>.flac`` (16-bit) or ``.wav`` (32-bit float);
+    an id unsafe as a file name is replaced by a sanitised name and its md5."""
+    name = utt_id
+    if not _SAFE_NAME_RE.match(name):
+        digest = hashlib.md5(utt_id.encode("utf-8")).hexdigest()[:12]
+        name = re.sub(r"[^A-Za-z0-9._+-]", "_", utt_id).lstrip(".")[:100] + "-" + digest
+    return os.path.join(out_dir, RESAMPLED_AUDIO_DIR, name + (".wav" if fine else ".flac"))
+
+
+def write_resampled_copy(path: str, data: np.ndarray, fs: int, fine: bool) -> None:
+    """``data`` (samples, 1) as a file ESPnet's ``sound`` loader reads back exactly:
+    32-bit float WAV, or (16-bit grid, :func:`resample`) 16-bit FLAC."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
+    if fine:
+        soundfile.write(tmp, data, fs, format="WAV", subtype="FLOAT")
+    else:  # exact: int16 samples are written as they are
+        ints = np.clip(np.round(data * 32768.0), -32768, 32767).astype(np.int16)
+        soundfile.write(tmp, ints, fs, format="FLAC", subtype="PCM_16")
+    os.replace(tmp, path)
 
 
 def check_raw(
@@ -441,16 +582,24 @@ def check_raw(
     """Check the audio that SSL training will read raw (``--feats_type raw``).
 
     ESPnet's ``sound`` loader opens plain audio files and ignores their sampling
-    rate, so everything the feature extraction would refuse is checked here
-    before training: plain-path entries only (no pipes, arks or segments), the
-    sampling rate, one channel, at least one analysis window, finite samples.
-    Writes ``out_dir/wav.<job>.scp`` (the usable entries, unchanged),
-    ``out_dir/utt2num_samples.<job>`` and ``out_dir/bad_utts.<job>`` (skipped,
-    ``utt<TAB>reason``); ``merge --kind raw`` joins them.
+    rate, so everything the feature extraction would refuse or change is checked
+    here before training: plain-path entries only (no pipes, arks or segments:
+    the loader opens none of them), one channel, at least one analysis window,
+    finite samples; and the sampling rate.  A recording at another rate than
+    ``fs`` is resampled (:func:`resample`, as the feature extraction does) into
+    ``out_dir/resampled_audio/`` (:func:`resampled_copy_path`), and its entry
+    points there: the ``sound`` loader cannot run a Kaldi ``sox ... |`` pipe,
+    so, as ESPnet's ``asr.sh`` does for raw audio (``format_wav_scp.sh --fs``),
+    the resampled audio is written once.  Only recordings at another rate are
+    copied.  Writes ``out_dir/wav.<job>.scp`` (the usable entries),
+    ``out_dir/utt2num_samples.<job>`` (at ``fs``), ``out_dir/bad_utts.<job>``
+    (skipped, ``utt<TAB>reason``) and, when some were resampled,
+    ``out_dir/resampled.<job>`` (``utt<TAB>rate<TAB>audio``); ``merge --kind raw``
+    joins them.
 
     Raises:
         DataDirError: a segments file (raw mode reads whole files).
-        BadAudioError: bad audio (a wrong rate or a pipe always; the rest unless
+        BadAudioError: bad audio (a pipe always; the rest unless
             ``skip_bad_audio``), listing every bad utterance of the job.
     """
     if os.path.exists(os.path.join(data_dir, "segments")):
@@ -465,9 +614,11 @@ def check_raw(
         "u2ns": os.path.join(out_dir, f"utt2num_samples.{job}"),
         "bad": os.path.join(out_dir, f"bad_utts.{job}"),
     }
+    resampled_list = os.path.join(out_dir, f"resampled.{job}")
     errors: List[Tuple[Utterance, str, bool]] = []
     good: List[Tuple[str, str, int]] = []
     bad: List[Tuple[str, str]] = []
+    resampled: Dict[str, Tuple[str, int]] = {}
     for utt in utts:
         spec = utt.spec.strip()
         if spec.endswith("|") or not os.path.isfile(spec) and _ARK_OFFSET_RE.match(spec):
@@ -475,22 +626,23 @@ def check_raw(
                                 "use --feats_type fbank for pipes and ark entries", True))
             continue
         try:
-            data, rate = load_audio(spec)
+            data, rate, fine = load_audio_at(spec, fs)
         except BadAudioError as e:
-            err, fatal = str(e), False
+            err = str(e)
         else:
-            fatal = rate != fs
-            if fatal:
-                err = wrong_rate_message(rate, fs, spec).replace(
-                    "or with --feats_type fbank let", "or use --feats_type fbank and let")
-            elif data.shape[1] != 1:
+            if data.shape[1] != 1:
                 err = f"audio has {data.shape[1]} channels, expected 1"
             else:
-                err = check_waveform(data[:, 0], rate, min_frames)
+                err = check_waveform(data[:, 0], fs, min_frames)
         if err is None:
-            good.append((utt.utt_id, utt.spec, data.shape[0]))
-        elif fatal or not skip_bad_audio:
-            errors.append((utt, err, fatal))
+            entry = utt.spec
+            if rate != fs:
+                entry = resampled_copy_path(out_dir, utt.utt_id, fine)
+                write_resampled_copy(entry, data, fs, fine)
+                resampled[utt.utt_id] = (utt.spec, rate)
+            good.append((utt.utt_id, entry, data.shape[0]))
+        elif not skip_bad_audio:
+            errors.append((utt, err, False))
         else:
             logger.warning("skipping %s: %s", utt.describe(), err)
             bad.append((utt.utt_id, err))
@@ -507,6 +659,8 @@ def check_raw(
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, final[key])
+    write_resampled_list(resampled_list, resampled)
+    log_resampled(name, len(resampled), len(utts), fs, resampled_list)
     logger.info("%s: %d usable utterances, %d skipped", name, len(good), len(bad))
     return {"done": len(good), "skipped": len(bad), "total": len(utts)}
 
@@ -542,14 +696,20 @@ def merge(
     scp: Dict[str, str] = {}
     u2nf: Dict[str, str] = {}
     bad: Dict[str, str] = {}
+    resampled: Dict[str, str] = {}
     for j in range(1, nj + 1):
         for path, target, min_fields in (
             (os.path.join(out_dir, f"{prefix}.{j}.scp"), scp, 2),
             (os.path.join(out_dir, f"{lengths_name}.{j}"), u2nf, 2),
             (os.path.join(out_dir, f"bad_utts.{j}"), bad, 2),
+            (os.path.join(out_dir, f"resampled.{j}"), resampled, 2),
         ):
+            if target is resampled and not os.path.exists(path):
+                continue  # jobs of an older version list none
             for key, value in read_kaldi_map(path, min_fields=min_fields):
                 if key in target:
+                    if target is resampled:  # a recording whose segments went to two jobs
+                        continue
                     raise DataDirError(f"{path}: utterance '{key}' appears in two jobs")
                 target[key] = value
     if set(scp) != set(u2nf):
@@ -605,6 +765,16 @@ def merge(
             len(bad),
             out_dir,
         )
+    # every recording resampled to --fs (recording<TAB>rate<TAB>audio), when there are some
+    resampled_list = os.path.join(out_dir, "resampled")
+    rates_and_audio = {k: v.split(None, 1) for k, v in resampled.items()}  # "rate<TAB>audio"
+    write_resampled_list(resampled_list, {k: (v[-1], v[0]) for k, v in rates_and_audio.items()})
+    if resampled:
+        logger.warning(
+            "%d recording(s) at another sampling rate were resampled (listed in %s)",
+            len(resampled),
+            resampled_list,
+        )
     logger.info("merged %d utterances from %d jobs into %s", len(keys), nj, out_dir)
     return {"utts": len(keys), "skipped": len(bad)}
 
@@ -635,7 +805,9 @@ def get_parser(sub: str) -> argparse.ArgumentParser:
         p.add_argument("--data_dir", required=True)
         p.add_argument("--out_dir", required=True)
         p.add_argument("--name", required=True, help="e.g. wav.2 for job 2")
-        p.add_argument("--fs", type=int, default=16000)
+        p.add_argument("--fs", type=int, default=16000,
+                       help="sampling rate SSL training reads; audio at another rate is resampled to it "
+                            "(a copy in OUT_DIR/resampled_audio, listed in OUT_DIR/resampled.<job>)")
         p.add_argument("--skip_bad_audio", type=str2bool, default=False)
         p.add_argument("--min_frames", type=int, default=1, help="shorter audio (in 10 ms frames) is bad audio")
         return p
@@ -646,7 +818,9 @@ def get_parser(sub: str) -> argparse.ArgumentParser:
     p.add_argument("--data_dir", required=True)
     p.add_argument("--out_dir", required=True)
     p.add_argument("--name", required=True, help="e.g. feats.2 for job 2")
-    p.add_argument("--fs", type=int, default=16000)
+    p.add_argument("--fs", type=int, default=16000,
+                   help="sampling rate of the features; audio at another rate is resampled to it "
+                        "(listed in OUT_DIR/resampled.<job>)")
     p.add_argument("--n_mels", type=int, default=80)
     p.add_argument("--skip_bad_audio", type=str2bool, default=False)
     p.add_argument("--log_interval", type=int, default=500)
