@@ -52,6 +52,8 @@ PUBLISHED_BIRQ = dict(
     stop_gradient_labels=False, gamma_schedule="constant", gamma_max=1.0,
     warmup_steps=0, codebook_size=8192, code_dim=16, num_codebooks=1, seed=0,
     enhanced_codebook_size=8192, enhanced_code_dim=16, enhanced_seed=1,
+    # this project's additions, off
+    label_grad_scale=1.0, subtract_value_estimate=False, diversity_weight=0.0,
 )
 CASES = [(o, m) for m in ("c2", "c3") for o in ("birq", "best_rq")]
 
