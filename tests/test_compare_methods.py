@@ -216,7 +216,7 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
             assert 0.0 <= run[key] and math.isfinite(run[key])
     assert {r["budget"] for r in data["runs"]} == {12, 60}
     text = (out / "compare_methods_quick.md").read_text()
-    for label in ("from scratch", "BiRQ"):
+    for label in ("from scratch", "BiRQ (published)"):
         assert f"| {label} |" in text
     assert (out / "compare_methods_quick.png").stat().st_size > 1000
     # the low-resource arm trained on its 12-utterance subset
