@@ -80,3 +80,25 @@ def run_module(module: str, args: List[str], cwd: Path, timeout: int = 600):
     if proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
     return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def stats_file(tmp_path_factory) -> str:
+    """A global-CMVN stats file as ESPnet's collect_stats writes it (count/sum/sum_square)."""
+    path = tmp_path_factory.mktemp("cmvn") / "cmvn.npz"
+    x = np.random.default_rng(0).standard_normal((1000, 80))
+    np.savez(path, count=np.array(1000), sum=x.sum(0), sum_square=(x**2).sum(0))
+    return str(path)
+
+
+#: size of the token list below: the corpus recipes' 300 BPE pieces (run.sh --nbpe 300)
+RECIPE_VOCAB = 300
+
+
+@pytest.fixture(scope="module")
+def token_list(tmp_path_factory) -> str:
+    """A token list shaped like stage 3's: <blank>, <unk>, pieces, <sos/eos>."""
+    path = tmp_path_factory.mktemp("tokens") / "tokens.txt"
+    pieces = [f"\u2581P{i}" for i in range(RECIPE_VOCAB - 3)]
+    path.write_text("\n".join(["<blank>", "<unk>", *pieces, "<sos/eos>"]) + "\n", encoding="utf-8")
+    return str(path)

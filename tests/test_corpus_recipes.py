@@ -16,9 +16,10 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 import pytest
 import yaml
+
+from tests.conftest import RECIPE_VOCAB
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = ("librispeech", "ami", "yodas")
@@ -26,7 +27,7 @@ RECIPE_CONF = {c: REPO / "egs2" / c / "ssl1" / "conf" for c in CORPORA}
 
 ENCODER_PARAMS = 159_116_288  # conformer d=512, 24 blocks (README.md; the BiRQ paper's is 155M)
 SSL_PARAMS = {"birq": 167_521_280, "best_rq": 163_318_784, "mt4ssl": 159_635_956}  # mt4ssl: + the 512-value mask embedding
-VOCAB = 300  # run.sh --nbpe 300
+VOCAB = RECIPE_VOCAB  # run.sh --nbpe 300
 ASR_CTC_PARAMS = ENCODER_PARAMS + 512 * VOCAB + VOCAB
 
 # keys a recipe SSL config may change w.r.t. the shared top-level config of the same
@@ -66,24 +67,7 @@ DECODE_CONFIGS = shipped("decode*.yaml")
 BLJUST_CONFIGS = shipped("train_bljust_*.yaml")  # dry runs in tests/test_bljust.py
 
 
-@pytest.fixture(scope="module")
-def stats_file(tmp_path_factory) -> str:
-    """A global-CMVN stats file as ESPnet's collect_stats writes it (count/sum/sum_square)."""
-    path = tmp_path_factory.mktemp("cmvn") / "cmvn.npz"
-    rng = np.random.default_rng(0)
-    count = 1000
-    x = rng.standard_normal((count, 80))
-    np.savez(path, count=np.array(count), sum=x.sum(0), sum_square=(x**2).sum(0))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def token_list(tmp_path_factory) -> str:
-    """A token list shaped like stage 3's: <blank>, <unk>, pieces, <sos/eos>."""
-    path = tmp_path_factory.mktemp("tokens") / "tokens.txt"
-    tokens = ["<blank>", "<unk>"] + [f"\u2581P{i}" for i in range(VOCAB - 3)] + ["<sos/eos>"]
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return str(path)
+# stats_file and token_list (300 BPE pieces): fixtures of tests/conftest.py
 
 
 _SSL_CACHE: Dict[Path, Dict[str, int]] = {}

@@ -23,12 +23,12 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from espnet2_birq.encoders.windowed_conformer import attention_window_of
+from tests.conftest import RECIPE_VOCAB
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -43,7 +43,7 @@ TOTAL = {
 }
 WIDTH = {"c2": 768, "c3": 1024}
 BATCH = {"c2": 64, "c3": 128}
-VOCAB = 300
+VOCAB = RECIPE_VOCAB  # the token_list fixture (tests/conftest.py)
 ASR_TOTAL = {m: ENCODER[m] + WIDTH[m] * VOCAB + VOCAB for m in ENCODER}  # linear CTC head
 
 PUBLISHED_BIRQ = dict(
@@ -67,20 +67,7 @@ def ssl_config(objective: str, model: str) -> Path:
     return CONF / f"train_ssl_{objective}_{model}.yaml"
 
 
-@pytest.fixture(scope="module")
-def stats_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("cmvn") / "cmvn.npz"
-    x = np.random.default_rng(0).standard_normal((1000, 80))
-    np.savez(path, count=np.array(1000), sum=x.sum(0), sum_square=(x**2).sum(0))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def token_list(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tokens") / "tokens.txt"
-    tokens = ["<blank>", "<unk>"] + [f"\u2581P{i}" for i in range(VOCAB - 3)] + ["<sos/eos>"]
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return str(path)
+# stats_file and token_list (300 BPE pieces): fixtures of tests/conftest.py
 
 
 _BUILT: Dict[Path, Dict] = {}
