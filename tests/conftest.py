@@ -102,3 +102,22 @@ def token_list(tmp_path_factory) -> str:
     pieces = [f"\u2581P{i}" for i in range(RECIPE_VOCAB - 3)]
     path.write_text("\n".join(["<blank>", "<unk>", *pieces, "<sos/eos>"]) + "\n", encoding="utf-8")
     return str(path)
+
+
+def fake_python_splitting(root: Path) -> Path:
+    """A stand-in interpreter for stage 5 with split training lists: logs its arguments to
+    ``python_calls.txt``, runs ESPnet's ``split_scps`` for real, names the model file for
+    ``check_init name`` and leaves that file where ``espnet2.bin.launch`` trains."""
+    script = root / "fake_python"
+    script.write_text(f"""#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/python_calls.txt"
+out=; prev=
+for a in "$@"; do [ "$prev" = --output_dir ] && out=$a; prev=$a; done
+case "$*" in
+    *espnet2.bin.split_scps*) exec {sys.executable} "$@" ;;
+    *"check_init name"*) echo valid.best_rq_acc.ave.pth ;;
+    *espnet2.bin.launch*) mkdir -p "$out"; touch "$out/valid.best_rq_acc.ave.pth" ;;
+esac
+""")
+    script.chmod(0o755)
+    return script

@@ -16,6 +16,7 @@ import soundfile as sf
 from espnet2_birq.dataprep import yodas
 from espnet2_birq.utils.datadir import validate_data_dir
 from espnet2_birq.dataprep.text import normalize_caption
+from tests.conftest import fake_python_splitting
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -257,18 +258,7 @@ def test_pretraining_lists_of_the_fixture_are_split_by_run_sh(tmp_path):
         (stats / "feats_stats.npz").write_text("x\n")
     n_utts = len((rdir / "data" / "pretrain" / "wav.scp").read_text().splitlines())
     assert n_utts >= 10
-    fake = tmp_path / "fake_python"
-    fake.write_text(f"""#!/usr/bin/env bash
-echo "$*" >> "$(dirname "$0")/python_calls.txt"
-out=; prev=
-for a in "$@"; do [ "$prev" = --output_dir ] && out=$a; prev=$a; done
-case "$*" in
-    *espnet2.bin.split_scps*) exec {sys.executable} "$@" ;;
-    *"check_init name"*) echo valid.best_rq_acc.ave.pth ;;
-    *espnet2.bin.launch*) mkdir -p "$out"; touch "$out/valid.best_rq_acc.ave.pth" ;;
-esac
-""")
-    fake.chmod(0o755)
+    fake = fake_python_splitting(tmp_path)
     r = subprocess.run(["./run.sh", "--python", str(fake), "--ngpu", "0", "--stage", "5", "--stop_stage", "5"],
                        cwd=rdir, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import fake_python_splitting
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "egs2" / "TEMPLATE" / "ssl1"
 SSL_SH = TEMPLATE / "ssl.sh"
@@ -974,19 +976,7 @@ def test_pretraining_lists_split_for_the_multiple_iterator(tmp_path):
     conf = recipe / "conf"
     conf.mkdir()
     (conf / "ssl.yaml").write_text("{}\n")
-    script = tmp_path / "fake_python"
-    script.write_text(textwrap.dedent(f"""\
-        #!/usr/bin/env bash
-        echo "$*" >> "$(dirname "$0")/python_calls.txt"
-        out=; prev=
-        for a in "$@"; do [ "$prev" = --output_dir ] && out=$a; prev=$a; done
-        case "$*" in
-            *espnet2.bin.split_scps*) exec {sys.executable} "$@" ;;
-            *"check_init name"*) echo valid.best_rq_acc.ave.pth ;;
-            *espnet2.bin.launch*) mkdir -p "$out"; touch "$out/valid.best_rq_acc.ave.pth" ;;
-        esac
-        """))
-    script.chmod(0o755)
+    script = fake_python_splitting(tmp_path)
     utts = [f"u{i}" for i in range(5)]
     write_files(recipe, ["dump/raw/pretrain/wav.scp"], "".join(f"{u} /a/{u}.flac\n" for u in reversed(utts)))
     write_files(recipe, ["dump/raw/dev/wav.scp"], "d1 /a/d1.flac\n")
