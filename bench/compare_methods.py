@@ -383,11 +383,14 @@ def verdict(a: Sequence[float], b: Sequence[float]) -> str:
     return f"{diff:+.1f} (within spread, 2 sd = {2 * spread:.1f})"
 
 
-def collect(recipe: Path, args, budgets, jobs: Dict[str, Job]) -> dict:
+def collect(recipe: Path, args, budgets, jobs: Dict[str, Job], skip=frozenset()) -> dict:
+    """Scores of the finished runs; ``skip``: (method, budget, seed) taken from elsewhere."""
     runs = []
     for budget in budgets:
         for method in args.methods:
             for seed in args.seeds:
+                if (method, budget, seed) in skip:
+                    continue
                 name = f"{budget_name(budget)}_{method}_seed{seed}"
                 exp = recipe / asr_exp(budget, method, seed)
                 row = dict(budget=budget, method=method, seed=seed, exp=str(exp.relative_to(recipe)))
@@ -553,7 +556,8 @@ def parse_args(argv=None):
                    help="run nothing: write the report from a finished --work_dir (wall times from its logs/*.seconds)")
     p.add_argument("--import_runs", nargs="+", default=[], metavar="JSON:OLD=NEW[,OLD=NEW]",
                    help="with --report_only: take the runs of these methods from an earlier report's JSON "
-                        "(renamed OLD -> NEW; only the seeds and budgets asked for) instead of the work directory")
+                        "(renamed OLD -> NEW; only the seeds and budgets asked for); the seeds it lacks "
+                        "come from the work directory")
     p.add_argument("--empty_hyps_ok", action="store_true",
                    help="score models that emit only blanks (--quick sets it: 20 updates may not learn)")
     args = p.parse_args(argv)
@@ -623,7 +627,8 @@ def main(argv=None) -> int:
 
 
 def read_imported_runs(specs: Sequence[str], seeds: Sequence[int], budgets: Sequence[int]) -> List[dict]:
-    """Runs of earlier reports, ``JSON:OLD=NEW[,OLD=NEW]``: methods renamed, other methods dropped."""
+    """Runs of earlier reports, ``JSON:OLD=NEW[,OLD=NEW]``: methods renamed, other methods, seeds and
+    budgets dropped. A seed an earlier report lacks may come from the work directory (``report_only``)."""
     runs = []
     for spec in specs:
         path, _, mapping = spec.rpartition(":")
@@ -636,13 +641,14 @@ def read_imported_runs(specs: Sequence[str], seeds: Sequence[int], budgets: Sequ
         data = json.loads(Path(path).read_text())
         found = [dict(r, method=names[r["method"]], imported_from=Path(path).name) for r in data["runs"]
                  if r["method"] in names and r["seed"] in seeds and r["budget"] in budgets]
-        for new in names.values():
-            for budget in budgets:
-                have = sorted(r["seed"] for r in found if r["method"] == new and r["budget"] == budget)
-                if have != sorted(seeds):
-                    raise CompareError(f"{path}: {new} at {budget} utterances has seeds {have}, "
-                                       f"not {sorted(seeds)}")
+        if not found:
+            raise CompareError(f"--import_runs {spec}: no run of {sorted(names)} with seeds {list(seeds)} "
+                               f"at budgets {list(budgets)}")
         runs += found
+    keys = [(r["method"], r["budget"], r["seed"]) for r in runs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise CompareError(f"--import_runs: (method, budget, seed) imported twice: {twice}")
     return runs
 
 
@@ -653,10 +659,8 @@ def report_only(args) -> int:
     budgets = sorted(set(args.budgets))
     full_train = len(read_ids(recipe / "data" / "train" / "text"))
     imported = read_imported_runs(args.import_runs, args.seeds, budgets)
-    imported_methods = {r["method"] for r in imported}
-    local = argparse.Namespace(**vars(args))
-    local.methods = [m for m in args.methods if m not in imported_methods]
-    jobs = plan_jobs(local, recipe, budgets, full_train)
+    skip = {(r["method"], r["budget"], r["seed"]) for r in imported}
+    jobs = jobs_not_imported(plan_jobs(args, recipe, budgets, full_train), skip)
     for job in jobs:
         seconds = args.work_dir / "logs" / f"{job.name}.seconds"
         if not seconds.is_file():
@@ -664,17 +668,32 @@ def report_only(args) -> int:
         job.seconds = float(seconds.read_text())
     done = {job.name: job for job in jobs}
     hours = {b: total_hours(recipe / "data" / ("train" if b == full_train else budget_name(b))) for b in budgets}
-    results = collect(recipe, local, budgets, done)
+    results = collect(recipe, args, budgets, done, skip=skip)
     results["runs"] += imported
     if imported:
+        seeds_of = {}
+        for r in imported:
+            seeds_of.setdefault((r["method"], r["imported_from"]), set()).add(r["seed"])
         args.imported_note = (
-            "- Runs of " + ", ".join(sorted(imported_methods)) + " come from earlier reports ("
-            + ", ".join(sorted({r['imported_from'] for r in imported})) + ") of the same regime; "
-            "their times are not in the total.")
+            "- Imported from earlier reports of the same regime (their times are not in the total): "
+            + "; ".join(f"{method} seeds {' '.join(map(str, sorted(seeds)))} from {source}"
+                        for (method, source), seeds in sorted(seeds_of.items())) + ".")
     md = write_report(results, args, budgets, hours,
                       total_hours(recipe / "data" / "pretrain"), args.out_dir, 0.0, estimated=True)
     print(md.read_text())
     return 0
+
+
+def jobs_not_imported(jobs: Sequence[Job], imported: set) -> List[Job]:
+    """The jobs whose results come from the work directory: every fine-tuning (or BL-JUST) run
+    whose (method, budget, seed) is not in ``imported``, and the pre-training runs they need."""
+    def key(job):  # train80_birq_seed3 -> ("birq", 80, 3)
+        budget, rest = job.name.split("_", 1)
+        method, seed = rest.rsplit("_seed", 1)
+        return method, int(budget[len("train"):]), int(seed)
+    kept = [job for job in jobs if job.kind != "pretrain" and key(job) not in imported]
+    needed = {dep for job in kept for dep in job.deps}
+    return [job for job in jobs if job.kind == "pretrain" and job.name in needed] + kept
 
 
 def raise_on_sigterm(signum, frame):

@@ -1,7 +1,10 @@
-"""bench/step_cost.py at its smallest size: it runs and prints the figures it promises."""
+"""The bench scripts at their smallest sizes: they run and print the figures they promise."""
 
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 
 from tests.conftest import REPO
 
@@ -154,3 +157,18 @@ def test_gpu_check_falls_back_to_gradient_accumulation_when_out_of_memory(monkey
     assert result["out_of_memory_at"] == [8, 4]
     assert result["micro_batch"] == 2 and result["accum_grad"] == 4
     assert result["step_s"] > 0 and result["utt_per_s"] == 8 / result["step_s"]
+
+
+def test_data_loading_prints_rates_and_cores(tmp_path):
+    """bench/data_loading.py at a toy size: every stage's rate, and the cores per step time."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "data_loading.py"), "--num_utts", "3", "--seconds", "1.5",
+         "--step_seconds", "0.5", "1", "--work_dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    for stage in ("extract_fbank", "read_fbank", "read_raw", "frontend_cpu"):
+        rate = float(rows[stage].split("|")[3])
+        assert rate > 0, rows[stage]
+    assert "0.5" in rows and "1" in rows  # one row per planned step time
+    assert len((tmp_path / "fbank" / "feats.1.scp").read_text().splitlines()) == 3

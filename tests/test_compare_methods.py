@@ -230,6 +230,19 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert "add up to" in rewritten and "this invocation" not in rewritten
 
 
+def test_report_only_takes_from_the_work_directory_what_is_not_imported(tmp_path):
+    """Seeds 0-1 of BEST-RQ imported, seed 2 and every other arm from the work directory:
+    only their jobs (and the pre-training runs those need) are read there."""
+    args, jobs = plan(tmp_path, "--methods", "scratch", "best_rq", "birq", "--budgets", "80", "400")
+    imported = {("best_rq", b, s) for b in (80, 400) for s in (0, 1)}
+    names = {j.name for j in cm.jobs_not_imported(jobs, imported)}
+    assert names == {j.name for j in jobs} - {f"{p}_seed{s}" for s in (0, 1) for p in
+                                               ("pretrain_best_rq", "train80_best_rq", "train400_best_rq")}
+    # a pre-training run is still read when one budget of its seed is not imported
+    names = {j.name for j in cm.jobs_not_imported(jobs, {("best_rq", 80, 0)})}
+    assert "pretrain_best_rq_seed0" in names and "train80_best_rq_seed0" not in names
+
+
 def test_report_only_refuses_an_unfinished_work_directory(tmp_path):
     recipe = tmp_path / "w" / "ssl1"
     write_data_dir(recipe / "data" / "train", [("spk", 400)])
@@ -307,9 +320,10 @@ def test_birq_stopgrad_variant_is_opt_in_and_uses_its_config(tmp_path):
     assert variant == base
 
 
-def test_imported_runs_are_renamed_filtered_and_complete(tmp_path):
+def test_imported_runs_are_renamed_and_filtered(tmp_path):
     """--import_runs: an earlier report's runs of some methods, renamed, only the seeds and
-    budgets asked for; a missing seed or an unknown new name is an error."""
+    budgets asked for (the seeds it lacks come from the work directory); a run imported twice,
+    an import that matches nothing or an unknown new name is an error."""
     runs = [dict(budget=b, method=m, seed=s, dev_wer=1.0, dev_cer=1.0, test_wer=1.0, test_cer=1.0)
             for b in (80, 400) for m in ("best_rq", "birq_l1", "mt4ssl") for s in (0, 1, 2)]
     old = tmp_path / "old.json"
@@ -318,8 +332,12 @@ def test_imported_runs_are_renamed_filtered_and_complete(tmp_path):
     assert sorted((r["method"], r["seed"]) for r in got) == [
         ("best_rq", 0), ("best_rq", 1), ("birq_stopgrad", 0), ("birq_stopgrad", 1)]
     assert {r["budget"] for r in got} == {80} and {r["imported_from"] for r in got} == {"old.json"}
-    with pytest.raises(cm.CompareError, match="seeds"):
-        cm.read_imported_runs([f"{old}:best_rq=best_rq"], [0, 1, 2, 3], [80])
+    partial = cm.read_imported_runs([f"{old}:best_rq=best_rq"], [0, 1, 2, 3, 4], [80])
+    assert sorted(r["seed"] for r in partial) == [0, 1, 2]
+    with pytest.raises(cm.CompareError, match="twice"):
+        cm.read_imported_runs([f"{old}:best_rq=best_rq", f"{old}:best_rq=best_rq"], [0], [80])
+    with pytest.raises(cm.CompareError, match="no run"):
+        cm.read_imported_runs([f"{old}:best_rq=best_rq"], [7], [80])
     with pytest.raises(cm.CompareError, match="unknown method"):
         cm.read_imported_runs([f"{old}:mt4ssl=mt4ssl_old"], [0], [80])
     with pytest.raises(SystemExit):
