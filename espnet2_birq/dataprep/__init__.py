@@ -1,3 +1,1 @@
-"""Corpus download and Kaldi data preparation for the BiRQ recipes: LibriSpeech and AMI
-through lhotse's recipes (``librispeech``, ``ami``), YODAS (``yodas``), and the text
-normalisers they share (``text``)."""
+"""Corpus download and Kaldi data preparation: LibriSpeech and AMI through lhotse, YODAS, shared text normalisers."""

@@ -1,14 +1,10 @@
-"""AMI meeting corpus (IHM / SDM) through lhotse's recipe, written as the recipe's Kaldi dirs.
-
-lhotse downloads the audio (``<root>/wav_db/<meeting>/audio/``; a copy in ``<root>/amicorpus/``
-works too) and ``ami_public_manual_1.6.2.zip`` (extracted here into ``<root>/annotations``),
-parses the NXT annotations and cuts the utterances: the ``<w>`` words of each transcriber
-segment, split at full stops, from the first word's start to the last word's end (IHM ones
-ending after the audio are dropped). Partition: lhotse's full-corpus-ASR one (train 136 / dev
-18 / eval 16 meetings). Here: Kaldi s5b ids (recording ``AMI_<meeting>_H0<channel>`` or
-``AMI_<meeting>_SDM``, speaker ``<recording>_<global speaker id>``, utterance
-``<speaker>_<start cs:07d>_<end cs:07d>``), our text normalisation, and errors naming unreadable
-annotation files and missing audio (``strict=False``: that meeting is skipped and counted).
+"""AMI (IHM / SDM) through lhotse's recipe, written as the recipe's Kaldi dirs. lhotse downloads the audio
+(``<root>/wav_db/<meeting>/audio/``; ``<root>/amicorpus/`` works too) and the NXT annotations (zip,
+extracted here into ``<root>/annotations``), and cuts utterances: the ``<w>`` words of a transcriber
+segment, split at full stops, first word's start to last word's end (IHM: dropped if ending after the
+audio); partition full-corpus-ASR. Here: Kaldi s5b ids (``AMI_<meeting>_H0<channel>``/``_SDM`` recordings,
+speaker ``<recording>_<global id>``, utterance ``<speaker>_<start cs:07d>_<end cs:07d>``), our text
+normalisation, errors naming unreadable annotations and missing audio (``strict=False``: meeting skipped).
 """
 
 from __future__ import annotations
@@ -40,16 +36,14 @@ def annotations_dir(root: Path) -> Path:
     ann, zip_path = root / "annotations", root / ANNOTATIONS_ZIP
     if not (ann / "corpusResources" / "meetings.xml").is_file():
         if not zip_path.is_file():
-            raise AmiError(f"AMI annotations not found: neither {ann}/corpusResources/meetings.xml "
-                           f"nor {zip_path} (run with --download true)")
+            raise AmiError(f"AMI annotations not found: {ann} nor {zip_path} (run with --download true)")
         with zipfile.ZipFile(zip_path) as z:
             z.extractall(ann)
     return ann
 
 
 def check_annotations(ann: Path) -> None:
-    """Name the annotation files that do not parse (lhotse's parser stops at the first without
-    naming it); a broken file comes from a broken download or extraction: no skipping."""
+    """Name the annotation files that do not parse (lhotse stops at the first without naming it)."""
     bad = []
     for f in sorted([ann / "corpusResources" / "meetings.xml", *ann.glob("segments/*"), *ann.glob("words/*")]):
         try:
@@ -61,9 +55,8 @@ def check_annotations(ann: Path) -> None:
 
 
 def missing_audio(ann: Path, audio: Path, mic: str) -> Dict[str, list]:
-    """``{meeting: [missing wav]}`` over the partition. Every headset of meetings.xml must be
-    there: lhotse numbers a meeting's headset files in order, so a missing one would shift the
-    later ones onto other speakers."""
+    # Every headset of meetings.xml must be there: lhotse numbers a meeting's headset files in order,
+    # so a missing one would shift the later ones onto other speakers.
     missing: Dict[str, list] = {}
     for meeting in ET.parse(ann / "corpusResources" / "meetings.xml").getroot().iter("meeting"):
         m = meeting.attrib.get("observation")
@@ -77,11 +70,9 @@ def missing_audio(ann: Path, audio: Path, mic: str) -> Dict[str, list]:
 
 
 def prepare_ami(root, data_root, mic: str = "ihm", strict: bool = True, min_dur: float = 0.1) -> Dict[str, int]:
-    """Write ``<data_root>/<mic>_{train,dev,eval}`` from the AMI copy in ``root``; returns
-    their utterance counts."""
+    """Write ``<data_root>/<mic>_{train,dev,eval}`` (``mic``: ihm or sdm) from the AMI copy in ``root``;
+    returns utterance counts."""
     root = Path(root)
-    if mic not in ("ihm", "sdm"):
-        raise ValueError(f"unsupported mic {mic!r} (ihm or sdm)")
     ann = annotations_dir(root)
     audio = next((d for d in (root / "wav_db", root / "amicorpus") if d.is_dir()), None)
     if audio is None:
@@ -100,40 +91,35 @@ def prepare_ami(root, data_root, mic: str = "ihm", strict: bool = True, min_dur:
     counts = {}
     for split, part in SPLITS.items():
         recs = {r.id: r for r in manifests[part]["recordings"]}
-        wav, utt2spk, text, segments = {}, {}, {}, {}
-        n_short = n_dup = 0
+        wav, utt2spk, text, segs = {}, {}, {}, {}
+        skipped = 0
         for s in manifests[part]["supervisions"]:
             if s.recording_id in missing:
                 continue
             txt = normalize_ami(s.text)
             if not txt or s.duration < min_dur:
-                n_short += 1
+                skipped += 1
                 continue
-            if mic == "ihm":
-                rec = f"AMI_{s.recording_id}_H{s.channel:02d}"
-                path = next(src.source for src in recs[s.recording_id].sources if src.channels == [s.channel])
-            else:
-                rec, path = f"AMI_{s.recording_id}_SDM", recs[s.recording_id].sources[0].source
+            rec = f"AMI_{s.recording_id}_" + (f"H{s.channel:02d}" if mic == "ihm" else "SDM")
+            path = next(x.source for x in recs[s.recording_id].sources if mic == "sdm" or x.channels == [s.channel])
             spk = f"{rec}_{s.speaker}"
             utt = f"{spk}_{round(s.start * 100):07d}_{round(s.end * 100):07d}"
             if utt in utt2spk:
-                n_dup += 1
+                skipped += 1
                 continue
-            wav[rec], utt2spk[utt], text[utt] = str(Path(path).resolve()), spk, txt
-            segments[utt] = (rec, s.start, s.end)
+            wav[rec], utt2spk[utt], text[utt], segs[utt] = str(Path(path).resolve()), spk, txt, (rec, s.start, s.end)
         if not utt2spk:
             raise AmiError(f"{mic}_{split}: no utterances prepared from {audio}")
-        if n_short or n_dup:
-            logger.warning("%s_%s: skipped %d empty or shorter than %.2f s, %d with a duplicate id",
-                           mic, split, n_short, min_dur, n_dup)
-        write_data_dir(Path(data_root) / f"{mic}_{split}", wav, utt2spk, text=text, segments=segments)
+        if skipped:
+            logger.warning("%s_%s: skipped %d empty, shorter than %.2f s or duplicate-id utterances", mic, split,
+                           skipped, min_dur)
+        write_data_dir(Path(data_root) / f"{mic}_{split}", wav, utt2spk, text=text, segments=segs)
         counts[f"{mic}_{split}"] = len(utt2spk)
     return counts
 
 
 def main(argv=None) -> int:
     import argparse
-    import sys
 
     p = argparse.ArgumentParser(description="AMI download / Kaldi data preparation (lhotse)")
     p.add_argument("cmd", choices=["download", "prepare"])
@@ -151,7 +137,7 @@ def main(argv=None) -> int:
             for k, v in prepare_ami(a.root, a.data_dir, a.mic, strict=not a.skip_bad).items():
                 print(f"{k}\t{v}")
     except (AmiError, OSError, ValueError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
+        logging.error("%s", e)
         return 1
     return 0
 

@@ -7,23 +7,16 @@ Layout of the v1 release (what ``snapshot_download`` reproduces locally)::
     <root>/data/<subset>/text/<shard:08d>.txt         "<utt_id> <caption>"
     <root>/data/<subset>/duration/<shard:08d>.txt     "<utt_id> <seconds>"
 
-``<subset>`` is ``<lang><NNN>``: ``en000``, ``en001``, ... hold manually created captions,
-``en100``, ``en101``, ... automatic captions. An utterance id is
-``<video_id>-<index:05d>-<start_cs:08d>-<end_cs:08d>`` (YouTube video ids are 11 characters and
-may contain ``-``), e.g. ``2qU-GST3DuI-00000-00000000-00000200``; audio members of the tar are
-named after the utterance id.
+``<subset>`` is ``<lang><NNN>``: ``en000``, ``en001``, ... hold manually created captions, ``en100``, ...
+automatic ones. An utterance id is ``<video_id>-<index:05d>-<start_cs:08d>-<end_cs:08d>`` (video ids
+are 11 characters and may contain ``-``); audio members of the tar are named after the utterance id.
 
-Selection is deterministic: subsets in the given order, shards in numeric order, utterances
-sorted by id within a shard; utterances are taken until ``hours + dev_hours + test_hours`` are
-reached. The pool is then split by video (all utterances of one video on one side, so
-speakers/channels do not leak between train and held-out sets): videos ordered by md5 of the
-video id go to ``dev`` until ``dev_hours``, then to ``test`` until ``test_hours``; the rest is
-``pretrain`` (~``hours``). ``finetune`` is a labelled subset of ``pretrain`` chosen by video in
-the same way (different hash salt) until ``finetune_hours``.
-
-Captions are normalised by :func:`espnet2_birq.dataprep.text.normalize_caption` (upper case,
-punctuation and bracketed tags removed, numbers kept as digits); utterances whose caption is
-empty after normalisation are skipped (counted).
+Selection is deterministic: subsets in the given order, shards in numeric order, utterances sorted by
+id, taken until ``hours + dev_hours + test_hours``; the pool is split by video (md5 of the video id
+orders them; ``dev`` until ``dev_hours``, then ``test``, the rest ``pretrain``), so that no video is
+on both sides; ``finetune`` is chosen from ``pretrain`` by video the same way (another hash salt).
+Captions are normalised by :func:`~espnet2_birq.dataprep.text.normalize_caption`; utterances whose
+caption is then empty are skipped (counted).
 """
 
 from __future__ import annotations
@@ -56,13 +49,8 @@ def video_id(utt_id: str) -> str:
 
 
 def _read_kv(path: Path) -> Dict[str, str]:
-    out = {}
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            k, _, v = line.rstrip("\n").partition(" ")
-            if line.strip():
-                out[k] = v.strip()
-    return out
+        return {k: v.strip() for k, _, v in (line.rstrip("\n").partition(" ") for line in f if line.strip())}
 
 
 def list_shards(root, subset: str) -> List[str]:
@@ -122,46 +110,42 @@ def select_pool(root, subsets: Sequence[str], seconds: float):
     return picked, skipped
 
 
-def _hash(salt: str, key: str) -> str:
-    return hashlib.md5(f"{salt}:{key}".encode("utf-8")).hexdigest()
+def _videos(utts: Dict[str, float], salt: str, vid) -> List[tuple]:
+    """``[(utterance ids, seconds)]`` per video, videos in the order of md5(``salt:video id``)."""
+    by_vid: Dict[str, List[str]] = {}
+    for u in utts:
+        by_vid.setdefault(vid(u), []).append(u)
+    order = sorted(by_vid, key=lambda v: (hashlib.md5(f"{salt}:{v}".encode("utf-8")).hexdigest(), v))
+    return [(by_vid[v], sum(utts[u] for u in by_vid[v])) for v in order]
 
 
 def split_by_video(utts: Dict[str, float], dev_s: float, test_s: float, salt="yodas-heldout", vid=video_id):
     """``utts``: {utt: seconds}. Returns (train, dev, test) sets of utt ids; ``vid`` maps an
     utterance id to its video id."""
-    by_vid: Dict[str, List[str]] = {}
-    for u in utts:
-        by_vid.setdefault(vid(u), []).append(u)
-    order = sorted(by_vid, key=lambda v: (_hash(salt, v), v))
     dev, test, train = set(), set(), set()
     d_tot = t_tot = 0.0
-    for v in order:
-        vs = sum(utts[u] for u in by_vid[v])
+    for ids, vs in _videos(utts, salt, vid):
         if d_tot < dev_s:
-            dev.update(by_vid[v])
+            dev.update(ids)
             d_tot += vs
         elif t_tot < test_s:
-            test.update(by_vid[v])
+            test.update(ids)
             t_tot += vs
         else:
-            train.update(by_vid[v])
+            train.update(ids)
     return train, dev, test
 
 
 def pick_by_video(utts: Dict[str, float], seconds: float, salt="yodas-finetune", vid=video_id):
-    by_vid: Dict[str, List[str]] = {}
-    for u in utts:
-        by_vid.setdefault(vid(u), []).append(u)
     out, tot = set(), 0.0
-    for v in sorted(by_vid, key=lambda v: (_hash(salt, v), v)):
+    for ids, vs in _videos(utts, salt, vid):
         if tot >= seconds:
             break
-        out.update(by_vid[v])
-        tot += sum(utts[u] for u in by_vid[v])
+        out.update(ids)
+        tot += vs
     return out
 
 
-# ---------------------------------------------------------------- download
 def _hf():
     try:
         import huggingface_hub  # noqa: F401
@@ -177,9 +161,8 @@ def discover_subsets(lang: str = "en", manual_only: bool = True, repo_id: str = 
     names = set()
     for entry in _hf().HfApi().list_repo_tree(repo_id, path_in_repo="data", repo_type="dataset", revision=revision):
         name = entry.path.rsplit("/", 1)[-1]
-        if name.startswith(lang) and name[len(lang):].isdigit():
-            if not manual_only or int(name[len(lang):]) < 100:
-                names.add(name)
+        if name.startswith(lang) and name[len(lang):].isdigit() and (not manual_only or int(name[len(lang):]) < 100):
+            names.add(name)
     if not names:
         raise YodasError(f"no {lang} subsets found in {repo_id}")
     return sorted(names)
@@ -203,7 +186,6 @@ def download_yodas(root, subsets: Sequence[str], hours: float, dev_hours: float,
     return pool
 
 
-# ------------------------------------------------------------- preparation
 def extract_shard(root, subset: str, shard: str, extract_root=None) -> Dict[str, Path]:
     """Extract one audio shard (once; marker file) and map utt id -> file."""
     root = Path(root)
@@ -278,13 +260,8 @@ def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000, 
 
 
 def local_subsets(root, lang: str = "en", manual_only: bool = True) -> List[str]:
-    d = Path(root) / "data"
-    out = []
-    for p in sorted(d.glob(f"{lang}*")) if d.is_dir() else []:
-        tail = p.name[len(lang):]
-        if p.is_dir() and tail.isdigit() and (not manual_only or int(tail) < 100):
-            out.append(p.name)
-    return out
+    tails = {p.name[len(lang):]: p.name for p in Path(root).glob(f"data/{lang}*") if p.is_dir()}
+    return sorted(name for tail, name in tails.items() if tail.isdigit() and (not manual_only or int(tail) < 100))
 
 
 def main(argv=None) -> int:
@@ -308,7 +285,8 @@ def main(argv=None) -> int:
             q.add_argument("--data_dir", required=True)
             q.add_argument("--finetune_hours", type=float, default=100)
             q.add_argument("--extract_dir", default=None, help="where shards are extracted (default <root>/extracted)")
-            q.add_argument("--strict", action="store_true", help="fail on an utterance without audio instead of skipping it")
+            q.add_argument("--strict", action="store_true",
+                           help="fail on an utterance without audio instead of skipping it")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     subsets = [s for s in a.subsets.replace(",", " ").split() if s]

@@ -93,10 +93,14 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
         else
             log "writing the LM text ${lm_gz} as ${data_dir}/local/other_text/text"
             mkdir -p "${data_dir}/local/other_text"
-            # ids as ESPnet's LibriSpeech recipe; empty lines left out, spaces squeezed, upper case
+            # ids librispeech_lm_norm_<line>; empty lines left out, spaces squeezed, upper case
             # as the transcripts; via a temporary file, so an interrupted run leaves none
-            gunzip -c "${lm_gz}" | awk 'NF { $1 = $1; printf("librispeech_lm_norm_%09d %s\n", NR, toupper($0)) }' \
-                > "${data_dir}/local/other_text/text.tmp"
+            if ! gunzip -c "${lm_gz}" | awk 'NF { $1 = $1; printf("librispeech_lm_norm_%09d %s\n", NR, toupper($0)) }' \
+                    > "${data_dir}/local/other_text/text.tmp"; then
+                log "Error: cannot read ${lm_gz} (a broken download? delete it and its .done file, run stage 1 again)"
+                rm -f "${data_dir}/local/other_text/text.tmp"
+                exit 1
+            fi
             if [ ! -s "${data_dir}/local/other_text/text.tmp" ]; then
                 log "Error: ${lm_gz} holds no sentence"
                 rm -f "${data_dir}/local/other_text/text.tmp"
