@@ -201,8 +201,8 @@ def extract_shard(root, subset: str, shard: str, extract_root=None) -> Dict[str,
         try:
             with tarfile.open(archive) as tf:
                 safe_extract(tf, target)
-        except (tarfile.TarError, EOFError) as e:
-            raise YodasError(f"cannot extract {archive}: {e} (truncated download? delete it and re-run)") from e
+        except Exception as e:  # tarfile's errors, EOFError, lhotse's refusal of members outside the target
+            raise YodasError(f"cannot extract {archive}: {e} (a broken download? delete it and re-run)") from e
         marker.write_text(f"{archive}\n")
     out = {}
     for dirpath, _, files in os.walk(target):
