@@ -143,6 +143,25 @@ def test_missing_audio_skipped_or_strict(tmp_path):
         yodas.prepare_yodas(root, tmp_path / "d3", ["en005"])
 
 
+def test_shard_extraction_once_and_bad_archives(tmp_path):
+    root = make_yodas(tmp_path / "yodas")
+    files = yodas.extract_shard(root, "en000", "00000000")
+    assert len(files) == 3 * len(CAPTIONS) and all(p.is_file() for p in files.values())
+    next(iter(files.values())).unlink()  # the marker: not extracted again
+    assert len(yodas.extract_shard(root, "en000", "00000000")) == 3 * len(CAPTIONS) - 1
+    shard = root / "data" / "en001" / "audio" / "00000000.tar.gz"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(yodas.YodasError, match="cannot extract .*00000000.tar.gz"):
+        yodas.extract_shard(root, "en001", "00000000")
+    with tarfile.open(shard, "w:gz") as tf:  # a member outside the target is refused
+        info = tarfile.TarInfo("../escape.wav")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(yodas.YodasError, match="cannot extract .*Path Traversal"):
+        yodas.extract_shard(root, "en001", "00000000", extract_root=tmp_path / "x")
+    assert not (tmp_path / "x" / "en001" / "escape.wav").exists()
+
+
 def test_local_subsets(tmp_path):
     root = make_yodas(tmp_path / "yodas")
     assert yodas.local_subsets(root) == ["en000", "en001"]

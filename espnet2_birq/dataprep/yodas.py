@@ -1,5 +1,5 @@
-"""YODAS (Hugging Face dataset ``espnet/yodas``, v1 layout) download and
-Kaldi data preparation for English subsets.
+"""YODAS (Hugging Face dataset ``espnet/yodas``, v1 layout) download and Kaldi data preparation
+for English subsets.
 
 Layout of the v1 release (what ``snapshot_download`` reproduces locally)::
 
@@ -7,26 +7,16 @@ Layout of the v1 release (what ``snapshot_download`` reproduces locally)::
     <root>/data/<subset>/text/<shard:08d>.txt         "<utt_id> <caption>"
     <root>/data/<subset>/duration/<shard:08d>.txt     "<utt_id> <seconds>"
 
-``<subset>`` is ``<lang><NNN>``: ``en000``, ``en001``, ... hold manually
-created captions, ``en100``, ``en101``, ... automatic captions. An utterance
-id is ``<video_id>-<index:05d>-<start_cs:08d>-<end_cs:08d>`` (YouTube video
-ids are 11 characters and may contain ``-``), e.g.
-``2qU-GST3DuI-00000-00000000-00000200``; audio members of the tar are named
-after the utterance id.
+``<subset>`` is ``<lang><NNN>``: ``en000``, ``en001``, ... hold manually created captions, ``en100``, ...
+automatic ones. An utterance id is ``<video_id>-<index:05d>-<start_cs:08d>-<end_cs:08d>`` (video ids
+are 11 characters and may contain ``-``); audio members of the tar are named after the utterance id.
 
-Selection is deterministic: subsets in the given order, shards in numeric
-order, utterances sorted by id within a shard; utterances are taken until
-``hours + dev_hours + test_hours`` are reached. The pool is then split by
-video (all utterances of one video on one side, so speakers/channels do not
-leak between train and held-out sets): videos ordered by md5 of the video id
-go to ``dev`` until ``dev_hours``, then to ``test`` until ``test_hours``; the
-rest is ``pretrain`` (~``hours``). ``finetune`` is a labelled subset of
-``pretrain`` chosen by video in the same way (different hash salt) until
-``finetune_hours``.
-
-Captions are normalised by :func:`espnet2_birq.dataprep.text.normalize_caption`
-(upper case, punctuation and bracketed tags removed, numbers kept as digits);
-utterances whose caption is empty after normalisation are skipped (counted).
+Selection is deterministic: subsets in the given order, shards in numeric order, utterances sorted by
+id, taken until ``hours + dev_hours + test_hours``; the pool is split by video (md5 of the video id
+orders them; ``dev`` until ``dev_hours``, then ``test``, the rest ``pretrain``), so that no video is
+on both sides; ``finetune`` is chosen from ``pretrain`` by video the same way (another hash salt).
+Captions are normalised by :func:`~espnet2_birq.dataprep.text.normalize_caption`; utterances whose
+caption is then empty are skipped (counted).
 """
 
 from __future__ import annotations
@@ -34,10 +24,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tarfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import download as dl
 from espnet2_birq.utils.datadir import write_data_dir
 from .text import normalize_caption
 
@@ -59,15 +49,8 @@ def video_id(utt_id: str) -> str:
 
 
 def _read_kv(path: Path) -> Dict[str, str]:
-    out = {}
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            k, _, v = line.partition(" ")
-            out[k] = v.strip()
-    return out
+        return {k: v.strip() for k, _, v in (line.rstrip("\n").partition(" ") for line in f if line.strip())}
 
 
 def list_shards(root, subset: str) -> List[str]:
@@ -78,9 +61,8 @@ def list_shards(root, subset: str) -> List[str]:
 
 
 def read_shard_meta(root, subset: str, shard: str):
-    """Return ``[(utt_id, seconds, normalised_text)]`` sorted by id, and the
-    number of utterances skipped (no caption / empty after normalisation /
-    bad duration)."""
+    """Return ``[(utt_id, seconds, normalised_text)]`` sorted by id, and the number of utterances
+    skipped (no caption / empty after normalisation / bad duration)."""
     base = Path(root) / "data" / subset
     dur_f, txt_f = base / "duration" / f"{shard}.txt", base / "text" / f"{shard}.txt"
     for f in (dur_f, txt_f):
@@ -104,10 +86,8 @@ def read_shard_meta(root, subset: str, shard: str):
 
 
 def select_pool(root, subsets: Sequence[str], seconds: float):
-    """Deterministically pick utterances until ``seconds`` are reached.
-
-    Returns ``[(subset, shard, [(utt, sec, text), ...]), ...]`` and the number
-    of skipped utterances."""
+    """Deterministically pick utterances until ``seconds`` are reached. Returns
+    ``[(subset, shard, [(utt, sec, text), ...]), ...]`` and the number of skipped utterances."""
     picked, total, skipped = [], 0.0, 0
     for subset in subsets:
         for shard in list_shards(root, subset):
@@ -126,113 +106,104 @@ def select_pool(root, subsets: Sequence[str], seconds: float):
         if total >= seconds:
             break
     if total < seconds:
-        logger.warning("only %.1f h available in %s (asked for %.1f h)",
-                       total / 3600, list(subsets), seconds / 3600)
+        logger.warning("only %.1f h available in %s (asked for %.1f h)", total / 3600, list(subsets), seconds / 3600)
     return picked, skipped
 
 
-def _hash(salt: str, key: str) -> str:
-    return hashlib.md5(f"{salt}:{key}".encode("utf-8")).hexdigest()
-
-
-def split_by_video(utts: Dict[str, float], dev_s: float, test_s: float,
-                   salt="yodas-heldout", vid=video_id):
-    """``utts``: {utt: seconds}. Returns (train, dev, test) sets of utt ids;
-    ``vid`` maps an utterance id to its video id."""
+def _videos(utts: Dict[str, float], salt: str, vid) -> List[tuple]:
+    """``[(utterance ids, seconds)]`` per video, videos in the order of md5(``salt:video id``)."""
     by_vid: Dict[str, List[str]] = {}
     for u in utts:
         by_vid.setdefault(vid(u), []).append(u)
-    order = sorted(by_vid, key=lambda v: (_hash(salt, v), v))
+    order = sorted(by_vid, key=lambda v: (hashlib.md5(f"{salt}:{v}".encode("utf-8")).hexdigest(), v))
+    return [(by_vid[v], sum(utts[u] for u in by_vid[v])) for v in order]
+
+
+def split_by_video(utts: Dict[str, float], dev_s: float, test_s: float, salt="yodas-heldout", vid=video_id):
+    """``utts``: {utt: seconds}. Returns (train, dev, test) sets of utt ids; ``vid`` maps an
+    utterance id to its video id."""
     dev, test, train = set(), set(), set()
     d_tot = t_tot = 0.0
-    for v in order:
-        vs = sum(utts[u] for u in by_vid[v])
+    for ids, vs in _videos(utts, salt, vid):
         if d_tot < dev_s:
-            dev.update(by_vid[v])
+            dev.update(ids)
             d_tot += vs
         elif t_tot < test_s:
-            test.update(by_vid[v])
+            test.update(ids)
             t_tot += vs
         else:
-            train.update(by_vid[v])
+            train.update(ids)
     return train, dev, test
 
 
-def pick_by_video(utts: Dict[str, float], seconds: float, salt="yodas-finetune",
-                  vid=video_id):
-    by_vid: Dict[str, List[str]] = {}
-    for u in utts:
-        by_vid.setdefault(vid(u), []).append(u)
+def pick_by_video(utts: Dict[str, float], seconds: float, salt="yodas-finetune", vid=video_id):
     out, tot = set(), 0.0
-    for v in sorted(by_vid, key=lambda v: (_hash(salt, v), v)):
+    for ids, vs in _videos(utts, salt, vid):
         if tot >= seconds:
             break
-        out.update(by_vid[v])
-        tot += sum(utts[u] for u in by_vid[v])
+        out.update(ids)
+        tot += vs
     return out
 
 
-# ---------------------------------------------------------------- download
 def _hf():
     try:
         import huggingface_hub  # noqa: F401
     except ImportError as e:
-        raise YodasError(
-            "downloading YODAS needs the huggingface_hub package: "
-            "run `pip install huggingface_hub` (or prepare from an existing "
-            "copy with --download false)") from e
+        raise YodasError("downloading YODAS needs the huggingface_hub package: run `pip install "
+                         "huggingface_hub` (or prepare from an existing copy with --download false)") from e
     return huggingface_hub
 
 
-def discover_subsets(lang: str = "en", manual_only: bool = True,
-                     repo_id: str = REPO_ID, revision: Optional[str] = None) -> List[str]:
-    """List ``data/<lang>NNN`` subsets of the HF repo (manual captions:
-    NNN < 100)."""
-    hf = _hf()
-    api = hf.HfApi()
+def discover_subsets(lang: str = "en", manual_only: bool = True, repo_id: str = REPO_ID,
+                     revision: Optional[str] = None) -> List[str]:
+    """List ``data/<lang>NNN`` subsets of the HF repo (manual captions: NNN < 100)."""
     names = set()
-    for entry in api.list_repo_tree(repo_id, path_in_repo="data", repo_type="dataset",
-                                    revision=revision):
+    for entry in _hf().HfApi().list_repo_tree(repo_id, path_in_repo="data", repo_type="dataset", revision=revision):
         name = entry.path.rsplit("/", 1)[-1]
-        if name.startswith(lang) and name[len(lang):].isdigit():
-            if not manual_only or int(name[len(lang):]) < 100:
-                names.add(name)
+        if name.startswith(lang) and name[len(lang):].isdigit() and (not manual_only or int(name[len(lang):]) < 100):
+            names.add(name)
     if not names:
         raise YodasError(f"no {lang} subsets found in {repo_id}")
     return sorted(names)
 
 
-def download_yodas(root, subsets: Sequence[str], hours: float, dev_hours: float,
-                   test_hours: float, repo_id: str = REPO_ID,
-                   revision: Optional[str] = None, max_workers: int = 8):
-    """Download metadata of ``subsets``, select the pool, then download only
-    the audio shards the pool needs. ``snapshot_download`` skips files that
-    are already present and resumes interrupted ones."""
+def download_yodas(root, subsets: Sequence[str], hours: float, dev_hours: float, test_hours: float,
+                   repo_id: str = REPO_ID, revision: Optional[str] = None, max_workers: int = 8):
+    """Download metadata of ``subsets``, select the pool, then download only the audio shards
+    the pool needs. ``snapshot_download`` skips files already present and resumes interrupted ones."""
     hf = _hf()
     root = Path(root)
     meta_patterns = [f"data/{s}/{kind}/*" for s in subsets for kind in ("duration", "text")]
     logger.info("downloading YODAS metadata for %s", list(subsets))
-    hf.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision,
-                         local_dir=str(root), allow_patterns=meta_patterns,
-                         max_workers=max_workers)
+    hf.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision, local_dir=str(root),
+                         allow_patterns=meta_patterns, max_workers=max_workers)
     pool, _ = select_pool(root, subsets, (hours + dev_hours + test_hours) * 3600)
     audio = [f"data/{s}/audio/{shard}.tar.gz" for s, shard, _ in pool]
     logger.info("downloading %d YODAS audio shards", len(audio))
-    hf.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision,
-                         local_dir=str(root), allow_patterns=audio,
-                         max_workers=max_workers)
+    hf.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision, local_dir=str(root),
+                         allow_patterns=audio, max_workers=max_workers)
     return pool
 
 
-# ------------------------------------------------------------- preparation
 def extract_shard(root, subset: str, shard: str, extract_root=None) -> Dict[str, Path]:
     """Extract one audio shard (once; marker file) and map utt id -> file."""
     root = Path(root)
     archive = root / "data" / subset / "audio" / f"{shard}.tar.gz"
     target = Path(extract_root or root / "extracted") / subset / shard
-    if not (target / f".{archive.name}.extracted").exists() and not archive.is_file():
-        raise YodasError(f"audio shard {archive} not found (download it first)")
-    dl.extract(archive, target)
+    marker = target / f".{archive.name}.extracted"  # re-runs do not extract again
+    if not marker.exists():
+        if not archive.is_file():
+            raise YodasError(f"audio shard {archive} not found (download it first)")
+        from lhotse.utils import safe_extract  # refuses members outside the target
+
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(archive) as tf:
+                safe_extract(tf, target)
+        except Exception as e:  # tarfile's errors, EOFError, lhotse's refusal of members outside the target
+            raise YodasError(f"cannot extract {archive}: {e} (a broken download? delete it and re-run)") from e
+        marker.write_text(f"{archive}\n")
     out = {}
     for dirpath, _, files in os.walk(target):
         for fn in files:
@@ -242,20 +213,16 @@ def extract_shard(root, subset: str, shard: str, extract_root=None) -> Dict[str,
     return out
 
 
-def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000,
-                  finetune_hours: float = 100, dev_hours: float = 5,
-                  test_hours: float = 5, extract_root=None,
+def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000, finetune_hours: float = 100,
+                  dev_hours: float = 5, test_hours: float = 5, extract_root=None,
                   strict: bool = False) -> Dict[str, float]:
-    """Write ``pretrain``, ``finetune``, ``dev``, ``test`` under ``data_root``.
-    Returns hours per dir."""
+    """Write ``pretrain``, ``finetune``, ``dev``, ``test`` under ``data_root``; returns hours per dir."""
     root = Path(root)
     pool, skipped = select_pool(root, subsets, (hours + dev_hours + test_hours) * 3600)
     if not pool:
         raise YodasError(f"no usable utterances in {root}/data/{{{','.join(subsets)}}}")
     secs: Dict[str, float] = {}
-    text: Dict[str, str] = {}
-    wav: Dict[str, str] = {}
-    spk: Dict[str, str] = {}
+    text, wav, spk = {}, {}, {}
     missing = 0
     for subset, shard, items in pool:
         files = extract_shard(root, subset, shard, extract_root)
@@ -267,47 +234,34 @@ def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000,
                 missing += 1
                 continue
             kid = f"{subset}-{utt}"
-            secs[kid] = sec
-            text[kid] = txt
-            wav[kid] = str(files[utt])
-            spk[kid] = f"{subset}-{video_id(utt)}"
+            secs[kid], text[kid], wav[kid], spk[kid] = sec, txt, str(files[utt]), f"{subset}-{video_id(utt)}"
     if skipped or missing:
-        logger.warning("YODAS: skipped %d utterances with empty/missing captions or "
-                       "bad durations and %d without audio", skipped, missing)
+        logger.warning("YODAS: skipped %d utterances with empty/missing captions or bad durations and "
+                       "%d without audio", skipped, missing)
 
-    # Split on the raw video id (without the subset prefix) so that a video
-    # never lands on both sides, even if it appears in two subsets.
+    # Split on the raw video id (without the subset prefix) so that a video never lands on both
+    # sides, even if it appears in two subsets.
     def raw_vid(k):
         return video_id(k.split("-", 1)[1])
 
-    train, dev, test = split_by_video(secs, dev_hours * 3600, test_hours * 3600,
-                                      vid=raw_vid)
-    finetune = pick_by_video({u: secs[u] for u in train}, finetune_hours * 3600,
-                             vid=raw_vid)
+    train, dev, test = split_by_video(secs, dev_hours * 3600, test_hours * 3600, vid=raw_vid)
+    finetune = pick_by_video({u: secs[u] for u in train}, finetune_hours * 3600, vid=raw_vid)
 
     hours_out = {}
     for name, ids in (("pretrain", train), ("finetune", finetune), ("dev", dev), ("test", test)):
         if not ids:
             logger.warning("YODAS: %s is empty; not written", name)
             continue
-        write_data_dir(Path(data_root) / name,
-                       {u: wav[u] for u in ids}, {u: spk[u] for u in ids},
-                       text={u: text[u] for u in ids},
-                       utt2dur={u: secs[u] for u in ids})
+        write_data_dir(Path(data_root) / name, {u: wav[u] for u in ids}, {u: spk[u] for u in ids},
+                       text={u: text[u] for u in ids}, utt2dur={u: secs[u] for u in ids})
         hours_out[name] = sum(secs[u] for u in ids) / 3600
-        logger.info("wrote %s/%s: %d utterances, %.2f h", data_root, name, len(ids),
-                    hours_out[name])
+        logger.info("wrote %s/%s: %d utterances, %.2f h", data_root, name, len(ids), hours_out[name])
     return hours_out
 
 
 def local_subsets(root, lang: str = "en", manual_only: bool = True) -> List[str]:
-    d = Path(root) / "data"
-    out = []
-    for p in sorted(d.glob(f"{lang}*")) if d.is_dir() else []:
-        tail = p.name[len(lang):]
-        if p.is_dir() and tail.isdigit() and (not manual_only or int(tail) < 100):
-            out.append(p.name)
-    return out
+    tails = {p.name[len(lang):]: p.name for p in Path(root).glob(f"data/{lang}*") if p.is_dir()}
+    return sorted(name for tail, name in tails.items() if tail.isdigit() and (not manual_only or int(tail) < 100))
 
 
 def main(argv=None) -> int:
@@ -319,9 +273,8 @@ def main(argv=None) -> int:
     for name in ("download", "prepare"):
         q = sub.add_parser(name)
         q.add_argument("--root", required=True, help="local copy of the HF repo")
-        q.add_argument("--subsets", default="auto",
-                       help="comma/space separated subsets (e.g. en000,en001) or "
-                            "'auto' = all manual-caption English subsets, in order")
+        q.add_argument("--subsets", default="auto", help="comma/space separated subsets (e.g. en000,en001) or "
+                       "'auto' = all manual-caption English subsets, in order")
         q.add_argument("--hours", type=float, default=5000)
         q.add_argument("--dev_hours", type=float, default=5)
         q.add_argument("--test_hours", type=float, default=5)
@@ -331,8 +284,7 @@ def main(argv=None) -> int:
         else:
             q.add_argument("--data_dir", required=True)
             q.add_argument("--finetune_hours", type=float, default=100)
-            q.add_argument("--extract_dir", default=None,
-                           help="where shards are extracted (default <root>/extracted)")
+            q.add_argument("--extract_dir", default=None, help="where shards are extracted (default <root>/extracted)")
             q.add_argument("--strict", action="store_true",
                            help="fail on an utterance without audio instead of skipping it")
     a = p.parse_args(argv)
@@ -341,27 +293,22 @@ def main(argv=None) -> int:
     try:
         if a.cmd == "download":
             if subsets == ["auto"]:
-                subsets = discover_subsets("en", manual_only=True, repo_id=a.repo_id,
-                                           revision=a.revision)
-            download_yodas(a.root, subsets, a.hours, a.dev_hours, a.test_hours,
-                           a.repo_id, a.revision)
+                subsets = discover_subsets("en", manual_only=True, repo_id=a.repo_id, revision=a.revision)
+            download_yodas(a.root, subsets, a.hours, a.dev_hours, a.test_hours, a.repo_id, a.revision)
         else:
             if subsets == ["auto"]:
                 subsets = local_subsets(a.root)
                 if not subsets:
-                    raise YodasError(f"no English subsets under {a.root}/data "
-                                     f"(run with --download true)")
-            hours = prepare_yodas(a.root, a.data_dir, subsets, a.hours, a.finetune_hours,
-                                  a.dev_hours, a.test_hours, a.extract_dir, a.strict)
+                    raise YodasError(f"no English subsets under {a.root}/data (run with --download true)")
+            hours = prepare_yodas(a.root, a.data_dir, subsets, a.hours, a.finetune_hours, a.dev_hours,
+                                  a.test_hours, a.extract_dir, a.strict)
             for k, v in hours.items():
                 print(f"{k}\t{v:.2f}h")
-    except (YodasError, dl.DownloadError, FileNotFoundError, ValueError) as e:
+    except (YodasError, FileNotFoundError, ValueError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+    raise SystemExit(main())

@@ -93,7 +93,7 @@ Recipe settings (passed to ssl.sh; override any of them on the command line):
       $0 --train_mode bljust --feats_type fbank)
   --ngpu ${ngpu}   --feats_type ${feats_type}   --token_type ${token_type}   --nbpe ${nbpe}   --bpemode unigram
   --local_data_opts "${local_data_opts}"   (options of local/data.sh: --mic, --download true|false,
-      --split_dir, --skip_bad true|false)
+      --skip_bad true|false)
 Corpus location: AMI in db.sh (default downloads/ami).
 Multi-node: cmd_backend=slurm $0 --num_nodes N (N nodes x --ngpu GPUs).
 

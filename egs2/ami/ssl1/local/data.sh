@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
 # AMI meeting corpus data preparation for BiRQ SSL pre-training / fine-tuning.
 #
-# Stage 1: download the manual annotations (ami_public_manual_1.6.2.zip) and
-#          the audio of every meeting in the split lists (IHM: one wav per
-#          headset; SDM: Array1-01). Resumable; finished files are skipped.
-# Stage 2: write Kaldi data dirs ${data_dir}/${mic}_{train,dev,eval} with
-#          segments from the NXT transcriber segments + words annotations.
+# Stage 1: download with lhotse the audio (IHM: one wav per headset; SDM:
+#          Array1-01) into ${AMI}/wav_db and the manual annotations
+#          (ami_public_manual_1.6.2.zip, extracted into ${AMI}/annotations).
+#          Resumable.
+# Stage 2: write Kaldi data dirs ${data_dir}/${mic}_{train,dev,eval} (lhotse's
+#          full-corpus-ASR partition and segmentation, Kaldi s5b ids).
 # Stage 3: validate them.
 #
 # Options:
 #   --stage N --stop_stage N  sub-stages to run (default 1..3)
 #   --download true|false     download missing files (default true)
 #   --mic ihm|sdm             microphone condition (default ihm)
-#   --split_dir DIR           dir with split_{train,dev,eval}.orig
-#                             (default local/: the full-corpus-ASR partition)
-#   --skip_bad true|false     skip+count missing audio / unreadable annotation
-#                             instead of failing (default false)
+#   --skip_bad true|false     skip+count meetings with missing audio instead
+#                             of failing (default false)
 #   --data_dir DIR            output root (default data)
 #   --python CMD              python interpreter (default python3)
 set -euo pipefail
@@ -29,7 +28,6 @@ stage=1
 stop_stage=3
 download=true
 mic=ihm
-split_dir=local
 skip_bad=false
 data_dir=data
 python=python3
@@ -54,7 +52,7 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     if [ "${download}" = true ]; then
         log "Stage 1: download AMI ${mic} audio + annotations into ${AMI}"
         "${python}" -m espnet2_birq.dataprep.ami download \
-            --root "${AMI}" --mic "${mic}" --split_dir "${split_dir}"
+            --root "${AMI}" --mic "${mic}"
     else
         log "Stage 1: --download false; using the existing copy in ${AMI}"
     fi
@@ -65,8 +63,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     extra=""
     [ "${skip_bad}" = true ] && extra="--skip_bad"
     "${python}" -m espnet2_birq.dataprep.ami prepare \
-        --root "${AMI}" --mic "${mic}" --split_dir "${split_dir}" \
-        --data_dir "${data_dir}" ${extra}
+        --root "${AMI}" --mic "${mic}" --data_dir "${data_dir}" ${extra}
 fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then

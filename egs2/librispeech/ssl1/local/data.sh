@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # LibriSpeech data preparation for BiRQ SSL pre-training and fine-tuning.
 #
-# Stage 1: download + extract the official openslr SLR12 tarballs (md5
-#          verified, resumable; skipped when already there), and the LM text
-#          librispeech-lm-norm.txt.gz of openslr SLR11 (--lm_text true).
-# Stage 2: write Kaldi data dirs under ${data_dir}/:
+# Stage 1: download + extract the openslr SLR12 tarballs with lhotse (resumable;
+#          skipped when already there), and the LM text librispeech-lm-norm.txt.gz
+#          of openslr SLR11 (--lm_text true; md5 verified).
+# Stage 2: write Kaldi data dirs (lhotse reads the corpus) under ${data_dir}/:
 #          pretrain_960 train_clean_100 dev_clean dev_other test_clean test_other,
 #          and the LM text as ${data_dir}/local/other_text/text (the n-gram's text)
 # Stage 3: validate them.
@@ -17,6 +17,7 @@
 #                               utt2spk speaker = <spk>-<chapter> (Kaldi
 #                               librispeech convention, default) or <spk>
 #   --skip_bad true|false       skip+count bad entries instead of failing
+#   --nj N                      threads reading the flac headers (default 4)
 #   --keep_archives true|false  keep the .tar.gz after extraction (default true)
 #   --lm_text true|false        download and prepare the LM text (default true;
 #                               1.5 GB download, 4.3 GB as data/local/other_text/text)
@@ -35,6 +36,7 @@ download=true
 subsets="train-clean-100 train-clean-360 train-other-500 dev-clean dev-other test-clean test-other"
 speaker_level=chapter
 skip_bad=false
+nj=4
 keep_archives=true
 lm_text=true
 data_dir=data
@@ -79,7 +81,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     [ "${skip_bad}" = true ] && extra="--skip_bad"
     "${python}" -m espnet2_birq.dataprep.librispeech prepare \
         --corpus_dir "${LIBRISPEECH}/LibriSpeech" --data_dir "${data_dir}" \
-        --speaker_level "${speaker_level}" ${extra}
+        --speaker_level "${speaker_level}" --nj "${nj}" ${extra}
     if [ "${lm_text}" = true ]; then
         lm_gz=${LIBRISPEECH}/librispeech-lm-norm.txt.gz
         if [ ! -f "${lm_gz}" ]; then
@@ -90,8 +92,21 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
             log "${data_dir}/local/other_text/text already written from ${lm_gz}; skipping"
         else
             log "writing the LM text ${lm_gz} as ${data_dir}/local/other_text/text"
-            "${python}" -m espnet2_birq.dataprep.librispeech prepare_lm_text \
-                --lm_text "${lm_gz}" --data_dir "${data_dir}"
+            mkdir -p "${data_dir}/local/other_text"
+            # ids librispeech_lm_norm_<line>; empty lines left out, spaces squeezed, upper case
+            # as the transcripts; via a temporary file, so an interrupted run leaves none
+            if ! gunzip -c "${lm_gz}" | awk 'NF { $1 = $1; printf("librispeech_lm_norm_%09d %s\n", NR, toupper($0)) }' \
+                    > "${data_dir}/local/other_text/text.tmp"; then
+                log "Error: cannot read ${lm_gz} (a broken download? delete it and its .done file, run stage 1 again)"
+                rm -f "${data_dir}/local/other_text/text.tmp"
+                exit 1
+            fi
+            if [ ! -s "${data_dir}/local/other_text/text.tmp" ]; then
+                log "Error: ${lm_gz} holds no sentence"
+                rm -f "${data_dir}/local/other_text/text.tmp"
+                exit 1
+            fi
+            mv "${data_dir}/local/other_text/text.tmp" "${data_dir}/local/other_text/text"
         fi
     fi
 fi
