@@ -34,7 +34,7 @@ def test_method_page_is_linked_and_its_file_references_exist():
     assert missing == []
 
 
-def test_why_not_lhotse_is_said_once():
+def test_how_lhotse_is_used_is_said_once():
     # One place (README.md "Corpora"), not a copy per corpus README that drifts.
     assert "lhotse's manifests" in (REPO / "README.md").read_text()
     for readme in sorted((REPO / "egs2").glob("*/ssl1/README.md")):
