@@ -171,7 +171,8 @@ def prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp="error", skip_empty_
                          f"{empty[:10]} (pass --skip_empty_ref true to skip them)")
     if empty:
         logger.warning("skipping %d utterances with an empty reference transcript: %s", len(empty), empty[:10])
-    pairs = [(k, v, hyp.get(k, "")) for k, v in ref.items() if k not in set(empty)]
+    skipped = set(empty)
+    pairs = [(k, v, hyp.get(k, "")) for k, v in ref.items() if k not in skipped]
     if not pairs:
         raise ScoreError(f"{ref_path}: nothing to score")
     return pairs, {"missing_hyp": len(missing), "skipped_empty_ref": len(empty)}
