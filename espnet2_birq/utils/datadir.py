@@ -22,11 +22,9 @@ Command line (the utils/*.sh wrappers call these)::
 """
 
 import argparse
-import io
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -284,7 +282,8 @@ def validate_data_dir(data_dir, require_text: bool = True) -> Dict[str, int]:
 def write_data_dir(data_dir, wav_scp: Mapping[str, str], utt2spk: Mapping[str, str],
                    text: Optional[Mapping[str, str]] = None,
                    segments: Optional[Mapping[str, Tuple[str, float, float]]] = None,
-                   utt2dur: Optional[Mapping[str, float]] = None, reco2dur: Optional[Mapping[str, float]] = None) -> Path:
+                   utt2dur: Optional[Mapping[str, float]] = None,
+                   reco2dur: Optional[Mapping[str, float]] = None) -> Path:
     """Write a validated, C-sorted Kaldi data directory (corpus preparation) and return it.
 
     ``segments`` maps ``utt -> (recording, start_s, end_s)``; without it the keys of
@@ -374,25 +373,18 @@ _UNKNOWN_FRAMES = 2**62
 
 
 def audio_duration(value: str) -> float:
-    """Duration in seconds of one wav.scp entry (path, file.ark:offset or pipe); errors if it has no samples."""
-    import soundfile  # imported here so that validate/fix/split work without it
+    """Duration in seconds of one wav.scp entry: from an audio file's header, else (pipes,
+    ``file.ark:offset``) from reading it as feature extraction does; errors if it has no samples."""
+    path = audio_file(value)
+    if path is None or _KALDI_ARK_RE.match(value.strip()):
+        from espnet2_birq.bin.extract_fbank import load_audio  # imports torch: only when needed
 
-    value = value.strip()
-    if audio_file(value) is None:
-        result = subprocess.run(value[:-1], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if result.returncode != 0:
-            raise RuntimeError(f"command failed with exit code {result.returncode}: "
-                               f"{result.stderr.decode(errors='replace').strip()}")
-        # Piped WAV headers often carry a bogus length, so count the samples.
-        data, rate = soundfile.read(io.BytesIO(result.stdout), always_2d=True)
-        frames = data.shape[0]
-    elif _KALDI_ARK_RE.match(value):
-        import kaldiio
-
-        rate, samples = kaldiio.load_mat(value)
-        frames = len(samples)
+        data, rate = load_audio(value)
+        frames = len(data)
     else:
-        info = soundfile.info(value)
+        import soundfile  # imported here so that validate/fix/split work without it
+
+        info = soundfile.info(path)
         rate, frames = info.samplerate, info.frames
         if frames >= _UNKNOWN_FRAMES:
             raise ValueError("the header gives no length (e.g. a FLAC stream with 0 total samples in STREAMINFO; "
@@ -616,8 +608,9 @@ def _run_command(args, program: str) -> int:
             _print(f"{program}: warning: {args.data_dir}: dropped {sum(dropped.values())} of "
                    f"{kept + sum(dropped.values())} utterances: "
                    + "; ".join(f"{reason}: {count}" for reason, count in dropped.most_common()))
-        _print(f"{program}: {args.data_dir}: " + (f"rewrote {' '.join(changed)}; originals in {args.data_dir / '.backup'}"
-                                                   if changed else "already valid, nothing changed"))
+        backup = args.data_dir / ".backup"
+        _print(f"{program}: {args.data_dir}: " + (f"rewrote {' '.join(changed)}; originals in {backup}" if changed
+                                                   else "already valid, nothing changed"))
         problems = validate(args.data_dir, require_text=(args.data_dir / "text").is_file())
         for problem in problems:  # something fix does not handle (e.g. a required file missing)
             _print(f"{program}: error: still invalid: {problem}")
@@ -671,7 +664,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                             help="utterances of DIR from --min to --max seconds (utt2dur) -> OUT_DIR")
     p.add_argument("--min", type=float, default=0.0, help="seconds; shorter utterances are removed")
     p.add_argument("--max", type=float, default=None, help="seconds; longer utterances are removed")
-    p = commands.add_parser("speed_perturb", parents=[in_out], help="speed-perturbed copies of DIR, combined in OUT_DIR")
+    p = commands.add_parser("speed_perturb", parents=[in_out],
+                            help="speed-perturbed copies of DIR, combined in OUT_DIR")
     p.add_argument("--python", default="python3", help="interpreter of the wav.scp pipes")
     p.add_argument("factors", nargs="+", help="e.g. 0.9 1.0 1.1 (1.0: the original ids)")
     p = commands.add_parser("split", parents=[in_dir], help="split by utterance into DIR/splitN/1..N")
