@@ -1,5 +1,6 @@
 """Tests for espnet2_birq.utils.datadir and its utils/*.sh wrappers."""
 
+import io
 import os
 import subprocess
 import sys
@@ -148,7 +149,8 @@ def test_fix_sorts_drops_with_reasons_and_keeps_backup(data_dir):
     result = run_wrapper("fix_data_dir.sh", data_dir)
     assert result.returncode == 0, result.stderr
     assert "dropped 3 of 5 utterances" in result.stderr
-    for reason in ("empty transcript: 1", "audio file missing: 1", "missing from wav.scp: 1"):
+    for reason in ("text: empty transcript(s): 1", "wav.scp: recording(s) whose audio file does not exist",
+                   "text: utterance(s) not in wav.scp: 1"):
         assert reason in result.stderr
     assert (data_dir / "text").read_text() == "spk0-u0 a\nspk1-u3 d\n"
     assert (data_dir / "utt2spk").read_text() == "spk0-u0 spk0\nspk1-u3 spk1\n"
@@ -281,20 +283,26 @@ def test_no_second_data_dir_module_or_dead_download_script():
 # --------------------------------------------------------------------------
 
 
-def test_speed_perturb_resampler_equals_scipy_and_changes_the_duration():
-    scipy_signal = pytest.importorskip("scipy.signal")
+def test_speed_perturb_changes_duration_and_pitch_and_the_pipe_writes_wav(tmp_path):
     from espnet2_birq.bin import speed_perturb as sp
 
     x = np.random.default_rng(0).standard_normal((16003, 2))
-    for up, down in ((10, 9), (10, 11)):
-        np.testing.assert_allclose(sp.resample_poly(x, up, down, block=1000),
-                                   scipy_signal.resample_poly(x, up, down, axis=0), atol=1e-12)
-    assert sp.speed_perturb(x, 0.9).shape == (17782, 2)  # ceil(16003 / 0.9)
-    assert sp.speed_perturb(x, 1.1).shape == (14549, 2)  # ceil(16003 / 1.1)
+    assert sp.speed_perturb(x, 0.9).shape == (17781, 2)  # round(16003 / 0.9)
+    assert sp.speed_perturb(x, 1.1).shape == (14548, 2)  # round(16003 / 1.1)
+    assert sp.speed_perturb(x, 1.0) is x
     # a 1 kHz tone sped up by 1.1 is a 1.1 kHz tone
     t = np.arange(16000) / 16000
-    y = sp.speed_perturb(np.sin(2 * np.pi * 1000 * t)[:, None], 1.1)[:, 0]
+    y = sp.speed_perturb(np.sin(2 * np.pi * 1000 * t), 1.1)
     assert abs(np.argmax(np.abs(np.fft.rfft(y))) * 16000 / len(y) - 1100) < 2
+    soundfile.write(tmp_path / "a.wav", 0.5 * np.sin(2 * np.pi * 1000 * t), 16000, subtype="PCM_16")
+    result = subprocess.run(f"cat {tmp_path / 'a.wav'} | {sys.executable} -m espnet2_birq.bin.speed_perturb 0.9 -",
+                            shell=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert result.returncode == 0, result.stderr
+    with soundfile.SoundFile(io.BytesIO(result.stdout)) as f:
+        assert (f.samplerate, f.subtype, f.frames) == (16000, "PCM_16", 17778)
+    bad = subprocess.run([sys.executable, "-m", "espnet2_birq.bin.speed_perturb", "0.9", str(tmp_path / "none.wav")],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert bad.returncode == 1 and f"cannot read {tmp_path / 'none.wav'}" in bad.stderr
 
 
 def test_speed_perturb_dir_as_kaldi_with_segments(data_dir):

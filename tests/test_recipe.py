@@ -461,9 +461,9 @@ def test_speed_perturbation_and_duration_filters_in_stages_1_and_2(tmp_path):
     assert removed == {"s1-t1": "0.300", "s1-t3": "2.500", "sp0.9-s1-t1": "0.333", "sp0.9-s1-t3": "2.778",
                        "sp1.1-s1-t1": "0.273", "sp1.1-s1-t3": "2.273"}
     frames = dict(line.split() for line in (recipe / "dump" / "fbank" / "train_sp" / "utt2num_frames").read_text().splitlines())
-    # the perturbed audio lasts 1/factor as long: ceil(16000 / factor) samples
+    # the perturbed audio lasts 1/factor as long: round(16000 / factor) samples
     assert frames == {"s1-t2": str(num_frames(16000, 16000)), "sp0.9-s1-t2": str(num_frames(17778, 16000)),
-                      "sp1.1-s1-t2": str(num_frames(14546, 16000))}
+                      "sp1.1-s1-t2": str(num_frames(14545, 16000))}
     assert (recipe / "dump" / "fbank" / "train_sp" / "text").read_text() == "s1-t2 A\nsp0.9-s1-t2 A\nsp1.1-s1-t2 A\n"
     pretrain = [line.split()[0] for line in (recipe / "dump" / "fbank" / "pretrain" / "feats.scp").read_text().splitlines()]
     assert pretrain == ["s0-p2", "s0-p3"]

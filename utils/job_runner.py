@@ -1,32 +1,27 @@
 """Shared implementation of ``utils/run.pl`` and ``utils/slurm.pl``.
 
-Both scripts follow the calling convention of Kaldi's job runners::
+Both follow the calling convention of Kaldi's job runners::
 
     run.pl   [options] [JOB=1:N] log/name.JOB.log command args...
     slurm.pl [options] [JOB=1:N] log/name.JOB.log command args...
 
-``JOB`` (any upper/lower-case identifier may be used instead) is replaced by the
-job index in the log path and in every argument of the command.  The command
-arguments are joined into one bash command line (see ``join_command``) and run
-with ``bash -o pipefail -c``, its stdout and stderr appended to the log.  Every
-log starts with a header (the command, start time, host) and ends with the
-Kaldi-style footer::
+``JOB`` (any identifier may be used instead) is replaced by the job index in the log
+path and in every argument.  The arguments are joined into one bash command line
+(:func:`join_command`) run with ``bash -o pipefail -c``, its output appended to the log,
+which starts with the command and ends with Kaldi's footer::
 
     # Accounting: time=SECONDS threads=N
     # Ended (code EXIT_CODE) at DATE
 
-The call exits with status 1 if any job failed and names the failed jobs'
-logs on stderr.
+The call exits with status 1 if any job failed, naming the failed jobs' logs and
+showing their last lines on stderr.
 
-Why Python with ``.pl`` names: ``espnet2.bin.launch`` decides how to start
-multi-node training from the *file name* of ``--cmd`` (``run.pl`` refuses
-multi-node, ``slurm.pl`` gets an ``srun`` command) and every Kaldi/ESPnet recipe
-spells these tools ``utils/run.pl``.  The names are therefore part of the
-interface; the language is not.  This module uses only the standard library so
-the runners work with any ``python3`` >= 3.8, inside or outside the venv.
+Why Python with ``.pl`` names: ``espnet2.bin.launch`` decides how to start multi-node
+training from the *file name* of ``--cmd`` (``run.pl`` refuses multi-node, ``slurm.pl``
+gets an ``srun`` command) and every Kaldi/ESPnet recipe spells these tools
+``utils/run.pl``.  Standard library only: the runners work with any ``python3`` >= 3.8.
 """
 
-import dataclasses
 import os
 import re
 import shlex
@@ -41,46 +36,67 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-# Options shared by both runners; slurm.pl additionally accepts any option
-# named in its config file.  Values are kept as strings (as given).
+# Options of both runners; slurm.pl also accepts any option its config file names.
 COMMON_OPTIONS = ("gpu", "mem", "num_threads", "max_jobs_run", "num_nodes", "time", "name", "config")
-
 FOOTER_RE = re.compile(r"^# Ended \(code (-?\d+)\) at ")
 JOB_RANGE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\d+)(?::(\d+))?$")
-# Arguments made only of these characters are passed to bash unquoted; this
-# keeps Kaldi's idiom of passing shell operators as separate words working,
-# e.g.  run.pl log cmd1 args \| cmd2 args  or  ... \> out.txt
+# Words of only these characters reach bash unquoted, so Kaldi's idiom of passing shell
+# operators as separate words keeps working:  run.pl log cmd1 args \| cmd2 args
 _SHELL_PLAIN_RE = re.compile(r"[^\s'\"\\]+")
-
 DATE_FORMAT = "%a %b %d %H:%M:%S %Z %Y"
+LOG_TAIL_LINES, LOGS_SHOWN, FAILURES_LISTED = 20, 3, 20
+# ssl.sh exports its pid as RECIPE_PID: when the recipe dies (even by SIGKILL, which it
+# cannot trap) the runner stops its jobs rather than leave them writing into exp/.
+WATCH_SECONDS = 1.0
 
 
 class UsageError(Exception):
     """Bad command line or configuration; reported without a traceback."""
 
 
-@dataclasses.dataclass
+def join_command(args: List[str]) -> str:
+    """One bash command line: words without whitespace or quotes stay as they are (shell
+    operators work, as in Kaldi's run.pl), others are quoted into one argument each."""
+    return " ".join(arg if _SHELL_PLAIN_RE.fullmatch(arg) else shlex.quote(arg) for arg in args)
+
+
 class JobRequest:
-    """A parsed runner command line."""
+    """A parsed command line: ``[--opt value]... [VAR=a:b] [--opt value]... LOG COMMAND...``.
 
-    options: Dict[str, str]
-    job_variable: Optional[str]  # e.g. "JOB"; None for a single job
-    first_index: int
-    last_index: int
-    log_template: str
-    command_args: List[str]
+    Options may come before or after the job range (as with Kaldi's queue.pl), spelt
+    ``--num-threads`` or ``--num_threads``.
+    """
 
-    @property
-    def indices(self) -> List[Optional[int]]:
-        if self.job_variable is None:
-            return [None]
-        return list(range(self.first_index, self.last_index + 1))
+    def __init__(self, program: str, argv: List[str]):
+        self.options: Dict[str, str] = {}
+        self.job_variable: Optional[str] = None
+        self.indices: List[Optional[int]] = [None]
+        args = list(argv)
+        while args and (args[0].startswith("--") or (JOB_RANGE_RE.match(args[0]) and self.job_variable is None)):
+            head = args.pop(0)
+            if head.startswith("--"):
+                name, has_value, value = head[2:].partition("=")
+                if not has_value:
+                    if not args:
+                        raise UsageError(f"option '{head}' needs a value")
+                    value = args.pop(0)
+                self.options[name.replace("-", "_")] = value
+                continue
+            variable, first, last = JOB_RANGE_RE.match(head).groups()
+            self.job_variable, self.indices, job_range = variable, list(range(int(first), int(last or first) + 1)), head
+            if not self.indices:
+                raise UsageError(f"empty job range '{head}'")
+        if len(args) < 2:
+            raise UsageError("expected a log file and a command after the options\n"
+                             f"usage: {program} [options] [JOB=1:N] log/name.JOB.log command args...")
+        self.log_template, self.command_args = args[0], args[1:]
+        if len(self.indices) > 1 and self.job_variable not in self.log_template:
+            raise UsageError(f"running jobs {job_range} in parallel but the log file '{self.log_template}' does not "
+                             f"contain '{self.job_variable}', so all jobs would write the same log")
 
     def substitute(self, text: str, index: Optional[int]) -> str:
-        """Replace the job variable by ``index`` everywhere in ``text`` (Kaldi semantics)."""
-        if self.job_variable is None or index is None:
-            return text
-        return text.replace(self.job_variable, str(index))
+        """``text`` with the job variable replaced by ``index`` everywhere (Kaldi semantics)."""
+        return text if index is None else text.replace(self.job_variable, str(index))
 
     def log_path(self, index: Optional[int]) -> str:
         return self.substitute(self.log_template, index)
@@ -89,260 +105,141 @@ class JobRequest:
         return join_command([self.substitute(arg, index) for arg in self.command_args])
 
     def int_option(self, name: str, default: int) -> int:
-        value = self.options.get(name)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise UsageError(f"--{name} expects an integer, got '{value}'") from None
-        if number < 0:
-            raise UsageError(f"--{name} must not be negative, got {number}")
-        return number
+        value = self.options.get(name, str(default))
+        if not value.isdigit():
+            raise UsageError(f"--{name} expects a non-negative integer, got '{value}'")
+        return int(value)
+
+    def check_option_names(self, accepted) -> None:
+        """Reject options the runner does not know, so a typo never goes unnoticed."""
+        for name in self.options:
+            if name not in accepted:
+                raise UsageError(f"unknown option '--{name}' (accepted: "
+                                 + ", ".join("--" + o for o in sorted(accepted)) + ")")
 
 
-def join_command(args: List[str]) -> str:
-    """Join arguments into one bash command line.
-
-    Words without whitespace or quote characters are kept as they are, so the
-    shell still interprets operators (``|``, ``>``, ``&&``) and variables the
-    caller escaped on purpose, exactly as Kaldi's run.pl does.  Words with
-    whitespace or quotes are single-quoted so they reach the program as one
-    argument, e.g. ``"ark:gunzip -c a.gz |"``.
-    """
-    words = []
-    for arg in args:
-        if _SHELL_PLAIN_RE.fullmatch(arg):
-            words.append(arg)
-        else:
-            words.append(shlex.quote(arg))
-    return " ".join(words)
-
-
-def parse_command_line(program: str, argv: List[str]) -> JobRequest:
-    """Parse ``[--opt value]... [VAR=a:b] [--opt value]... LOG COMMAND...``.
-
-    Options may appear before or after the job range, as with Kaldi's queue.pl.
-    Both ``--num-threads`` and ``--num_threads`` spellings are accepted.
-    """
-    options: Dict[str, str] = {}
-    job_variable, first, last = None, 1, 1
-    args = list(argv)
-    while args:
-        head = args[0]
-        if head.startswith("--"):
-            name, has_inline_value, inline_value = head[2:].partition("=")
-            name = name.replace("-", "_")
-            if has_inline_value:
-                options[name] = inline_value
-                args = args[1:]
-            else:
-                if len(args) < 2:
-                    raise UsageError(f"option '{head}' needs a value")
-                options[name] = args[1]
-                args = args[2:]
-            continue
-        match = JOB_RANGE_RE.match(head)
-        if match and job_variable is None:
-            job_variable = match.group(1)
-            first = int(match.group(2))
-            last = int(match.group(3)) if match.group(3) is not None else first
-            if last < first:
-                raise UsageError(f"empty job range '{head}'")
-            args = args[1:]
-            continue
-        break
-    if len(args) < 2:
-        raise UsageError(
-            "expected a log file and a command after the options\n"
-            f"usage: {program} [options] [JOB=1:N] log/name.JOB.log command args..."
-        )
-    log_template, command_args = args[0], args[1:]
-    if job_variable is not None and last > first and job_variable not in log_template:
-        raise UsageError(
-            f"running jobs {job_variable}={first}:{last} in parallel but the log file "
-            f"'{log_template}' does not contain '{job_variable}', so all jobs would "
-            "write the same log"
-        )
-    return JobRequest(options, job_variable, first, last, log_template, command_args)
-
-
-def check_option_names(request: JobRequest, accepted_options) -> None:
-    """Reject options the runner does not know, so a typo never goes unnoticed."""
-    for name in request.options:
-        if name not in accepted_options:
-            raise UsageError(
-                f"unknown option '--{name}' (accepted: "
-                + ", ".join("--" + o for o in sorted(accepted_options)) + ")"
-            )
+def read_log(path: str) -> List[str]:
+    with open(path, "rb") as log:
+        return log.read().decode("utf-8", errors="replace").splitlines()
 
 
 def read_exit_code(log_path: str) -> Optional[int]:
     """Exit code recorded in the footer of a job log, or None if the log has no footer."""
     try:
-        with open(log_path, "rb") as log:
-            lines = log.read().decode("utf-8", errors="replace").splitlines()
+        codes = [int(m.group(1)) for m in map(FOOTER_RE.match, read_log(log_path)) if m]
     except FileNotFoundError:
         return None
-    for line in reversed(lines):
-        match = FOOTER_RE.match(line)
-        if match:
-            return int(match.group(1))
-    return None
-
-
-def header_text(command: str, host: str) -> str:
-    return f"# {command}\n# Started at {time.strftime(DATE_FORMAT)} on {host}\n#\n"
+    return codes[-1] if codes else None
 
 
 def footer_text(seconds: int, threads: int, code: int) -> str:
-    return (
-        f"# Accounting: time={seconds} threads={threads}\n"
-        f"# Ended (code {code}) at {time.strftime(DATE_FORMAT)}\n"
-    )
+    return f"# Accounting: time={seconds} threads={threads}\n# Ended (code {code}) at {time.strftime(DATE_FORMAT)}\n"
+
+
+def describe_exit_code(code: int) -> str:
+    if code > 128 and code - 128 in signal.valid_signals():
+        return f"exit code {code}, killed by {signal.Signals(code - 128).name}"
+    return f"exit code {code}"
+
+
+def say(*lines: str) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 def report_failures(program: str, request: JobRequest, failures: List[Tuple[Optional[int], str]]) -> None:
-    """Print which jobs failed and where their logs are (at most 20 listed)."""
-    total = len(request.indices)
+    """Name the failed jobs' logs (at most 20) and print the last lines of the first ones."""
     if request.job_variable is None:
-        index, reason = failures[0]
-        print(f"{program}: job failed ({reason}), log is in {request.log_path(index)}", file=sys.stderr)
-        print_log_tails(program, [request.log_path(index)])
-        return
-    shown = failures[:20]
-    print(
-        f"{program}: {len(failures)} / {total} jobs failed "
-        f"({request.job_variable}=" + ",".join(str(i) for i, _ in shown)
-        + (",..." if len(failures) > len(shown) else "") + "):",
-        file=sys.stderr,
-    )
-    for index, reason in shown:
-        print(f"{program}:   {request.log_path(index)} ({reason})", file=sys.stderr)
-    if len(failures) > len(shown):
-        print(f"{program}:   ... and {len(failures) - len(shown)} more", file=sys.stderr)
-    print_log_tails(program, [request.log_path(index) for index, _ in failures])
-
-
-LOG_TAIL_LINES = 20
-LOGS_SHOWN = 3
-
-
-def print_log_tails(program: str, log_paths: List[str]) -> None:
-    """Print the last lines of failed jobs' logs: the cause is usually there."""
-    for path in log_paths[:LOGS_SHOWN]:
+        say(f"{program}: job failed ({failures[0][1]}), log is in {request.log_path(None)}")
+    else:
+        shown, more = failures[:FAILURES_LISTED], len(failures) - FAILURES_LISTED
+        say(f"{program}: {len(failures)} / {len(request.indices)} jobs failed ({request.job_variable}="
+            + ",".join(str(i) for i, _ in shown) + (",...):" if more > 0 else "):"),
+            *[f"{program}:   {request.log_path(index)} ({reason})" for index, reason in shown],
+            *([f"{program}:   ... and {more} more"] if more > 0 else []))
+    for index, _ in failures[:LOGS_SHOWN]:  # the cause is usually at the end of the log
         try:
-            with open(path, "rb") as log:
-                lines = log.read().decode("utf-8", errors="replace").splitlines()
+            lines = [line for line in read_log(request.log_path(index))
+                     if not line.startswith(("# Ended (code", "# Accounting:"))]
         except OSError:
             continue
-        lines = [line for line in lines if not FOOTER_RE.match(line) and not line.startswith("# Accounting:")]
-        print(f"{program}: ---- last {min(LOG_TAIL_LINES, len(lines))} lines of {path} ----", file=sys.stderr)
-        for line in lines[-LOG_TAIL_LINES:]:
-            print(f"{program}: | {line}", file=sys.stderr)
-    if len(log_paths) > LOGS_SHOWN:
-        print(f"{program}: (logs of {len(log_paths) - LOGS_SHOWN} more failed jobs not shown)", file=sys.stderr)
-
-
-# The recipe exports its pid as RECIPE_PID: when the recipe dies (even by
-# SIGKILL, which it cannot trap), the runner stops its jobs instead of leaving
-# them running unsupervised, e.g. a trainer writing into an experiment
-# directory that a re-run of the recipe is about to use.
-RECIPE_PID_VARIABLE = "RECIPE_PID"
-WATCH_SECONDS = 1.0
+        say(f"{program}: ---- last {min(LOG_TAIL_LINES, len(lines))} lines of {request.log_path(index)} ----",
+            *[f"{program}: | {line}" for line in lines[-LOG_TAIL_LINES:]])
+    if len(failures) > LOGS_SHOWN:
+        say(f"{program}: (logs of {len(failures) - LOGS_SHOWN} more failed jobs not shown)")
 
 
 def process_is_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat", "rb") as stat:  # a zombie (dead, not yet reaped) counts as dead
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie (dead, not yet reaped) counts as dead
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
+    except (OSError, IndexError):  # not ours to signal, or no /proc: alive
         return True
 
 
 def watch_recipe(stop) -> None:
     """Call ``stop(signal.SIGTERM, None)`` once the recipe (RECIPE_PID) or our parent is gone."""
-    value = os.environ.get(RECIPE_PID_VARIABLE, "")
-    recipe_pid = int(value) if value.isdigit() else None
-    parent = os.getppid()
+    value = os.environ.get("RECIPE_PID", "")
+    recipe_pid, parent = (int(value) if value.isdigit() else None), os.getppid()
 
     def loop():
-        while True:
+        while os.getppid() == parent and (recipe_pid is None or process_is_alive(recipe_pid)):
             time.sleep(WATCH_SECONDS)
-            gone = os.getppid() != parent or (recipe_pid is not None and not process_is_alive(recipe_pid))
-            if gone:
-                print(f"the recipe (pid {recipe_pid or parent}) is gone; stopping its jobs", file=sys.stderr)
-                stop(signal.SIGTERM, None)
-                return
+        say(f"the recipe (pid {recipe_pid or parent}) is gone; stopping its jobs")
+        stop(signal.SIGTERM, None)
 
     threading.Thread(target=loop, daemon=True).start()
 
 
-def describe_exit_code(code: int) -> str:
-    if code > 128:
-        try:
-            return f"exit code {code}, killed by {signal.Signals(code - 128).name}"
-        except ValueError:
-            pass
-    return f"exit code {code}"
-
-
-# --------------------------------------------------------------------------
-# Local runner (run.pl)
-# --------------------------------------------------------------------------
+def run_until_stopped(stop, body) -> int:
+    """``body()`` with SIGINT/SIGTERM/SIGHUP and the recipe's death calling ``stop``."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    watch_recipe(stop)
+    return body()
 
 
 class LocalRunner:
-    """Runs the jobs as local processes, at most ``--max_jobs_run`` at a time."""
+    """run.pl: the jobs as local processes, at most ``--max_jobs_run`` at a time."""
 
     program = "run.pl"
-    accepted_options = frozenset(COMMON_OPTIONS)
 
     def __init__(self, request: JobRequest):
-        self.request = request
-        self.threads = request.int_option("num_threads", 1)
-        num_nodes = request.int_option("num_nodes", 1)
-        if num_nodes > 1:
-            raise UsageError(f"--num_nodes {num_nodes}: run.pl runs everything on this machine; use slurm.pl")
+        request.check_option_names(COMMON_OPTIONS)
+        if request.int_option("num_nodes", 1) > 1:
+            raise UsageError(f"--num_nodes {request.options['num_nodes']}: run.pl runs everything on this machine; "
+                             "use slurm.pl")
+        self.request, self.threads = request, request.int_option("num_threads", 1)
         self.max_parallel = request.int_option("max_jobs_run", os.cpu_count() or 1) or 1
-        self.host = socket.gethostname()
         self._live: Dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._stopping = False
 
     def run_one(self, index: Optional[int]) -> int:
-        log_path = self.request.log_path(index)
-        command = self.request.command(index)
+        log_path, command = self.request.log_path(index), self.request.command(index)
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "w", encoding="utf-8") as log:
-            log.write(header_text(command, self.host))
+            log.write(f"# {command}\n# Started at {time.strftime(DATE_FORMAT)} on {socket.gethostname()}\n#\n")
             log.flush()
             start = time.time()
             with self._lock:
                 if self._stopping:
                     return 1
-                # Own process group so that stopping run.pl stops the whole
-                # pipeline a job started, not only its bash.
-                process = subprocess.Popen(
-                    ["bash", "-o", "pipefail", "-c", command],
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                )
+                # Own process group: stopping run.pl stops the whole pipeline of a job.
+                process = subprocess.Popen(["bash", "-o", "pipefail", "-c", command], stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
                 self._live[process.pid] = process
             code = process.wait()
             with self._lock:
                 self._live.pop(process.pid, None)
-            if code < 0:  # killed by a signal: report it the way a shell would
-                code = 128 - code
+            code = 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
             log.write(footer_text(int(time.time() - start), self.threads, code))
         return code
 
-    def stop_all(self, signum, _frame) -> None:
+    def stop(self, signum, _frame) -> None:
         with self._lock:
             self._stopping = True
             for process in self._live.values():
@@ -350,29 +247,20 @@ class LocalRunner:
                     os.killpg(process.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        print(f"{self.program}: stopped by {signal.Signals(signum).name}; running jobs were terminated",
-              file=sys.stderr)
+        say(f"{self.program}: stopped by {signal.Signals(signum).name}; running jobs were terminated")
         os._exit(128 + signum)
 
     def run(self) -> int:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, self.stop_all)
-        watch_recipe(self.stop_all)
         indices = self.request.indices
         with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(indices))) as pool:
             codes = list(pool.map(self.run_one, indices))
         failures = [(i, describe_exit_code(c)) for i, c in zip(indices, codes) if c != 0]
         if failures:
             report_failures(self.program, self.request, failures)
-            return 1
-        return 0
+        return 1 if failures else 0
 
 
-# --------------------------------------------------------------------------
-# Slurm runner (slurm.pl)
-# --------------------------------------------------------------------------
-
-# Same syntax as Kaldi's conf/slurm.conf:
+# slurm.pl's rules, in the syntax of Kaldi's conf/slurm.conf:
 #   command <submit command>           the sbatch call (without options below)
 #   option NAME=VALUE <sbatch args>    used when --NAME VALUE is given
 #   option NAME=* <sbatch args>        any other value; $0 is replaced by it
@@ -390,288 +278,189 @@ option gpu=* --gres=gpu:$0
 """
 
 
-@dataclasses.dataclass
 class SlurmConfig:
-    submit_command: List[str]
-    exact_rules: Dict[Tuple[str, str], List[str]]
-    wildcard_rules: Dict[str, List[str]]
-    defaults: Dict[str, str]
+    """The rules of a Kaldi-style slurm.conf: ``rules[(name, value or "*")]`` -> sbatch args."""
+
+    def __init__(self, text: str, origin: str):
+        self.submit_command: List[str] = []
+        self.rules: Dict[Tuple[str, str], List[str]] = {}
+        self.defaults: Dict[str, str] = {}
+        for line_number, raw_line in enumerate(text.splitlines(), start=1):
+            where = f"{origin}:{line_number}"
+            try:
+                words = shlex.split(raw_line.split("#", 1)[0])
+            except ValueError as error:
+                raise UsageError(f"{where}: cannot parse '{raw_line}': {error}") from None
+            if words[:1] == ["command"] and len(words) > 1:
+                self.submit_command = words[1:]
+            elif words[:1] in (["option"], ["default"]) and len(words) > 1 and "=" in words[1]:
+                name, _, value = words[1].partition("=")
+                if words[0] == "default":
+                    self.defaults[name.replace("-", "_")] = value
+                else:
+                    self.rules[(name.replace("-", "_"), value)] = words[2:]
+            elif words:
+                raise UsageError(f"{where}: expected 'command ...', 'option NAME=VALUE args...' or "
+                                 f"'default NAME=VALUE', got '{raw_line}'")
+        if not self.submit_command:
+            raise UsageError(f"{origin}: no 'command' line (e.g. 'command sbatch --export=ALL')")
+
+    @classmethod
+    def load(cls, path: Optional[str]) -> "SlurmConfig":
+        """--config FILE, else conf/slurm.conf if the recipe has one, else the built-in rules."""
+        path = path or ("conf/slurm.conf" if Path("conf/slurm.conf").is_file() else None)
+        if path is None:
+            return cls(DEFAULT_SLURM_CONFIG, "<built-in slurm config>")
+        try:
+            return cls(Path(path).read_text(encoding="utf-8"), path)
+        except OSError as error:
+            raise UsageError(f"cannot read config file {path}: {error}") from None
 
     @property
     def option_names(self):
-        return {name for name, _ in self.exact_rules} | set(self.wildcard_rules) | set(self.defaults)
-
-    @classmethod
-    def parse(cls, text: str, origin: str) -> "SlurmConfig":
-        submit_command: List[str] = []
-        exact, wildcard, defaults = {}, {}, {}
-        for line_number, raw_line in enumerate(text.splitlines(), start=1):
-            line = raw_line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            where = f"{origin}:{line_number}"
-            try:
-                words = shlex.split(line)
-            except ValueError as error:
-                raise UsageError(f"{where}: cannot parse '{raw_line}': {error}") from None
-            keyword = words[0]
-            if keyword == "command":
-                if len(words) < 2:
-                    raise UsageError(f"{where}: 'command' needs the submit program, e.g. 'command sbatch'")
-                submit_command = words[1:]
-                continue
-            if keyword not in ("option", "default") or len(words) < 2 or "=" not in words[1]:
-                raise UsageError(
-                    f"{where}: expected 'command ...', 'option NAME=VALUE args...' or "
-                    f"'default NAME=VALUE', got '{raw_line}'"
-                )
-            name, _, value = words[1].partition("=")
-            name = name.replace("-", "_")
-            if keyword == "default":
-                defaults[name] = value
-            elif value == "*":
-                wildcard[name] = words[2:]
-            else:
-                exact[(name, value)] = words[2:]
-        if not submit_command:
-            raise UsageError(f"{origin}: no 'command' line (e.g. 'command sbatch --export=ALL')")
-        return cls(submit_command, exact, wildcard, defaults)
+        return {name for name, _ in self.rules} | set(self.defaults)
 
     def sbatch_args(self, options: Dict[str, str]) -> List[str]:
-        """Translate runner options into scheduler arguments following the rules."""
         args: List[str] = []
-        for name in sorted(self.option_names | set(options)):
-            if name in ("config", "max_jobs_run"):
-                continue  # handled by slurm.pl itself
+        for name in sorted((self.option_names | set(options)) - {"config", "max_jobs_run"}):  # slurm.pl's own
             value = options.get(name, self.defaults.get(name))
-            if value is None:
-                continue
-            if (name, value) in self.exact_rules:
-                args += self.exact_rules[(name, value)]
-            elif name in self.wildcard_rules:
-                args += [word.replace("$0", value) for word in self.wildcard_rules[name]]
-            else:
+            rule = self.rules.get((name, value), self.rules.get((name, "*")))
+            if value is not None and rule is None:
                 raise UsageError(f"the Slurm config has no rule for --{name} {value}")
+            args += [word.replace("$0", value) for word in rule] if value is not None else []
         return args
 
 
-def load_slurm_config(config_path: Optional[str]) -> SlurmConfig:
-    """--config FILE, else conf/slurm.conf if the recipe has one, else the built-in rules."""
-    if config_path is None and Path("conf/slurm.conf").is_file():
-        config_path = "conf/slurm.conf"
-    if config_path is None:
-        return SlurmConfig.parse(DEFAULT_SLURM_CONFIG, "<built-in slurm config>")
-    try:
-        text = Path(config_path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise UsageError(f"cannot read config file {config_path}: {error}") from None
-    return SlurmConfig.parse(text, config_path)
-
-
 class SlurmRunner:
-    """Submits the jobs as one ``sbatch`` (array) job and waits for them.
+    """slurm.pl: the jobs as one ``sbatch`` (array) job, waited for.
 
-    Each job index gets a self-contained script ``<logdir>/q/<name>.<index>.sh``
-    (it can be rerun by hand with bash).  For a job array, the submitted script
-    only dispatches to the script of ``$SLURM_ARRAY_TASK_ID``.  When the Slurm
-    job has left the queue, each job's exit status is read from the footer of
-    its log; logs without a footer (job killed by time limit, OOM, node
-    failure, scancel) count as failed and the Slurm state from ``sacct`` is
-    shown.  Slurm's own messages for a job go to ``<logdir>/q/<name>.<index>.log``.
+    Each job gets a script ``<logdir>/q/<name>.<index>.sh`` (rerunnable by hand with bash);
+    an array job runs the one of ``$SLURM_ARRAY_TASK_ID``.  Once the job has left the queue,
+    each exit status is read from its log's footer; a log without one (time limit, OOM,
+    node failure, scancel) counts as failed and ``sacct``'s state is shown.  Slurm's own
+    messages go to ``<logdir>/q/<name>.<index>.log``.
 
-    Environment: SLURM_PL_POLL_SECONDS (default 30) how often squeue is asked;
-    SLURM_PL_LOG_WAIT_SECONDS (default 60) how long to wait for log footers to
-    appear on a shared file system after the job left the queue.
+    Environment: SLURM_PL_POLL_SECONDS (default 30) between squeue calls;
+    SLURM_PL_LOG_WAIT_SECONDS (default 60) to wait for log footers on a shared file system.
     """
 
     program = "slurm.pl"
 
-    def __init__(self, request: JobRequest, config: SlurmConfig):
-        self.request = request
-        self.config = config
-        self.threads = request.int_option("num_threads", 1)
+    def __init__(self, request: JobRequest):
+        self.config = SlurmConfig.load(request.options.get("config"))
+        # The config may define extra options (Kaldi convention): checked after loading it.
+        request.check_option_names(set(COMMON_OPTIONS) | self.config.option_names)
+        if shutil.which(self.config.submit_command[0]) is None:
+            raise UsageError(f"'{self.config.submit_command[0]}' not found on PATH (is this a Slurm login node?)")
+        self.request, self.threads = request, request.int_option("num_threads", 1)
         self.max_parallel = request.int_option("max_jobs_run", 0)
         self.poll_seconds = float(os.environ.get("SLURM_PL_POLL_SECONDS", "30"))
         self.log_wait_seconds = float(os.environ.get("SLURM_PL_LOG_WAIT_SECONDS", "60"))
+        self.array = len(request.indices) > 1
         self.job_id: Optional[str] = None
 
-    def q_file_template(self, suffix: str) -> str:
-        """Path (relative as given, job variable unsubstituted) of a file in <logdir>/q/.
-
-        e.g. log template exp/log/x.JOB.log, suffix .sh -> exp/log/q/x.JOB.sh
-        """
+    def q_file(self, suffix: str, index: Optional[int] = None, absolute: bool = True) -> str:
+        """``<logdir>/q/<name><suffix>`` (e.g. exp/log/x.JOB.log -> exp/log/q/x.JOB.sh)."""
         directory, name = os.path.split(self.request.log_template)
         stem = name[: -len(".log")] if name.endswith(".log") else name
-        return os.path.join(directory, "q", stem + suffix)
+        path = self.request.substitute(os.path.join(directory, "q", stem + suffix), index)
+        return os.path.join(os.getcwd(), path) if absolute else path
 
-    def task_script_path(self, index: Optional[int]) -> Path:
-        return Path(self.request.substitute(self.q_file_template(".sh"), index)).absolute()
-
-    def write_task_script(self, index: Optional[int]) -> Path:
-        log_path = Path(self.request.log_path(index)).absolute()
-        command = self.request.command(index)
-        script_path = self.task_script_path(index)
-        script_path.parent.mkdir(parents=True, exist_ok=True)
-        # The log is truncated now, at submission, so that a footer left by an
-        # earlier run can never be mistaken for this run's exit status.
-        log_path.write_text(f"# {command}\n# Queued at {time.strftime(DATE_FORMAT)}\n", encoding="utf-8")
+    def write_task_script(self, index: Optional[int]) -> None:
+        log_path, command = os.path.abspath(self.request.log_path(index)), self.request.command(index)
+        script = Path(self.q_file(".sh", index))
+        script.parent.mkdir(parents=True, exist_ok=True)
+        # The log is truncated at submission: an earlier run's footer must never pass for this run's.
+        Path(log_path).write_text(f"# {command}\n# Queued at {time.strftime(DATE_FORMAT)}\n", encoding="utf-8")
         q = shlex.quote
-        script_path.write_text(
-            "#!/usr/bin/env bash\n"
-            f"# Generated by slurm.pl; rerun this job by hand with: bash {q(str(script_path))}\n"
-            f"cd {q(os.getcwd())} || exit 1\n"
-            f"log={q(str(log_path))}\n"
+        script.write_text(
+            f"#!/usr/bin/env bash\n# Generated by slurm.pl; rerun this job by hand with: bash {q(str(script))}\n"
+            f"cd {q(os.getcwd())} || exit 1\nlog={q(log_path)}\n"
             f"echo \"# Started at $(date '+{DATE_FORMAT}') on $(hostname)"
             " (Slurm job ${SLURM_JOB_ID:-none})\" >> \"$log\"\n"
-            "echo '#' >> \"$log\"\n"
-            "start=$SECONDS\n"
-            f"bash -o pipefail -c {q(command)} >> \"$log\" 2>&1\n"
-            "code=$?\n"
+            f"echo '#' >> \"$log\"\nstart=$SECONDS\nbash -o pipefail -c {q(command)} >> \"$log\" 2>&1\ncode=$?\n"
             f"printf '# Accounting: time=%d threads=%d\\n# Ended (code %d) at %s\\n' "
             f"$((SECONDS - start)) {self.threads} \"$code\" \"$(date '+{DATE_FORMAT}')\" >> \"$log\"\n"
-            "exit \"$code\"\n",
-            encoding="utf-8",
-        )
-        script_path.chmod(0o755)
-        return script_path
+            "exit \"$code\"\n", encoding="utf-8")
+        script.chmod(0o755)
 
     def submit(self) -> str:
         request = self.request
-        indices = request.indices
-        for index in indices:
+        for index in request.indices:
             self.write_task_script(index)
-        submit = list(self.config.submit_command) + self.config.sbatch_args(request.options) + ["--parsable"]
-        # Slurm's own messages (e.g. "CANCELLED DUE TO TIME LIMIT") go next to
-        # the job scripts; '%' is a pattern character in sbatch file names.
-        output_template = self.q_file_template(".log").replace("%", "%%")
-        if request.job_variable is not None:
-            output_template = output_template.replace(request.job_variable, "%a")
-        if not os.path.isabs(output_template):  # only the given path is substituted, not the cwd
-            output_template = os.getcwd().replace("%", "%%") + os.sep + output_template
-        if request.job_variable is None:
-            script = self.task_script_path(None)
-        else:
-            # The submitted script only dispatches to the task's own script.
-            # Only the template is split at the variable: the recipe's absolute
-            # directory may itself contain the letters "JOB".
-            script_template = self.q_file_template(".sh")
-            script = Path(script_template).absolute()
-            if request.job_variable not in script_template:  # JOB=1:1 with a fixed log name
-                script = Path(self.q_file_template(".array.sh")).absolute()
-            target = '"${SLURM_ARRAY_TASK_ID}"'.join(
-                shlex.quote(part) for part in script_template.split(request.job_variable)
-            )
-            if not os.path.isabs(script_template):
-                target = shlex.quote(os.getcwd() + os.sep) + target
-            script.write_text(
-                "#!/usr/bin/env bash\n"
-                "# Generated by slurm.pl: runs the script of this array task.\n"
-                f"exec bash {target}\n",
-                encoding="utf-8",
-            )
-            script.chmod(0o755)
-            array = f"{request.first_index}-{request.last_index}"
-            if self.max_parallel:
-                array += f"%{self.max_parallel}"
-            submit.append(f"--array={array}")
-        submit += [f"--output={output_template}", str(script)]
+        submit = self.config.submit_command + self.config.sbatch_args(request.options) + ["--parsable"]
+        output = self.q_file(".log", absolute=False).replace("%", "%%")  # '%': a pattern character of sbatch
+        script = self.q_file(".sh", request.indices[0])
+        if self.array:  # a dispatcher to the task's script; only the template (not the cwd) holds the variable
+            output = output.replace(request.job_variable, "%a")
+            template = self.q_file(".sh", absolute=False)
+            target = '"${SLURM_ARRAY_TASK_ID}"'.join(shlex.quote(p) for p in template.split(request.job_variable))
+            target = target if os.path.isabs(template) else shlex.quote(os.getcwd() + os.sep) + target
+            script = self.q_file(".array.sh")
+            Path(script).write_text(f"#!/usr/bin/env bash\n# Generated by slurm.pl: runs the script of this array "
+                                    f"task.\nexec bash {target}\n", encoding="utf-8")
+            throttle = f"%{self.max_parallel}" if self.max_parallel else ""
+            submit.append(f"--array={request.indices[0]}-{request.indices[-1]}{throttle}")
+        submit += [f"--output={os.path.join(os.getcwd().replace('%', '%%'), output)}", script]
         result = subprocess.run(submit, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if result.returncode != 0:
-            raise UsageError(
-                f"submission failed (exit code {result.returncode}): {join_command(submit)}\n"
-                + result.stderr.strip()
-            )
-        # --parsable prints "jobid" or "jobid;cluster"
-        job_id = result.stdout.strip().split(";")[0]
-        if not re.match(r"^\d+$", job_id):
+            raise UsageError(f"submission failed (exit code {result.returncode}): {join_command(submit)}\n"
+                             + result.stderr.strip())
+        job_id = result.stdout.strip().split(";")[0]  # --parsable prints "jobid" or "jobid;cluster"
+        if not job_id.isdigit():
             raise UsageError(f"could not read the job id from sbatch output '{result.stdout.strip()}'")
-        print(f"{self.program}: submitted Slurm job {job_id}: {join_command(submit)}", file=sys.stderr)
+        say(f"{self.program}: submitted Slurm job {job_id}: {join_command(submit)}")
         return job_id
 
     def job_in_queue(self) -> bool:
-        result = subprocess.run(
-            ["squeue", "--noheader", "--jobs", self.job_id, "--format=%i"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        if result.returncode == 0:
-            return bool(result.stdout.strip())
-        if "Invalid job id" in result.stderr:
-            return False  # finished long enough ago to be purged from the controller
-        # The controller may be briefly unreachable; keep waiting rather than
-        # declaring jobs finished.
-        print(f"{self.program}: squeue failed, retrying: {result.stderr.strip()}", file=sys.stderr)
+        result = subprocess.run(["squeue", "--noheader", "--jobs", self.job_id, "--format=%i"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if result.returncode == 0 or "Invalid job id" in result.stderr:  # long finished: purged
+            return result.returncode == 0 and bool(result.stdout.strip())
+        # The controller may be briefly unreachable: keep waiting rather than call the jobs finished.
+        say(f"{self.program}: squeue failed, retrying: {result.stderr.strip()}")
         return True
 
     def slurm_states(self) -> Dict[str, str]:
-        """Map 'JOBID' or 'JOBID_INDEX' to 'STATE exit=X:Y' from sacct (empty if unavailable)."""
+        """'JOBID' or 'JOBID_INDEX' -> 'Slurm state STATE, exit X:Y' from sacct (empty if unavailable)."""
         try:
-            result = subprocess.run(
-                ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", self.job_id,
-                 "--format=JobID,State,ExitCode"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )
+            result = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", self.job_id,
+                                     "--format=JobID,State,ExitCode"], stdout=subprocess.PIPE, text=True)
         except FileNotFoundError:
             return {}
-        states = {}
-        for line in result.stdout.splitlines():
-            fields = line.split("|")
-            if len(fields) >= 3:
-                states[fields[0]] = f"Slurm state {fields[1]}, exit {fields[2]}"
-        return states
+        rows = [line.split("|") for line in result.stdout.splitlines()]
+        return {row[0]: f"Slurm state {row[1]}, exit {row[2]}" for row in rows if len(row) >= 3}
 
-    def cancel(self, signum, _frame) -> None:
+    def stop(self, signum, _frame) -> None:
         if self.job_id is not None:
             subprocess.run(["scancel", self.job_id])
-            print(f"{self.program}: stopped by {signal.Signals(signum).name}; cancelled Slurm job {self.job_id}",
-                  file=sys.stderr)
+            say(f"{self.program}: stopped by {signal.Signals(signum).name}; cancelled Slurm job {self.job_id}")
         os._exit(128 + signum)
 
     def run(self) -> int:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, self.cancel)
-        watch_recipe(self.cancel)
         self.job_id = self.submit()
         while self.job_in_queue():
             time.sleep(self.poll_seconds)
-        indices = self.request.indices
-        codes = {i: read_exit_code(self.request.log_path(i)) for i in indices}
+        codes = {i: read_exit_code(self.request.log_path(i)) for i in self.request.indices}
         deadline = time.time() + self.log_wait_seconds
-        while any(c is None for c in codes.values()) and time.time() < deadline:
+        while None in codes.values() and time.time() < deadline:
             time.sleep(min(2.0, self.log_wait_seconds))
-            codes = {i: (c if c is not None else read_exit_code(self.request.log_path(i))) for i, c in codes.items()}
-        failures = [(i, describe_exit_code(c)) for i, c in codes.items() if c not in (None, 0)]
-        missing = [i for i, c in codes.items() if c is None]
-        if missing:
-            states = self.slurm_states()
-            for index in missing:
-                key = self.job_id if index is None or self.request.job_variable is None else f"{self.job_id}_{index}"
-                state = states.get(key, "Slurm state unknown")
-                failures.append((index, f"no exit status in the log; {state}"))
-            failures.sort(key=lambda failure: failure[0] or 0)
+            codes = {i: read_exit_code(self.request.log_path(i)) if c is None else c for i, c in codes.items()}
+        states = self.slurm_states() if None in codes.values() else {}
+        failures = [(i, describe_exit_code(c) if c is not None else "no exit status in the log; " + states.get(
+            f"{self.job_id}_{i}" if self.array else self.job_id, "Slurm state unknown"))
+            for i, c in codes.items() if c != 0]
         if failures:
             report_failures(self.program, self.request, failures)
-            return 1
-        return 0
+        return 1 if failures else 0
 
 
 def main(runner_name: str, argv: Optional[List[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     program = f"{runner_name}.pl"
     try:
-        if runner_name == "run":
-            request = parse_command_line(program, argv)
-            check_option_names(request, LocalRunner.accepted_options)
-            return LocalRunner(request).run()
-        if runner_name == "slurm":
-            request = parse_command_line(program, argv)
-            # The config may define extra options (Kaldi convention), so it is
-            # loaded before the option names are checked.
-            config = load_slurm_config(request.options.get("config"))
-            check_option_names(request, set(COMMON_OPTIONS) | config.option_names)
-            if shutil.which(config.submit_command[0]) is None:
-                raise UsageError(f"'{config.submit_command[0]}' not found on PATH (is this a Slurm login node?)")
-            return SlurmRunner(request, config).run()
-        raise ValueError(f"unknown runner {runner_name}")
+        request = JobRequest(program, sys.argv[1:] if argv is None else argv)
+        runner = LocalRunner(request) if runner_name == "run" else SlurmRunner(request)
+        return run_until_stopped(runner.stop, runner.run)
     except UsageError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
+        say(f"{program}: error: {error}")
         return 1

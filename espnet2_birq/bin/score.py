@@ -5,23 +5,21 @@
         [--use_sclite auto|true|false] [--missing_hyp error|empty] [--skip_empty_ref false]
     python -m espnet2_birq.bin.score results_table --exp_dir exp/asr_x [--pretrained_model M]
 
-Kaldi ``text`` files; tokens are words, or characters with ``<space>`` between words (as
-ESPnet's char tokenizer).  NIST sclite (``-i rm``) scores when found (on ``PATH``, Debian's
-``/usr/lib/sctk/bin/sclite`` or ``--sclite``), else kaldialign with sclite's costs (sub 4,
-del 3, ins 3), ASCII-case-insensitive like sclite (``--case_sensitive true``: ``-s``).  Both
-minimise the same cost, but on ties kaldialign can pick an alignment with other counts than
-sclite's, nearly always one with more errors: rare for words, a few percent of the utterances
-for characters (on simulated 15-30% CER, CER 0.05-0.15 absolute higher than sclite's).
-``summary.json`` and RESULTS.md name the scorer that produced the numbers.
+Tokens are words, or characters with ``<space>`` between words (ESPnet's char tokenizer).
+NIST sclite (``-i rm``; on ``PATH``, Debian's ``/usr/lib/sctk/bin/sclite`` or ``--sclite``)
+scores when found, else kaldialign with sclite's costs (sub 4, del 3, ins 3), ASCII-case-
+insensitive like sclite.  Both minimise the same cost, but
+on ties kaldialign can pick an alignment with other counts, nearly always more errors: rare for
+words, a few percent of the utterances for characters (CER 0.05-0.15 absolute higher).
 
-``out_dir`` gets ``result.txt`` (sclite's output, or its layout: summary with the ``Sum/Avg``
-line ESPnet's ``show_asr_result.sh`` greps, per-utterance ``REF:``/``HYP:``/``Eval:``),
-``summary.json`` (sclite's ``%.1f`` percentages, raw ``counts``, ``speakers`` with
-``--utt2spk``) and, for sclite, ``ref.trn``/``hyp.trn`` with ``(spk-utt)`` ids.  Unknown
-hypothesis ids, references without a hypothesis (``--missing_hyp empty``: all deletions)
-and empty references (``--skip_empty_ref true``: left out) are errors.  ``results_table``
-prints ESPnet's ``RESULTS.md`` sections for ``<exp>/<decode>/<set>/score_{wer,cer,ter}``,
-after ESPnet's ``## Environments`` block with ``--pretrained_model``.
+``out_dir`` gets ``result.txt`` (sclite's output, or its layout: the summary with the
+``Sum/Avg`` line ESPnet's ``show_asr_result.sh`` greps, per-utterance ``REF:``/``HYP:``/``Eval:``),
+``summary.json`` (sclite's ``%.1f`` percentages, raw ``counts``, ``speakers`` with ``--utt2spk``,
+the scorer) and, for sclite, ``ref.trn``/``hyp.trn``.  Unknown hypothesis ids, references
+without a hypothesis (``--missing_hyp empty``: all deletions) and empty references
+(``--skip_empty_ref true``: left out) are errors.  ``results_table`` prints ESPnet's
+``RESULTS.md`` sections for ``<exp>/<decode>/<set>/score_{wer,cer,ter}``, after ESPnet's
+``## Environments`` block with ``--pretrained_model``.
 """
 
 import argparse
@@ -34,10 +32,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields
+from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import kaldialign
+from espnet2.utils.types import str2bool
 
 from espnet2_birq.utils.datadir import DataDirError, read_kaldi_map
 
@@ -47,6 +46,7 @@ _EPS = ""  # the gap symbol for kaldialign: tokens are never empty
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _DEBIAN_SCLITE = "/usr/lib/sctk/bin/sclite"  # Debian/Ubuntu's sctk package, off PATH
+_COLUMNS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
 
 
 class ScoreError(Exception):
@@ -73,17 +73,16 @@ def read_text(path: str) -> Dict[str, str]:
         raise ScoreError(str(error)) from None
 
 
-def align(ref: Sequence[str], hyp: Sequence[str], case_sensitive: bool = False):
+def align(ref: Sequence[str], hyp: Sequence[str]):
     """kaldialign's minimum-cost alignment with sclite's costs (sub 4, del 3, ins 3).
 
     Returns ``[(op, ref_token, hyp_token)]`` with ``op`` one of ``C S D I`` and
     ``None`` for the missing side of a deletion or insertion.
     """
-    fold = (lambda t: t) if case_sensitive else (lambda t: t.translate(_LOWER))
-    # sclite traces its alignment back from the end, kaldialign from the start: aligning
-    # the reversed sequences puts gaps where sclite puts them in most cases (same cost).
-    pairs = kaldialign.align([fold(t) for t in reversed(ref)], [fold(t) for t in reversed(hyp)],
-                             _EPS, sclite_mode=True)[::-1]
+    # Case-folded (ASCII only) as sclite. sclite traces its alignment back from the end, kaldialign
+    # from the start: aligning the reversed sequences puts gaps where sclite puts them in most cases.
+    pairs = kaldialign.align([t.translate(_LOWER) for t in reversed(ref)],
+                             [t.translate(_LOWER) for t in reversed(hyp)], _EPS, sclite_mode=True)[::-1]
     ref_it, hyp_it, ops = iter(ref), iter(hyp), []
     for r, h in pairs:  # back to the original spelling of each token
         rt = next(ref_it) if r != _EPS else None
@@ -93,55 +92,36 @@ def align(ref: Sequence[str], hyp: Sequence[str], case_sensitive: bool = False):
     return ops
 
 
-@dataclass
-class Counts:
-    """Error counts; ``snt`` sentences and ``serr`` erroneous sentences."""
-
-    corr: int = 0
-    sub: int = 0
-    dele: int = 0
-    ins: int = 0
-    snt: int = 0
-    serr: int = 0
-
-    @property
-    def wrd(self) -> int:
-        return self.corr + self.sub + self.dele
-
-    @property
-    def err(self) -> int:
-        return self.sub + self.dele + self.ins
-
-    def add(self, other: "Counts") -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    @classmethod
-    def from_scores(cls, c: int, s: int, d: int, i: int) -> "Counts":
-        return cls(corr=c, sub=s, dele=d, ins=i, snt=1, serr=int(s + d + i > 0))
-
-    @classmethod
-    def from_ops(cls, ops) -> "Counts":
-        return cls.from_scores(*[sum(op == x for op, _, _ in ops) for x in "CSDI"])
+def utterance_counts(c: int, s: int, d: int, i: int) -> Counter:
+    """One utterance's counts, keyed by sclite's column names (``Snt`` 1, ``S.Err`` 0 or 1)."""
+    return Counter({"Snt": 1, "Corr": c, "Sub": s, "Del": d, "Ins": i, "S.Err": int(s + d + i > 0)})
 
 
-def summary_dict(total: Counts) -> Dict[str, object]:
+def ops_counts(ops) -> Counter:
+    return utterance_counts(*[sum(op == x for op, _, _ in ops) for x in "CSDI"])
+
+
+def columns(c: Counter) -> Dict[str, int]:
+    """The counts of sclite's summary columns (``Wrd`` reference tokens, ``Err`` errors)."""
+    return {"Snt": c["Snt"], "Wrd": c["Corr"] + c["Sub"] + c["Del"], "Corr": c["Corr"], "Sub": c["Sub"],
+            "Del": c["Del"], "Ins": c["Ins"], "Err": c["Sub"] + c["Del"] + c["Ins"], "S.Err": c["S.Err"]}
+
+
+def summary_dict(total: Counter) -> Dict[str, object]:
     """Percentages rounded to one decimal (as sclite prints them) plus raw counts."""
-    counts = {"Snt": total.snt, "Wrd": total.wrd, "Corr": total.corr, "Sub": total.sub,
-              "Del": total.dele, "Ins": total.ins, "Err": total.err, "S.Err": total.serr}
-    out: Dict[str, object] = {"Snt": total.snt, "Wrd": total.wrd}
-    for key in ["Corr", "Sub", "Del", "Ins", "Err", "S.Err"]:
-        den = total.snt if key == "S.Err" else total.wrd
+    counts = columns(total)
+    out: Dict[str, object] = {"Snt": counts["Snt"], "Wrd": counts["Wrd"]}
+    for key in _COLUMNS[2:]:
+        den = counts["Snt" if key == "S.Err" else "Wrd"]
         out[key] = float(f"{(100.0 * counts[key] / den if den else 0.0):.1f}")
-    out["counts"] = counts
-    return out
+    return {**out, "counts": counts}
 
 
 def _blen(s: str) -> int:
     return len(s.encode("utf-8"))  # sclite's column widths are in bytes
 
 
-def format_alignment(utt_id: str, ops, c: Counts) -> str:
+def format_alignment(utt_id: str, ops, c: Counter) -> str:
     """One utterance in sclite's ``pra`` layout (errors upper case, ``***`` for gaps)."""
     cols = []
     for op, r, h in ops:
@@ -151,37 +131,24 @@ def format_alignment(utt_id: str, ops, c: Counts) -> str:
         cols.append([t if t is not None else "*" * width for t in (r, h)] + ["" if op == "C" else op])
         cols[-1] = [t + " " * (width - _blen(t)) + " " for t in cols[-1]]
     rows = ["".join(col[k] for col in cols) for k in range(3)]
-    return (f"id: ({utt_id})\nScores: (#C #S #D #I) {c.corr} {c.sub} {c.dele} {c.ins}\n"
+    return (f"id: ({utt_id})\nScores: (#C #S #D #I) {c['Corr']} {c['Sub']} {c['Del']} {c['Ins']}\n"
             f"REF:  {rows[0]}\nHYP:  {rows[1]}\nEval: {rows[2]}\n")
 
 
-def format_summary(total: Counts, name: str, speakers: Optional[Dict[str, Counts]] = None) -> str:
+def format_summary(total: Counter, name: str, speakers: Optional[Dict[str, Counter]] = None) -> str:
     """sclite-like summary block: per-speaker and total percentages, then counts."""
     speakers = speakers or {}
     w = max([7] + [len(spk) for spk in speakers])
 
-    def row(label: str, c: Counts, pct: bool) -> str:
-        if pct:
-            s = summary_dict(c)
-            cells = f"{s['Corr']:4.1f}" + "".join(f" {s[k]:6.1f}" for k in ["Sub", "Del", "Ins", "Err", "S.Err"])
-        else:
-            cells = f"{c.corr:4d}" + "".join(f" {x:6d}" for x in [c.sub, c.dele, c.ins, c.err, c.serr])
-        return f"| {label:<{w}} | {c.snt:5d} {c.wrd:5d} | {cells} |\n"
+    def row(label: str, c: Counter, pct: bool) -> str:
+        s, n, spec = summary_dict(c) if pct else columns(c), columns(c), ".1f" if pct else "d"
+        cells = f"{s['Corr']:4{spec}}" + "".join(f" {s[k]:6{spec}}" for k in _COLUMNS[3:])
+        return f"| {label:<{w}} | {n['Snt']:5d} {n['Wrd']:5d} | {cells} |\n"
 
     title = "SYSTEM SUMMARY PERCENTAGES" + (" by SPEAKER" if speakers else "")
     return (f"{title} ({name})\n| {'SPKR':<{w}} | # Snt # Wrd | Corr    Sub    Del    Ins    Err  S.Err |\n"
             + "".join(row(s, c, True) for s, c in speakers.items()) + row("Sum/Avg", total, True)
             + "".join(row(s, c, False) for s, c in speakers.items()) + row("Sum", total, False))
-
-
-def speaker_counts(per_utt: Dict[str, Counts], utt2spk: Dict[str, str]) -> Dict[str, Counts]:
-    """Per-speaker sums of per-utterance counts, speakers sorted by name."""
-    out: Dict[str, Counts] = {}
-    for utt, c in per_utt.items():
-        if utt not in utt2spk:
-            raise ScoreError(f"utterance '{utt}' is not in utt2spk")
-        out.setdefault(utt2spk[utt], Counts()).add(c)
-    return dict(sorted(out.items()))
 
 
 def prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp="error", skip_empty_ref=False):
@@ -204,18 +171,19 @@ def prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp="error", skip_empty_
                          f"{empty[:10]} (pass --skip_empty_ref true to skip them)")
     if empty:
         logger.warning("skipping %d utterances with an empty reference transcript: %s", len(empty), empty[:10])
-    pairs = [(k, v, hyp.get(k, "")) for k, v in ref.items() if k not in set(empty)]
+    skipped = set(empty)
+    pairs = [(k, v, hyp.get(k, "")) for k, v in ref.items() if k not in skipped]
     if not pairs:
         raise ScoreError(f"{ref_path}: nothing to score")
     return pairs, {"missing_hyp": len(missing), "skipped_empty_ref": len(empty)}
 
 
-def score_kaldialign(pairs, unit: str, case_sensitive: bool = False):
+def score_kaldialign(pairs, unit: str):
     """Per-utterance counts and ``pra`` alignment blocks from :func:`align`."""
     per_utt, blocks = {}, []
     for utt_id, ref_text, hyp_text in pairs:
-        ops = align(tokenize(ref_text, unit), tokenize(hyp_text, unit), case_sensitive)
-        per_utt[utt_id] = Counts.from_ops(ops)
+        ops = align(tokenize(ref_text, unit), tokenize(hyp_text, unit))
+        per_utt[utt_id] = ops_counts(ops)
         blocks.append(format_alignment(utt_id, ops, per_utt[utt_id]))
     return per_utt, "\n".join(blocks)
 
@@ -243,18 +211,16 @@ def find_sclite(sclite: Optional[str]) -> Optional[str]:
     return shutil.which("sclite") or (_DEBIAN_SCLITE if os.access(_DEBIAN_SCLITE, os.X_OK) else None)
 
 
-def score_sclite(pairs, unit, out_dir, sclite, utt2spk=None, case_sensitive=False):
+def score_sclite(pairs, unit, out_dir, sclite, utt2spk=None):
     """Per-utterance counts and the full output of NIST sclite (``-i rm -o all stdout``)."""
-    ids = {utt: utt if utt2spk is None else f"{utt2spk.get(utt, '')}-{utt}" for utt, _, _ in pairs}
-    if utt2spk is not None and any(utt not in utt2spk for utt in ids):
-        raise ScoreError(f"utterance '{next(u for u in ids if u not in utt2spk)}' is not in utt2spk")
+    ids = {utt: utt if utt2spk is None else f"{utt2spk[utt]}-{utt}" for utt, _, _ in pairs}
     if len(set(ids.values())) != len(ids):
         raise ScoreError("trn ids are not unique after adding speaker prefixes")
     for side, name in ((1, "ref.trn"), (2, "hyp.trn")):
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             f.writelines(f"{' '.join(tokenize(p[side], unit))} ({ids[p[0]]})\n" for p in pairs)
     cmd = [sclite, "-r", os.path.join(out_dir, "ref.trn"), "trn", "-h", os.path.join(out_dir, "hyp.trn"),
-           "trn", "-i", "rm"] + (["-s"] if case_sensitive else []) + ["-o", "all", "stdout"]
+           "trn", "-i", "rm", "-o", "all", "stdout"]
     proc = subprocess.run(cmd, capture_output=True)
     output = proc.stdout.decode("utf-8", "replace")
     if proc.returncode != 0:
@@ -264,7 +230,7 @@ def score_sclite(pairs, unit, out_dir, sclite, utt2spk=None, case_sensitive=Fals
     if missing or len(scores) != len(pairs):
         raise ScoreError(f"sclite scored {len(scores)} of {len(pairs)} utterances (not: {missing[:10]}); "
                          f"see {out_dir}/result.txt")
-    return {utt: Counts.from_scores(*scores[ids[utt]]) for utt in ids}, output
+    return {utt: utterance_counts(*scores[ids[utt]]) for utt in ids}, output
 
 
 def sclite_version(sclite: str) -> str:
@@ -274,28 +240,31 @@ def sclite_version(sclite: str) -> str:
 
 
 def score_files(ref_path, hyp_path, unit, out_dir, use_sclite="auto", sclite=None, utt2spk_path=None,
-                missing_hyp="error", skip_empty_ref=False, case_sensitive=False) -> Dict[str, object]:
+                missing_hyp="error", skip_empty_ref=False) -> Dict[str, object]:
     """Score ``hyp_path`` against ``ref_path``, write ``out_dir``; returns ``summary.json``'s dict."""
     ref, hyp = read_text(ref_path), read_text(hyp_path)
     utt2spk = None
     if utt2spk_path is not None:
         utt2spk = {k: v.split()[0] for k, v in read_text(utt2spk_path).items() if v}
     pairs, notes = prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp, skip_empty_ref)
+    unknown = [utt for utt, _, _ in pairs if utt2spk is not None and utt not in utt2spk]
+    if unknown:
+        raise ScoreError(f"{len(unknown)} utterances are not in {utt2spk_path}: {unknown[:10]}")
     os.makedirs(out_dir, exist_ok=True)
     exe = find_sclite(sclite) if use_sclite in ("auto", "true") else None
     if exe is None and use_sclite == "true":
         raise ScoreError(f"--use_sclite true but sclite was not found ({sclite or 'sclite'} on PATH "
                          f"or {_DEBIAN_SCLITE}); install NIST SCTK (Debian/Ubuntu: apt install sctk)")
     if exe is not None:
-        per_utt, result = score_sclite(pairs, unit, out_dir, exe, utt2spk, case_sensitive)
+        per_utt, result = score_sclite(pairs, unit, out_dir, exe, utt2spk)
         scorer, version = "sclite", sclite_version(exe)
     else:
-        per_utt, aligned = score_kaldialign(pairs, unit, case_sensitive)
+        per_utt, aligned = score_kaldialign(pairs, unit)
         scorer, version = "kaldialign", kaldialign.__version__
-    total = Counts()
-    for c in per_utt.values():
-        total.add(c)
-    speakers = speaker_counts(per_utt, utt2spk) if utt2spk is not None else {}
+    total, speakers = sum(per_utt.values(), Counter()), {}
+    for utt, counts in per_utt.items() if utt2spk is not None else ():
+        speakers[utt2spk[utt]] = speakers.get(utt2spk[utt], Counter()) + counts
+    speakers = dict(sorted(speakers.items()))
     if exe is None:
         result = (format_summary(total, hyp_path, speakers) + "\n\nDUMP OF SYSTEM ALIGNMENT STRUCTURE\n\n"
                   + aligned)
@@ -313,7 +282,6 @@ def score_files(ref_path, hyp_path, unit, out_dir, use_sclite="auto", sclite=Non
     return summary
 
 
-_COLUMNS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
 _SUMAVG_RE = re.compile(r"\|\s*Sum/Avg\s*\|\s*(\d+)\s+(\d+)\s*\|" + r"\s*([-\d.]+)" * 6 + r"\s*\|")
 
 
@@ -388,15 +356,9 @@ def results_table(exp_dirs: Sequence[str], metrics=("wer", "cer", "ter")) -> str
                             f"Scored with {', '.join(scorers)}.", ""]
         if len(section) == 1:
             logger.warning("%s: no score_{wer,cer,ter} directories found", exp)
-            continue
-        out.append("\n".join(section))
+        else:
+            out.append("\n".join(section))
     return "\n".join(out)
-
-
-def _str2bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise argparse.ArgumentTypeError(f"expected true/false, got '{value}'")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -409,13 +371,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p = argparse.ArgumentParser(prog="python -m espnet2_birq.bin.score results_table",
                                         description="Print ESPnet RESULTS.md sections to stdout.")
             p.add_argument("--exp_dir", nargs="+", required=True)
-            p.add_argument("--pretrained_model", default=None,
-                           help="print ESPnet's '## Environments' block first, naming this "
-                           "pre-trained model ('none' when trained from scratch)")
-            p.add_argument("--project_dir", default=project,
-                           help="git checkout whose hash goes into the Environments block")
-            p.add_argument("--note", action="append", default=[],
-                           help="extra line for the Environments block (repeatable)")
+            p.add_argument("--pretrained_model", default=None, help="print ESPnet's '## Environments' block "
+                           "first, naming this pre-trained model ('none' when trained from scratch)")
+            p.add_argument("--project_dir", default=project, help="git checkout named in the Environments block")
+            p.add_argument("--note", action="append", default=[], help="extra Environments line (repeatable)")
             args = p.parse_args(argv[1:])
             text = results_table(args.exp_dir)
             if args.pretrained_model is not None:
@@ -435,12 +394,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        help="auto: sclite when found, else kaldialign")
         p.add_argument("--sclite", default=None, help="sclite executable")
         p.add_argument("--missing_hyp", choices=["error", "empty"], default="error")
-        p.add_argument("--skip_empty_ref", type=_str2bool, default=False)
-        p.add_argument("--case_sensitive", type=_str2bool, default=False)
+        p.add_argument("--skip_empty_ref", type=str2bool, default=False)
         a = p.parse_args(argv)
         score_files(a.ref, a.hyp, a.unit, a.out_dir, use_sclite=a.use_sclite, sclite=a.sclite,
-                    utt2spk_path=a.utt2spk, missing_hyp=a.missing_hyp, skip_empty_ref=a.skip_empty_ref,
-                    case_sensitive=a.case_sensitive)
+                    utt2spk_path=a.utt2spk, missing_hyp=a.missing_hyp, skip_empty_ref=a.skip_empty_ref)
     except ScoreError as e:
         logger.error("%s", e)
         return 1
