@@ -188,11 +188,11 @@ class InputReader:
             return np.asarray(kaldiio.load_mat(spec.strip()))
         import torch
 
-        from espnet2_birq.bin.extract_fbank import BadAudioError, load_audio
+        from espnet2_birq.bin.extract_fbank import BadAudioError, read_audio
         from espnet2_birq.features import kaldi_fbank
 
         try:
-            data, rate = load_audio(spec)
+            data, rate, _ = read_audio(spec)
         except BadAudioError as err:
             raise ValueError(f"utterance {uid}: {err}") from err
         if rate != self.fs or data.shape[1] != 1:
