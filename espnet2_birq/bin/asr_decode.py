@@ -1,18 +1,13 @@
 #!/usr/bin/env python3
 """Decode with a fine-tuned ESPnet ASR model: greedy CTC, or ESPnet's beam search.
 
-Takes the arguments of ``python -m espnet2.bin.asr_inference`` plus ``--ctc_greedy``
-(usually set in the decoding YAML): ``true`` runs batched best-path CTC decoding (exact for
-CTC-only models, far faster than a beam search on CPU); otherwise everything goes to ESPnet's
-``asr_inference`` (beam search, CTC/attention, LMs, ``--ngram_file``).  Both write
-``<output_dir>/1best_recog/{text,token,token_int,score}``.  Both build the model with this
-project's ASR task, which knows the ``windowed_conformer`` encoder.
-
-An n-gram (``--ngram_file``) is queried by ESPnet's kenlm scorer with the model's output
-tokens, so it must be trained on text tokenised with the model's token list (``ssl.sh
---use_ngram true`` does).  ESPnet's scorer maps only ``<eos>`` to the n-gram's ``</s>``, but
-the end token of an ESPnet2 token list is ``<sos/eos>``, which kenlm would score as ``<unk>``:
-here it is ``</s>`` too, and units the n-gram has never seen are named in a warning.
+The arguments of ``python -m espnet2.bin.asr_inference`` plus ``--ctc_greedy`` (usually in the
+decoding YAML): ``true`` runs batched best-path CTC decoding (exact for CTC-only models, far
+faster than a beam search on CPU); otherwise all goes to ESPnet's ``asr_inference``.  Both write
+``<output_dir>/1best_recog/{text,token,token_int,score}`` with this project's ASR task
+(``windowed_conformer`` encoders).  An n-gram (``--ngram_file``) is queried by ESPnet's kenlm
+scorer with the model's tokens (train it on text tokenised with them: ``ssl.sh --use_ngram
+true``); the ESPnet2 end token ``<sos/eos>`` is its ``</s>`` here, not ``<unk>``.
 
     python -m espnet2_birq.bin.asr_decode --config conf/decode_ctc_greedy.yaml \\
         --asr_train_config exp/asr/config.yaml --asr_model_file exp/asr/valid.cer_ctc.ave.pth \\
@@ -72,22 +67,16 @@ def collapse_ctc(best_path: List[int], blank_id: int) -> List[int]:
     return [label for label, _ in itertools.groupby(best_path) if label != blank_id]
 
 
-def encode_each(model, batch) -> List[Optional[torch.Tensor]]:
+def encode_each(model, speech: torch.Tensor, lengths: torch.Tensor) -> List[Optional[torch.Tensor]]:
     """Encoder output ``(1, T, D)`` of each utterance of a padded batch; None for one too short
     for the encoder's subsampling (it spoils the batch: the others are then encoded one by one)."""
     try:
-        encoded, lengths = model.encode(batch["speech"], batch["speech_lengths"])
-        return [encoded[i: i + 1, : int(n)] for i, n in enumerate(lengths)]
+        encoded, encoded_lengths = model.encode(speech, lengths)
+        return [encoded[i: i + 1, : int(n)] for i, n in enumerate(encoded_lengths)]
     except TooShortUttError:
-        pass
-    outputs = []
-    for i, n in enumerate(batch["speech_lengths"]):
-        try:
-            encoded, lengths = model.encode(batch["speech"][i: i + 1, : int(n)], batch["speech_lengths"][i: i + 1])
-            outputs.append(encoded[:, : int(lengths[0])])
-        except TooShortUttError:
-            outputs.append(None)
-    return outputs
+        if len(lengths) == 1:
+            return [None]
+    return [encode_each(model, speech[i: i + 1, : int(n)], lengths[i: i + 1])[0] for i, n in enumerate(lengths)]
 
 
 @torch.no_grad()
@@ -111,7 +100,8 @@ def greedy_ctc_decode(args) -> None:
     with DatadirWriter(args.output_dir) as writer:
         best = writer["1best_recog"]
         for keys, batch in loader:
-            for key, encoded in zip(keys, encode_each(model, to_device(batch, device))):
+            batch = to_device(batch, device)
+            for key, encoded in zip(keys, encode_each(model, batch["speech"], batch["speech_lengths"])):
                 token_int, score = [], 0.0
                 if encoded is None:
                     too_short.append(key)

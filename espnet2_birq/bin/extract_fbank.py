@@ -5,21 +5,16 @@
     python -m espnet2_birq.bin.extract_fbank check --data_dir D --out_dir O --name wav.2 [same options]
     python -m espnet2_birq.bin.extract_fbank merge --out_dir O --nj 4 --data_dir D [--kind raw --prefix wav]
 
-``extract`` reads ``wav.scp`` (audio paths, ``cmd |`` pipes or ``ark:offset`` entries) and
-``segments`` when present, and writes :func:`espnet2_birq.features.kaldi_fbank` of every
-utterance to ``<name>.ark``/``<name>.scp`` with ``utt2num_frames.<job>`` (``<job>``: what
-follows the last dot of ``name``).  ``check`` (``--feats_type raw``, :func:`check_raw`) writes
-``wav.<job>.scp`` and ``utt2num_samples.<job>`` instead.  Both list skipped utterances in
-``bad_utts.<job>`` (``utt<TAB>reason``) and recordings resampled from another rate than
-``--fs`` (:func:`resample`) in ``resampled.<job>`` (``recording<TAB>rate<TAB>audio``; no file
-when none).  ``merge`` joins the jobs' files, sorted, into ``feats.scp``, ``utt2num_frames``
-and ``feats_shape`` (raw: ``wav.scp``, ``utt2num_samples``, ``speech_shape``), ``bad_utts``
-and ``resampled``, and fails naming the utterances of ``--data_dir`` no job accounts for.
-
-Missing, undecodable, multi-channel, non-finite or too short (``--min_frames``) audio fails
-the job naming every bad utterance (also in ``bad_audio_errors.<job>``), unless
-``--skip_bad_audio true`` skips, logs and lists it.  Outputs are written under temporary
-names and renamed: a re-run replaces them and an interrupted job leaves none.
+``extract`` writes :func:`espnet2_birq.features.kaldi_fbank` of every utterance of ``wav.scp``
+(paths, ``cmd |`` pipes, ``ark:offset``) and ``segments`` to ``<name>.ark``/``.scp`` and
+``utt2num_frames.<job>`` (``<job>``: what follows the last dot of ``name``); ``check``
+(:func:`check_raw`) writes ``wav.<job>.scp`` and ``utt2num_samples.<job>``.  Both list skipped
+utterances in ``bad_utts.<job>`` and recordings resampled to ``--fs`` in ``resampled.<job>``
+(``recording<TAB>rate<TAB>audio``; no file when none).  ``merge`` joins the jobs' files, sorted,
+with ESPnet's shape file, and fails naming the utterances of ``--data_dir`` no job accounts for.
+Bad audio fails the job naming every bad utterance (also in ``bad_audio_errors.<job>``), unless
+``--skip_bad_audio true`` skips, logs and lists it.  Outputs are written under temporary names
+and renamed: a re-run replaces them and an interrupted job leaves none.
 """
 
 import argparse
@@ -65,6 +60,7 @@ def job_suffix(name: str) -> str:
 
 
 def is_ark_entry(spec: str) -> bool:
+    """A Kaldi ``file.ark:offset`` entry (and no file of that name)."""
     match = _ARK_OFFSET_RE.fullmatch(spec)
     return not os.path.exists(spec) and match is not None and os.path.isfile(match.group(1))
 
@@ -81,9 +77,9 @@ def read_audio(spec: str) -> Tuple[np.ndarray, int, bool]:
     if is_ark_entry(spec):
         return _read_ark_audio(spec)
     command = spec[:-1].strip() if spec.endswith("|") else None
-    if command is None and not os.path.exists(spec):
-        raise BadAudioError(f"audio file '{spec}' does not exist")
     what = f"output of '{command}'" if command else f"audio file '{spec}'"
+    if command is None and not os.path.exists(spec):
+        raise BadAudioError(f"{what} does not exist")
     try:
         stream = kaldiio.open_like_kaldi(spec, "rb")
         try:
@@ -137,8 +133,6 @@ def resample(data: np.ndarray, rate: int, fs: int, fine: bool = True) -> np.ndar
     """
     if rate == fs:
         return data
-    if data.shape[0] == 0:
-        return np.zeros((0, data.shape[1]), dtype=np.float32)
     out = soxr.resample(np.ascontiguousarray(data, dtype=np.float32), rate, fs, quality="HQ")
     if not fine:
         out = np.clip(np.round(out * 32768.0), -32768.0, 32767.0) / 32768.0
@@ -157,11 +151,13 @@ def load_audio_at(spec: str, fs: int) -> Tuple[np.ndarray, int, bool]:
 
 
 class Utterance(NamedTuple):
+    """An utterance of a data dir: a whole recording, or a segment of it (seconds; end -1: to the end)."""
+
     utt_id: str
     reco_id: str
     spec: str
-    start: Optional[float] = None  # seconds
-    end: Optional[float] = None  # seconds, -1 for "to the end"
+    start: Optional[float] = None
+    end: Optional[float] = None
 
     def describe(self) -> str:
         segment = "" if self.start is None else (
@@ -314,9 +310,7 @@ def finish_job(out_dir: str, name: str, fs: int, outputs: Dict[str, str], bad: B
 def extract(data_dir: str, out_dir: str, name: str, fs: int = 16000, skip_bad_audio: bool = False,
             min_frames: int = 1) -> Dict[str, int]:
     """Fbank of one (split) data dir at ``fs`` Hz; returns the ``done``/``skipped``/``total`` counts.
-
-    Raises DataDirError (malformed data dir) or BadAudioError (naming the utterances and files).
-    """
+    Raises DataDirError (malformed data dir) or BadAudioError (naming the utterances and files)."""
     utts = list_utterances(data_dir)
     os.makedirs(out_dir, exist_ok=True)
     ark_path = os.path.join(out_dir, f"{name}.ark")
@@ -425,11 +419,9 @@ def _read_jobs(out_dir: str, pattern: str, nj: int, may_repeat: bool = False) ->
 
 def merge(out_dir: str, nj: int, data_dir: Optional[str] = None, prefix: str = "feats",
           kind: str = "fbank") -> Dict[str, int]:
-    """Join the outputs of jobs ``1..nj`` of :func:`extract` (``kind`` raw: :func:`check_raw`).
-
-    With ``data_dir``, every utterance of it must be extracted or skipped, and no other.
-    Returns the ``utts`` and ``skipped`` counts; DataDirError on missing or inconsistent files.
-    """
+    """Join the outputs of jobs ``1..nj`` of :func:`extract` (``kind`` raw: :func:`check_raw`); with
+    ``data_dir``, each of its utterances must be extracted or skipped, and no other.  Returns the
+    ``utts`` and ``skipped`` counts; DataDirError on missing or inconsistent files."""
     lengths_name = "utt2num_frames" if kind == "fbank" else "utt2num_samples"
     scp = _read_jobs(out_dir, prefix + ".{}.scp", nj)
     lengths = _read_jobs(out_dir, lengths_name + ".{}", nj)
@@ -445,12 +437,10 @@ def merge(out_dir: str, nj: int, data_dir: Optional[str] = None, prefix: str = "
         raise DataDirError(f"{out_dir}: utterances both extracted and skipped: {both[:5]}")
     if data_dir is not None:
         expected, got = {u.utt_id for u in list_utterances(data_dir)}, set(scp) | set(bad)
-        if expected - got:
-            raise DataDirError(f"{len(expected - got)} utterances of {data_dir} are missing from {out_dir} "
-                               f"(neither extracted nor skipped), e.g. {sorted(expected - got)[:10]}")
-        if got - expected:
-            raise DataDirError(f"{len(got - expected)} utterances in {out_dir} are not in {data_dir}, "
-                               f"e.g. {sorted(got - expected)[:10]}")
+        for ids, what in ((expected - got, f"of {data_dir} are missing from {out_dir} (neither extracted nor "
+                           "skipped)"), (got - expected, f"in {out_dir} are not in {data_dir}")):
+            if ids:
+                raise DataDirError(f"{len(ids)} utterances {what}, e.g. {sorted(ids)[:10]}")
     keys = sorted(scp)
     # ESPnet shape files: frames and feature dimension, or (raw) samples
     shape_name, dim = ("feats_shape", f",{FEAT_DIM}") if kind == "fbank" else ("speech_shape", "")

@@ -20,13 +20,11 @@ from typing import Optional, Sequence
 
 import yaml
 
-USAGE = {
-    "asr": "from espnet2.bin.asr_inference import Speech2Text\nfrom espnet2_birq.features import kaldi_fbank\n\n"
-           "speech2text = Speech2Text(asr_train_config=..., asr_model_file=...)\n"
-           "text = speech2text(kaldi_fbank(waveform_16k, 16000))[0][0]  # 80-dim Kaldi fbank, as in training",
-    "ssl": "from espnet2_birq.tasks.ssl import BirqSSLTask\n\n"
-           "model, _ = BirqSSLTask.build_model_from_file(ssl_train_config, ssl_model_file)\n"
-           "encoder = model.encoder  # or fine-tune: ssl.sh --pretrained <ssl_model_file>",
+USAGE = {  # the ASR model reads 80-dim Kaldi fbank, as in training
+    "asr": "from espnet2.bin.asr_inference import Speech2Text\nfrom espnet2_birq.features import kaldi_fbank\n"
+           "text = Speech2Text(asr_train_config, asr_model_file)(kaldi_fbank(waveform_16k, 16000))[0][0]",
+    "ssl": "from espnet2_birq.tasks.ssl import BirqSSLTask\n"
+           "encoder = BirqSSLTask.build_model_from_file(ssl_train_config, ssl_model_file)[0].encoder",
 }
 
 
@@ -53,8 +51,7 @@ def stage_folder(archive: str, folder: str, task: str, repo_id: str, results: Op
         if "meta.yaml" not in z.namelist():
             raise ValueError(f"{archive}: no meta.yaml (not made by espnet2.bin.pack)")
         z.extractall(folder)
-    with open(os.path.join(folder, "meta.yaml"), encoding="utf-8") as f:
-        meta = yaml.safe_load(f)
+        meta = yaml.safe_load(z.read("meta.yaml"))
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(meta, task, repo_id, results))
 

@@ -1,13 +1,11 @@
 #!/usr/bin/env python3
 """Offline k-means targets for MT4SSL / HuBERT-style ``kmeans_ce`` pre-training.
 
-One label per *encoder* frame: an utterance of ``L`` feature frames gets ``L // f`` labels,
-``f`` the subsampling factor of the SSL config's encoder (label ``i`` covers input frames
-``[i f, (i + 1) f)``).  Features (``--source``): ``fbank``, normalised with the global CMVN
-and stacked ``f`` frames at a time; or ``layer``, the unmasked output of block ``--layer`` of
-an earlier model (HuBERT's second iteration; same ``f``, the last label repeated where its
-convolutions give fewer frames).  Inputs: a ``feats.scp``, or a ``wav.scp`` with ``--input
-wav`` (the project's fbank computed on the fly, for raw-audio pre-training).  k-means is
+One label per *encoder* frame: ``L`` feature frames get ``L // f`` labels, ``f`` the SSL
+encoder's subsampling.  Features (``--source``): ``fbank``, CMVN-normalised and stacked ``f``
+frames at a time, or ``layer``, the unmasked output of block ``--layer`` of an earlier model
+(HuBERT's second iteration; the last label repeated where its convolutions give fewer frames),
+of a ``feats.scp`` or (``--input wav``, raw-audio pre-training) a ``wav.scp``.  k-means is
 scikit-learn's ``MiniBatchKMeans`` on a seeded sample of at most ``--max_frames`` frames.
 
     python -m espnet2_birq.bin.kmeans wants conf/train_ssl_mt4ssl_conformer.yaml  # num_clusters, or nothing
@@ -15,9 +13,6 @@ scikit-learn's ``MiniBatchKMeans`` on a seeded sample of at most ``--max_frames`
         [--source layer --model_config .. --model_file .. --layer 6]
     python -m espnet2_birq.bin.kmeans label --kmeans_model km.pkl --feats_scp S --out labels.1.txt
     python -m espnet2_birq.bin.kmeans check --ssl_config C --labels labels.txt --feats_shape F
-
-``check`` refuses labels whose utterance ids or counts disagree with the features, naming
-the file and the first bad utterance.
 """
 
 import argparse
@@ -28,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import kaldiio
 import numpy as np
 import yaml
 
@@ -39,8 +35,7 @@ class LabelError(RuntimeError):
 
 
 def read_config(path: Path) -> Dict:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
 
 
 def kmeans_clusters(config: Dict) -> Optional[int]:
@@ -64,14 +59,15 @@ def subsampling_factor(config: Dict) -> int:
 class FeatureSource:
     """Per-encoder-frame feature vectors of one utterance's fbank, ``(L // f, D)``."""
 
+    #: saved with the k-means: the labelling jobs rebuild the same features from them
+    SETTINGS = ("factor", "source", "cmvn_stats", "model_config", "model_file", "layer")
+
     def __init__(self, factor: int, source: str = "fbank", cmvn_stats: Optional[str] = None,
                  model_config: Optional[str] = None, model_file: Optional[str] = None,
                  layer: Optional[int] = None):
         if source not in SOURCES:
             raise ValueError(f"--source must be one of {SOURCES}, got {source!r}")
-        # saved with the k-means: the labelling jobs rebuild the same features from them
-        self.settings = dict(factor=factor, source=source, cmvn_stats=cmvn_stats,
-                             model_config=model_config, model_file=model_file, layer=layer)
+        self.settings = dict(zip(self.SETTINGS, (factor, source, cmvn_stats, model_config, model_file, layer)))
         self.factor, self.source, self.layer = factor, source, layer
         self.mean = self.std = self.model = None
         if source == "fbank" and cmvn_stats:
@@ -138,8 +134,6 @@ class InputReader:
 
     def __call__(self, uid: str, spec: str) -> np.ndarray:
         if self.kind == "feats":
-            import kaldiio
-
             return np.asarray(kaldiio.load_mat(spec.strip()))
         import torch
 
@@ -160,8 +154,7 @@ class InputReader:
 def fit(feats_scp: str, source: FeatureSource, num_clusters: int, out: str, sample_utts: int = 5000,
         max_frames: int = 1_000_000, seed: int = 0, n_init: int = 3,
         reader: Optional[InputReader] = None) -> Dict:
-    """Fit MiniBatchKMeans on a seeded sample of ``feats_scp`` and save it (joblib) with the
-    feature settings."""
+    """Fit MiniBatchKMeans on a seeded sample of ``feats_scp``; save it (joblib) with the feature settings."""
     import joblib
     from sklearn.cluster import MiniBatchKMeans
 
@@ -253,14 +246,12 @@ def get_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True)
     p_fit.add_argument("--ssl_config", type=Path, required=True)
     p_fit.add_argument("--num_clusters", type=int, default=None, help="default: the kmeans_ce loss' num_clusters")
-    p_fit.add_argument("--sample_utts", type=int, default=5000)
-    p_fit.add_argument("--max_frames", type=int, default=1_000_000)
-    p_fit.add_argument("--seed", type=int, default=0)
-    p_fit.add_argument("--n_init", type=int, default=3)
+    for option, default in (("--sample_utts", 5000), ("--max_frames", 1_000_000), ("--seed", 0), ("--n_init", 3)):
+        p_fit.add_argument(option, type=int, default=default)
     p_fit.add_argument("--source", choices=SOURCES, default="fbank")
     p_fit.add_argument("--cmvn_stats", default=None, help="global CMVN npz (fbank)")
-    p_fit.add_argument("--model_config", default=None, help="earlier model (layer)")
-    p_fit.add_argument("--model_file", default=None, help="earlier model (layer)")
+    for option in ("--model_config", "--model_file"):
+        p_fit.add_argument(option, default=None, help="earlier model (layer)")
     p_fit.add_argument("--layer", type=int, default=None, help="block of it (layer)")
     p_check = sub.add_parser("check", help="labels agree with the features")
     p_check.add_argument("--ssl_config", type=Path, required=True)
@@ -292,8 +283,7 @@ def main(argv=None) -> None:
             import joblib
 
             state = joblib.load(args.kmeans_model)
-            source = FeatureSource(*(state[k] for k in ("factor", "source", "cmvn_stats", "model_config",
-                                                        "model_file", "layer")))
+            source = FeatureSource(**{k: state[k] for k in FeatureSource.SETTINGS})
             n = label(args.feats_scp, source, state["kmeans"], args.out, InputReader(args.input, args.fs))
             logging.info("%d utterances labelled -> %s", n, args.out)
         else:
