@@ -266,7 +266,8 @@ class BadAudioLog:
             lines.append(f"  ... and {len(self.errors) - MAX_LISTED_ERRORS} more")
         skippable = [s for *_, s in self.errors if s]
         if skippable and not self.skip:
-            lines.append("re-run with --skip_bad_audio true to drop and list the unreadable, too short or non-finite ones")
+            lines.append("re-run with --skip_bad_audio true to drop and list the unreadable, too short or "
+                         "non-finite ones")
         if len(skippable) < len(self.errors):
             lines.append("--feats_type raw never skips pipe or ark entries (see the fix above)")
         raise BadAudioError(f"{len(self.errors)} utterance(s) with bad audio:\n" + "\n".join(lines))
