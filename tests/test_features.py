@@ -229,7 +229,7 @@ def test_skip_bad_audio_and_merge(tmp_path):
     r2 = ef.main(
         [
             "--data_dir", str(full / "split2" / "2"), "--out_dir", str(out),
-            "--name", "feats.2", "--skip_bad_audio", "true", "--log_interval", "1",
+            "--name", "feats.2", "--skip_bad_audio", "true",
         ]
     )
     assert r1 == {"done": 2, "skipped": 2, "total": 4}

@@ -1,36 +1,18 @@
 #!/usr/bin/env python3
 """Offline k-means targets for MT4SSL / HuBERT-style ``kmeans_ce`` pre-training.
 
-Labels are written one per *encoder* frame: utterance ``u`` with ``L`` feature frames
-gets ``L // f`` labels, ``f`` the subsampling factor of the SSL config's encoder; label
-``i`` belongs to input frames ``[i f, (i + 1) f)``, which is encoder frame ``i`` (the
-frames that enter the losses: see ``FrameSubsampling.target_lengths``).
+One label per *encoder* frame: ``L`` feature frames get ``L // f`` labels, ``f`` the SSL
+encoder's subsampling.  Features (``--source``): ``fbank``, CMVN-normalised and stacked ``f``
+frames at a time, or ``layer``, the unmasked output of block ``--layer`` of an earlier model
+(HuBERT's second iteration; the last label repeated where its convolutions give fewer frames),
+of a ``feats.scp`` or (``--input wav``, raw-audio pre-training) a ``wav.scp``.  k-means is
+scikit-learn's ``MiniBatchKMeans`` on a seeded sample of at most ``--max_frames`` frames.
 
-Feature sources (``--source``):
-
-- ``fbank``: the precomputed fbank, normalised with the global CMVN statistics and
-  stacked ``f`` frames at a time (the encoder's frame rate);
-- ``layer``: the output of block ``--layer`` of an earlier pre-trained model
-  (``--model_config``, ``--model_file``) on the unmasked input, HuBERT's second
-  iteration. Its encoder must subsample by the same ``f``; where it yields fewer frames
-  than ``L // f`` (convolution edges), the last label is repeated.
-
-Inputs are precomputed fbank (a ``feats.scp``) or audio (a ``wav.scp`` with ``--input
-wav``: the project's fbank is computed on the fly, for raw-audio pre-training).
-
-k-means is scikit-learn's ``MiniBatchKMeans`` (fitted on a seeded sample of
-utterances, at most ``--max_frames`` frames). Sub-commands::
-
-    python -m espnet2_birq.bin.kmeans wants conf/train_ssl_mt4ssl_conformer.yaml
-    python -m espnet2_birq.bin.kmeans fit --ssl_config C --feats_scp S --cmvn_stats N \\
-        --out dump/kmeans/x/kmeans.pkl [--source layer --model_config .. --model_file .. --layer 6]
-    python -m espnet2_birq.bin.kmeans label --kmeans_model dump/kmeans/x/kmeans.pkl \\
-        --feats_scp S --out labels.1.txt   # same features as the fit (saved with it)
+    python -m espnet2_birq.bin.kmeans wants conf/train_ssl_mt4ssl_conformer.yaml  # num_clusters, or nothing
+    python -m espnet2_birq.bin.kmeans fit --ssl_config C --feats_scp S --cmvn_stats N --out km.pkl \\
+        [--source layer --model_config .. --model_file .. --layer 6]
+    python -m espnet2_birq.bin.kmeans label --kmeans_model km.pkl --feats_scp S --out labels.1.txt
     python -m espnet2_birq.bin.kmeans check --ssl_config C --labels labels.txt --feats_shape F
-
-``wants`` prints the ``num_clusters`` of the config's ``kmeans_ce`` loss (nothing when the
-config has none); ``check`` refuses labels whose utterance ids or counts disagree with
-the features, naming the file and the first bad utterance.
 """
 
 import argparse
@@ -41,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import kaldiio
 import numpy as np
 import yaml
 
@@ -51,10 +34,8 @@ class LabelError(RuntimeError):
     """Labels and features disagree (ids or lengths)."""
 
 
-# --------------------------------------------------------------------- config
 def read_config(path: Path) -> Dict:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
 
 
 def kmeans_clusters(config: Dict) -> Optional[int]:
@@ -66,7 +47,7 @@ def kmeans_clusters(config: Dict) -> Optional[int]:
 
 
 def subsampling_factor(config: Dict) -> int:
-    """Encoder frames per input frame of an SSL config (its encoder's input layer)."""
+    """Input frames per encoder frame of an SSL config (its encoder's input layer)."""
     from espnet2_birq.frame_rate import INPUT_LAYER_FACTORS
 
     input_layer = (config.get("encoder_conf") or {}).get("input_layer", "conv2d")
@@ -75,90 +56,64 @@ def subsampling_factor(config: Dict) -> int:
     return INPUT_LAYER_FACTORS[input_layer]
 
 
-# ------------------------------------------------------------------- features
 class FeatureSource:
-    """Per-encoder-frame feature vectors of one utterance, ``(L // f, D)``."""
+    """Per-encoder-frame feature vectors of one utterance's fbank, ``(L // f, D)``."""
 
-    def __init__(
-        self,
-        factor: int,
-        source: str = "fbank",
-        cmvn_stats: Optional[str] = None,
-        model_config: Optional[str] = None,
-        model_file: Optional[str] = None,
-        layer: Optional[int] = None,
-    ):
+    #: saved with the k-means: the labelling jobs rebuild the same features from them
+    SETTINGS = ("factor", "source", "cmvn_stats", "model_config", "model_file", "layer")
+
+    def __init__(self, factor: int, source: str = "fbank", cmvn_stats: Optional[str] = None,
+                 model_config: Optional[str] = None, model_file: Optional[str] = None,
+                 layer: Optional[int] = None):
         if source not in SOURCES:
             raise ValueError(f"--source must be one of {SOURCES}, got {source!r}")
-        self.factor = factor
-        self.source = source
-        self.mean = self.std = None
-        self.model = None
-        self.layer = layer
-        self.settings = dict(
-            factor=factor, source=source, cmvn_stats=cmvn_stats,
-            model_config=model_config, model_file=model_file, layer=layer,
-        )  # fmt: skip
-        if source == "fbank":
-            if cmvn_stats:
-                from espnet2.layers.global_mvn import GlobalMVN
+        self.settings = dict(zip(self.SETTINGS, (factor, source, cmvn_stats, model_config, model_file, layer)))
+        self.factor, self.source, self.layer = factor, source, layer
+        self.mean = self.std = self.model = None
+        if source == "fbank" and cmvn_stats:
+            from espnet2.layers.global_mvn import GlobalMVN
 
-                # the mean and std the models normalise with (ESPnet's GlobalMVN)
-                mvn = GlobalMVN(stats_file=cmvn_stats)
-                self.mean, self.std = mvn.mean.numpy(), mvn.std.numpy()
-        else:
+            mvn = GlobalMVN(stats_file=cmvn_stats)  # what the models normalise with
+            self.mean, self.std = mvn.mean.numpy(), mvn.std.numpy()
+        elif source == "layer":
             if not (model_config and model_file and layer is not None):
-                raise ValueError(
-                    "--source layer needs --model_config, --model_file and --layer"
-                )
-            self._load_model(model_config, model_file, layer)
+                raise ValueError("--source layer needs --model_config, --model_file and --layer")
+            self.model = self._load_model(model_config, model_file)
 
-    def _load_model(self, model_config: str, model_file: str, layer: int) -> None:
+    def _load_model(self, model_config: str, model_file: str):
         from espnet2_birq.masking import FrameSubsampling
         from espnet2_birq.tasks.ssl import BirqSSLTask
 
         model, _ = BirqSSLTask.build_model_from_file(model_config, model_file, "cpu")
-        model.eval()
         blocks = len(getattr(model.encoder, "encoders", []))
-        if not 1 <= layer <= blocks:
-            raise ValueError(f"--layer {layer} outside 1..{blocks} of {model_file}")
+        if not 1 <= self.layer <= blocks:
+            raise ValueError(f"--layer {self.layer} outside 1..{blocks} of {model_file}")
         factor = FrameSubsampling.from_encoder(model.encoder).factor
         if factor != self.factor:
-            raise ValueError(
-                f"{model_file} subsamples by {factor}, the SSL config by {self.factor}: "
-                "labels from it would not be one per encoder frame"
-            )
-        self.model = model
+            raise ValueError(f"{model_file} subsamples by {factor}, the SSL config by {self.factor}: "
+                             "labels from it would not be one per encoder frame")
+        return model.eval()
 
     def __call__(self, feats: np.ndarray) -> np.ndarray:
         groups = feats.shape[0] // self.factor
-        if self.source == "fbank":
-            x = feats.astype(np.float32)
+        x = feats.astype(np.float32)
+        if self.model is None:
             if self.mean is not None:
                 x = (x - self.mean) / self.std
             return x[: groups * self.factor].reshape(groups, self.factor * x.shape[1])
-        return self._layer_output(feats, groups)
-
-    def _layer_output(self, feats: np.ndarray, groups: int) -> np.ndarray:
         import torch
 
         from espnet2_birq.ssl_model import run_encoder_prefix
 
         with torch.no_grad():
-            x = torch.from_numpy(feats.astype(np.float32))[None]
-            lengths = torch.tensor([feats.shape[0]])
+            x, lengths = torch.from_numpy(x)[None], torch.tensor([feats.shape[0]])
             if self.model.normalize is not None:
                 x, lengths = self.model.normalize(x, lengths)
-            hidden, hidden_lengths = run_encoder_prefix(
-                self.model.encoder, x, lengths, self.layer
-            )
-        out = hidden[0, : int(hidden_lengths[0])].numpy()
-        if out.shape[0] == 0:
-            return np.zeros((0, hidden.shape[-1]), dtype=np.float32)
-        if out.shape[0] < groups:
-            # The convolution edges drop the last group(s): repeat the last frame.
+            hidden, hidden_lengths = run_encoder_prefix(self.model.encoder, x, lengths, self.layer)
+        out = hidden[0, : int(hidden_lengths[0])].numpy().astype(np.float32)
+        if 0 < out.shape[0] < groups:  # the convolution edges drop the last group(s)
             out = np.concatenate([out, np.repeat(out[-1:], groups - out.shape[0], 0)])
-        return out[:groups].astype(np.float32)
+        return out[:groups]
 
 
 def read_scp(path: str) -> List[Tuple[str, str]]:
@@ -169,12 +124,8 @@ def read_scp(path: str) -> List[Tuple[str, str]]:
 
 
 class InputReader:
-    """Fbank frames of one ``scp`` entry: a feature matrix (``feats``) or audio (``wav``).
-
-    Audio goes through the project's fbank exactly as the in-model ``kaldi_fbank``
-    frontend and stage 2 compute it, so labels of raw-audio pre-training
-    (``--feats_type raw``) count the frames the model sees.
-    """
+    """Fbank frames of one ``scp`` entry: a feature matrix (``feats``) or audio (``wav``),
+    the latter through the project's fbank, exactly as the in-model frontend computes it."""
 
     def __init__(self, kind: str = "feats", fs: int = 16000):
         if kind not in ("feats", "wav"):
@@ -183,216 +134,137 @@ class InputReader:
 
     def __call__(self, uid: str, spec: str) -> np.ndarray:
         if self.kind == "feats":
-            import kaldiio
-
             return np.asarray(kaldiio.load_mat(spec.strip()))
         import torch
 
-        from espnet2_birq.bin.extract_fbank import BadAudioError, load_audio
+        from espnet2_birq.bin.extract_fbank import BadAudioError, read_audio
         from espnet2_birq.features import kaldi_fbank
 
         try:
-            data, rate = load_audio(spec)
+            data, rate, _ = read_audio(spec)
         except BadAudioError as err:
             raise ValueError(f"utterance {uid}: {err}") from err
         if rate != self.fs or data.shape[1] != 1:
-            raise ValueError(
-                f"utterance {uid}: {data.shape[1]} channel(s) at {rate} Hz, expected "
-                f"1 at {self.fs} Hz"
-            )
-        wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
-        return kaldi_fbank(wav, rate, expected_sample_rate=self.fs).numpy()
+            raise ValueError(f"utterance {uid}: {data.shape[1]} channel(s) at {rate} Hz, "
+                             f"expected 1 at {self.fs} Hz")
+        return kaldi_fbank(torch.from_numpy(np.ascontiguousarray(data[:, 0])), rate,
+                           expected_sample_rate=self.fs).numpy()
 
 
-# ------------------------------------------------------------------------ fit
-def fit(
-    feats_scp: str,
-    source: FeatureSource,
-    num_clusters: int,
-    out: str,
-    sample_utts: int = 5000,
-    max_frames: int = 1_000_000,
-    seed: int = 0,
-    batch_size: int = 10000,
-    max_iter: int = 100,
-    n_init: int = 3,
-    reader: Optional[InputReader] = None,
-) -> Dict:
-    """Fit MiniBatchKMeans on a seeded sample and save it (joblib) with its settings.
-
-    ``feats_scp`` is a feature scp, or a ``wav.scp`` with ``reader=InputReader("wav")``.
-    """
+def fit(feats_scp: str, source: FeatureSource, num_clusters: int, out: str, sample_utts: int = 5000,
+        max_frames: int = 1_000_000, seed: int = 0, n_init: int = 3,
+        reader: Optional[InputReader] = None) -> Dict:
+    """Fit MiniBatchKMeans on a seeded sample of ``feats_scp``; save it (joblib) with the feature settings."""
     import joblib
     from sklearn.cluster import MiniBatchKMeans
 
     reader = reader or InputReader()
     entries = read_scp(feats_scp)
-    chosen = random.Random(seed).sample(entries, min(sample_utts, len(entries)))
-    chosen.sort(key=lambda e: e[0])  # read in file order, deterministically
-
-    vectors: List[np.ndarray] = []
-    total = 0
+    chosen = sorted(random.Random(seed).sample(entries, min(sample_utts, len(entries))))
+    vectors, total = [], 0
     for uid, spec in chosen:
-        frames = source(reader(uid, spec))
-        if frames.shape[0] == 0:
-            continue
-        vectors.append(frames[: max_frames - total])
-        total += vectors[-1].shape[0]
+        frames = source(reader(uid, spec))[: max_frames - total]
+        if frames.shape[0]:
+            vectors.append(frames)
+            total += frames.shape[0]
         if total >= max_frames:
             break
     if total < num_clusters:
-        raise ValueError(
-            f"{feats_scp}: {total} frames in the sample, fewer than num_clusters="
-            f"{num_clusters}; use more utterances (--sample_utts)"
-        )
+        raise ValueError(f"{feats_scp}: {total} frames in the sample, fewer than num_clusters="
+                         f"{num_clusters}; use more utterances (--sample_utts)")
     data = np.concatenate(vectors)
-    logging.info(
-        "fitting %d clusters on %d frames (dim %d) from %d utterances",
-        num_clusters, data.shape[0], data.shape[1], len(vectors),
-    )  # fmt: skip
-    kmeans = MiniBatchKMeans(
-        n_clusters=num_clusters,
-        init="k-means++",
-        batch_size=batch_size,
-        max_iter=max_iter,
-        n_init=n_init,
-        tol=0.0,
-        max_no_improvement=100,
-        reassignment_ratio=0.0,
-        random_state=seed,
-    )
-    kmeans.fit(data)
-    inertia = float(-kmeans.score(data) / data.shape[0])
-    logging.info("mean squared distance to the centroid: %.4f", inertia)
-    # The labelling jobs rebuild the same features from these settings.
+    logging.info("fitting %d clusters on %d frames (dim %d) from %d utterances",
+                 num_clusters, data.shape[0], data.shape[1], len(vectors))
+    kmeans = MiniBatchKMeans(n_clusters=num_clusters, batch_size=10000, max_iter=100, n_init=n_init, tol=0.0,
+                             max_no_improvement=100, reassignment_ratio=0.0, random_state=seed).fit(data)
+    logging.info("mean squared distance to the centroid: %.4f", -kmeans.score(data) / data.shape[0])
     state = {"kmeans": kmeans, "num_clusters": num_clusters, **source.settings}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp{os.getpid()}"
-    joblib.dump(state, tmp)
-    os.replace(tmp, out)
+    joblib.dump(state, f"{out}.tmp{os.getpid()}")
+    os.replace(f"{out}.tmp{os.getpid()}", out)
     return state
 
 
-# ---------------------------------------------------------------------- label
-def label(
-    feats_scp: str,
-    source: FeatureSource,
-    kmeans,
-    out: str,
-    reader: Optional[InputReader] = None,
-) -> int:
-    """Write ``uid l_0 ... l_{L//f-1}`` for every utterance of ``feats_scp``."""
+def label(feats_scp: str, source: FeatureSource, kmeans, out: str, reader: Optional[InputReader] = None) -> int:
+    """Write ``uid l_0 ... l_{L//f-1}`` for every utterance of ``feats_scp``; returns their number."""
     reader = reader or InputReader()
-    count = 0
-    tmp = f"{out}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for uid, spec in read_scp(feats_scp):
+    entries = read_scp(feats_scp)
+    with open(f"{out}.tmp{os.getpid()}", "w", encoding="utf-8") as f:
+        for uid, spec in entries:
             frames = source(reader(uid, spec))
-            ids = kmeans.predict(frames) if frames.shape[0] else []
-            f.write(" ".join([uid, *map(str, ids)]) + "\n")
-            count += 1
-    os.replace(tmp, out)
-    return count
+            f.write(" ".join([uid, *map(str, kmeans.predict(frames) if frames.shape[0] else [])]) + "\n")
+    os.replace(f"{out}.tmp{os.getpid()}", out)
+    return len(entries)
 
 
-# ---------------------------------------------------------------------- check
-def check_labels(
-    labels: str, feats_shape: str, factor: int, samples_fs: Optional[int] = None
-) -> int:
-    """Refuse labels whose ids or counts differ from the features (``L // factor``).
+def check_labels(labels: str, feats_shape: str, factor: int, samples_fs: Optional[int] = None) -> int:
+    """Refuse labels whose ids or counts differ from the features' ``L // factor``.
 
-    ``feats_shape``: ESPnet shape file, ``uid frames[,dim]``; with ``samples_fs`` its
-    lengths are samples of audio at that rate (raw-audio pre-training), converted to
-    fbank frames. Those sample counts come from ``utt2dur`` (durations rounded to 1 ms),
-    so there a count one label off is accepted: the labels were counted on the real
-    audio, and the loss refuses any batch whose labels are short of its frames.
+    ``feats_shape``: an ESPnet shape file; with ``samples_fs`` its lengths are samples at that
+    rate (raw audio), made from durations rounded to 1 ms, so a count one label off passes
+    (the loss refuses any batch whose labels are short of its frames).
     """
+    from espnet2_birq.features import num_frames
+
     tolerance = 1 if samples_fs else 0
     expected: Dict[str, int] = {}
     with open(feats_shape, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                uid, shape = line.split()
-                length = int(shape.split(",")[0])
-                if samples_fs:
-                    from espnet2_birq.features import num_frames
-
-                    length = num_frames(length, samples_fs)
-                expected[uid] = length // factor
+        for uid, shape in (line.split() for line in f if line.strip()):
+            length = int(shape.split(",")[0])
+            expected[uid] = (num_frames(length, samples_fs) if samples_fs else length) // factor
     seen = set()
     with open(labels, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            parts = line.split()
+        for number, parts in enumerate((line.split() for line in f), 1):
             if not parts:
                 continue
-            uid = parts[0]
+            where, uid, count = f"{labels}:{number}: utterance {parts[0]}", parts[0], len(parts) - 1
             if uid not in expected:
-                raise LabelError(
-                    f"{labels}:{number}: utterance {uid} has labels but no features in "
-                    f"{feats_shape}"
-                )
+                raise LabelError(f"{where} has labels but no features in {feats_shape}")
             if uid in seen:
-                raise LabelError(f"{labels}:{number}: utterance {uid} appears twice")
+                raise LabelError(f"{where} appears twice")
             seen.add(uid)
-            if abs(len(parts) - 1 - expected[uid]) > tolerance:
-                raise LabelError(
-                    f"{labels}:{number}: utterance {uid} has {len(parts) - 1} labels but "
-                    f"its features give {expected[uid]} encoder frames (frames // "
-                    f"{factor}, {feats_shape}); the labels were made for other features"
-                )
+            if abs(count - expected[uid]) > tolerance:
+                raise LabelError(f"{where} has {count} labels but its features give {expected[uid]} encoder "
+                                 f"frames (frames // {factor}, {feats_shape}); the labels were made for other features")
     missing = sorted(set(expected) - seen)
     if missing:
-        raise LabelError(
-            f"{labels}: no labels for {len(missing)} utterances of {feats_shape}, "
-            f"e.g. {missing[0]}"
-        )
+        raise LabelError(f"{labels}: no labels for {len(missing)} utterances of {feats_shape}, e.g. {missing[0]}")
     return len(seen)
 
 
-# ----------------------------------------------------------------------- main
-def _source_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", choices=SOURCES, default="fbank")
-    parser.add_argument("--cmvn_stats", default=None, help="global CMVN npz (fbank)")
-    parser.add_argument("--model_config", default=None, help="earlier model (layer)")
-    parser.add_argument("--model_file", default=None, help="earlier model (layer)")
-    parser.add_argument("--layer", type=int, default=None, help="block of it (layer)")
-
-
-def main(argv=None) -> None:
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    wants = sub.add_parser("wants", help="print num_clusters of the kmeans_ce loss")
-    wants.add_argument("ssl_config", type=Path)
+    sub.add_parser("wants", help="print num_clusters of the kmeans_ce loss").add_argument("ssl_config", type=Path)
     p_fit = sub.add_parser("fit", help="fit k-means on a sample")
-    p_fit.add_argument("--ssl_config", type=Path, required=True)
-    p_fit.add_argument("--feats_scp", required=True, help="feature scp, or wav.scp with --input wav")
-    p_fit.add_argument("--input", choices=("feats", "wav"), default="feats")
-    p_fit.add_argument("--fs", type=int, default=16000, help="sampling rate (--input wav)")
-    p_fit.add_argument("--out", required=True)
-    p_fit.add_argument("--num_clusters", type=int, default=None,
-                       help="default: the kmeans_ce loss' num_clusters")  # fmt: skip
-    p_fit.add_argument("--sample_utts", type=int, default=5000)
-    p_fit.add_argument("--max_frames", type=int, default=1_000_000)
-    p_fit.add_argument("--seed", type=int, default=0)
-    p_fit.add_argument("--batch_size", type=int, default=10000)
-    p_fit.add_argument("--max_iter", type=int, default=100)
-    p_fit.add_argument("--n_init", type=int, default=3)
-    _source_args(p_fit)
     p_label = sub.add_parser("label", help="label every utterance of a scp")
     p_label.add_argument("--kmeans_model", required=True)
-    p_label.add_argument("--feats_scp", required=True, help="feature scp, or wav.scp with --input wav")
-    p_label.add_argument("--input", choices=("feats", "wav"), default="feats")
-    p_label.add_argument("--fs", type=int, default=16000, help="sampling rate (--input wav)")
-    p_label.add_argument("--out", required=True)
+    for p in (p_fit, p_label):
+        p.add_argument("--feats_scp", required=True, help="feature scp, or wav.scp with --input wav")
+        p.add_argument("--input", choices=("feats", "wav"), default="feats")
+        p.add_argument("--fs", type=int, default=16000, help="sampling rate (--input wav)")
+        p.add_argument("--out", required=True)
+    p_fit.add_argument("--ssl_config", type=Path, required=True)
+    p_fit.add_argument("--num_clusters", type=int, default=None, help="default: the kmeans_ce loss' num_clusters")
+    for option, default in (("--sample_utts", 5000), ("--max_frames", 1_000_000), ("--seed", 0), ("--n_init", 3)):
+        p_fit.add_argument(option, type=int, default=default)
+    p_fit.add_argument("--source", choices=SOURCES, default="fbank")
+    p_fit.add_argument("--cmvn_stats", default=None, help="global CMVN npz (fbank)")
+    for option in ("--model_config", "--model_file"):
+        p_fit.add_argument(option, default=None, help="earlier model (layer)")
+    p_fit.add_argument("--layer", type=int, default=None, help="block of it (layer)")
     p_check = sub.add_parser("check", help="labels agree with the features")
     p_check.add_argument("--ssl_config", type=Path, required=True)
     p_check.add_argument("--labels", required=True)
     p_check.add_argument("--feats_shape", required=True)
     p_check.add_argument("--samples_fs", type=int, default=None,
-                         help="the shape file counts samples at this rate (raw audio)")  # fmt: skip
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (kmeans) %(message)s")
+                         help="the shape file counts samples at this rate (raw audio)")
+    return parser
 
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (kmeans) %(message)s")
     try:
         if args.command == "wants":
             clusters = kmeans_clusters(read_config(args.ssl_config))
@@ -403,27 +275,16 @@ def main(argv=None) -> None:
             clusters = args.num_clusters or kmeans_clusters(config)
             if clusters is None:
                 raise ValueError(f"{args.ssl_config} has no kmeans_ce loss; give --num_clusters")
-            source = FeatureSource(
-                subsampling_factor(config), args.source, args.cmvn_stats,
-                args.model_config, args.model_file, args.layer,
-            )  # fmt: skip
-            fit(
-                args.feats_scp, source, clusters, args.out, args.sample_utts,
-                args.max_frames, args.seed, args.batch_size, args.max_iter, args.n_init,
-                InputReader(args.input, args.fs),
-            )  # fmt: skip
+            source = FeatureSource(subsampling_factor(config), args.source, args.cmvn_stats,
+                                   args.model_config, args.model_file, args.layer)
+            fit(args.feats_scp, source, clusters, args.out, args.sample_utts, args.max_frames, args.seed,
+                args.n_init, InputReader(args.input, args.fs))
         elif args.command == "label":
             import joblib
 
             state = joblib.load(args.kmeans_model)
-            source = FeatureSource(
-                state["factor"], state["source"], state["cmvn_stats"],
-                state["model_config"], state["model_file"], state["layer"],
-            )  # fmt: skip
-            n = label(
-                args.feats_scp, source, state["kmeans"], args.out,
-                InputReader(args.input, args.fs),
-            )  # fmt: skip
+            source = FeatureSource(**{k: state[k] for k in FeatureSource.SETTINGS})
+            n = label(args.feats_scp, source, state["kmeans"], args.out, InputReader(args.input, args.fs))
             logging.info("%d utterances labelled -> %s", n, args.out)
         else:
             factor = subsampling_factor(read_config(args.ssl_config))
