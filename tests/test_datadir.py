@@ -183,6 +183,14 @@ def test_utt2dur_from_audio_and_from_segments(data_dir):
     assert (data_dir / "utt2dur").read_text().splitlines()[-1] == "spk1-u3 0.150"
 
 
+def test_utt2dur_of_pipe_entries_reads_the_audio(data_dir):
+    """A "cmd |" entry has no header to read: its duration comes from decoding it, as in stage 2."""
+    write(data_dir / "wav.scp", "".join(f"spk{i // 2}-u{i} cat a{i}.wav |\n" for i in range(4)))
+    datadir.compute_utt2dur(data_dir)
+    assert (data_dir / "utt2dur").read_text().splitlines() == [
+        "spk0-u0 0.100", "spk0-u1 0.200", "spk1-u2 0.300", "spk1-u3 0.400"]
+
+
 def test_utt2dur_names_unreadable_files_and_writes_nothing(data_dir):
     write(Path("a1.wav"), "not audio")
     with pytest.raises(datadir.DataDirError, match="spk0-u1: a1.wav"):

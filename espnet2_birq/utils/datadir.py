@@ -377,9 +377,9 @@ def audio_duration(value: str) -> float:
     ``file.ark:offset``) from reading it as feature extraction does; errors if it has no samples."""
     path = audio_file(value)
     if path is None or _KALDI_ARK_RE.match(value.strip()):
-        from espnet2_birq.bin.extract_fbank import load_audio  # imports torch: only when needed
+        from espnet2_birq.bin.extract_fbank import read_audio  # imports torch: only when needed
 
-        data, rate = load_audio(value)
+        data, rate, _ = read_audio(value)
         frames = len(data)
     else:
         import soundfile  # imported here so that validate/fix/split work without it
