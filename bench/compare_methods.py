@@ -20,7 +20,7 @@ labelled set gets as many fine-tuning updates as a large one:
 * BL-JUST: ``--ssl_updates`` joint updates (each one labelled and one unlabelled
   batch) followed by ``--ft_updates`` supervised-only updates (its ``final`` phase).
 
-Everything runs through the demo recipe (``egs2/mini_synth/ssl1/run.sh`` -> ``ssl.sh``)
+Everything runs through the demo recipe (``egs2/mini_synth/ssl1/run.sh`` -> ``ssl_asr.sh``)
 in a work directory of its own; the corpus audio is shared with the demo (it is a
 deterministic function of the options). What can be shared is computed once:
 corpus, features, CMVN, token list (from the full labelled set, so every budget has
@@ -109,7 +109,7 @@ def make_work_recipe(work: Path) -> Path:
         "db.sh": DEMO / "db.sh",
         "local": DEMO / "local",
         "conf": DEMO / "conf",
-        "ssl.sh": TEMPLATE / "ssl.sh",
+        "ssl_asr.sh": TEMPLATE / "ssl_asr.sh",
         "path.sh": TEMPLATE / "path.sh",
         "cmd.sh": TEMPLATE / "cmd.sh",
         "utils": REPO / "utils",
@@ -349,7 +349,7 @@ def plan_jobs(args, recipe: Path, budgets: Sequence[int], full_train: int) -> Li
 
 # ---------------------------------------------------------------------------- results
 def read_err(exp_dir: Path, dset: str, metric: str, decode: str = "greedy") -> float:
-    # decodings with an LM carry "_lm_<lm dir>" in their name (ssl.sh's inference tag)
+    # decodings with an LM carry "_lm_<lm dir>" in their name (ssl_asr.sh's inference tag)
     found = sorted(p for p in exp_dir.glob(f"decode_*/{dset}/score_{metric}/summary.json")
                    if ("_lm_" in p.parents[2].name) == (decode == "lm"))
     if len(found) != 1:

@@ -234,17 +234,17 @@ def test_second_run_on_the_same_experiment_refuses_naming_the_holder(recipe, tmp
     slow.chmod(0o755)
     args = [*SETS, "--python", slow, "--global_cmvn", "false", "--stage", "5", "--stop_stage", "5"]
     env = dict(os.environ, cmd_backend="local")
-    first = subprocess.Popen(["./ssl.sh", *map(str, args)], cwd=recipe, env=env,
+    first = subprocess.Popen(["./ssl_asr.sh", *map(str, args)], cwd=recipe, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        lock = recipe / "exp" / "ssl_train_ssl_birq_conformer" / ".ssl.sh.lock"
+        lock = recipe / "exp" / "ssl_train_ssl_birq_conformer" / ".ssl_asr.sh.lock"
         for _ in range(100):
             if lock.exists() and lock.read_text():
                 break
             time.sleep(0.1)
         result = run_ssl(recipe, *args)
         assert result.returncode != 0
-        assert "is in use by another run of ssl.sh" in result.stderr
+        assert "is in use by another run of ssl_asr.sh" in result.stderr
         assert f"pid {first.pid}" in result.stderr
     finally:
         first.kill()

@@ -1,6 +1,6 @@
-"""Tests for the recipe script egs2/TEMPLATE/ssl1/ssl.sh and the mini_synth demo recipe.
+"""Tests for the recipe script egs2/TEMPLATE/ssl1/ssl_asr.sh and the mini_synth demo recipe.
 
-The option and stage tests run ssl.sh in a temporary recipe directory with a fake
+The option and stage tests run ssl_asr.sh in a temporary recipe directory with a fake
 ``--python`` that records its arguments (no ESPnet import, a fraction of a second
 each). ``test_demo_recipe_tiny_end_to_end`` runs the whole demo recipe (stages 1-8)
 at its smallest size with the real tools (a few minutes on 2 CPU cores).
@@ -21,7 +21,7 @@ from tests.conftest import fake_python_splitting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "egs2" / "TEMPLATE" / "ssl1"
-SSL_SH = TEMPLATE / "ssl.sh"
+SSL_SH = TEMPLATE / "ssl_asr.sh"
 DEMO = REPO_ROOT / "egs2" / "mini_synth" / "ssl1"
 
 SETS = ["--pretrain_set", "pretrain", "--train_set", "train", "--valid_set", "dev", "--test_sets", "dev test"]
@@ -33,7 +33,7 @@ def make_recipe(root: Path, demo: bool = False) -> Path:
     """A recipe directory egs2/<corpus>/ssl1 under ``root`` linked like a real one."""
     recipe = root / "egs2" / "corpus" / "ssl1"
     recipe.mkdir(parents=True)
-    (recipe / "ssl.sh").symlink_to(SSL_SH)
+    (recipe / "ssl_asr.sh").symlink_to(SSL_SH)
     (recipe / "path.sh").symlink_to(TEMPLATE / "path.sh")
     (recipe / "cmd.sh").symlink_to(TEMPLATE / "cmd.sh")
     (recipe / "utils").symlink_to(REPO_ROOT / "utils")
@@ -71,7 +71,7 @@ def run_ssl(recipe: Path, *args, timeout=120, env=None):
     env = dict(os.environ if env is None else env)
     env.setdefault("cmd_backend", "local")
     return subprocess.run(
-        ["./ssl.sh", *[str(a) for a in args]],
+        ["./ssl_asr.sh", *[str(a) for a in args]],
         cwd=recipe,
         capture_output=True,
         text=True,
@@ -94,7 +94,7 @@ def write_files(recipe: Path, names, content: str = "x\n") -> None:
 
 
 def option_names(script: Path):
-    """Option variables of ssl.sh: assignments before help_message."""
+    """Option variables of ssl_asr.sh: assignments before help_message."""
     names = []
     for line in script.read_text().splitlines():
         if line.startswith("help_message="):
@@ -349,7 +349,7 @@ def config_fake_python(root: Path) -> Path:
 def test_config_markers_record_parsed_values(tmp_path):
     """A finished stage 5 records its config by value: comments, layout and key order
     change nothing; a changed value is refused with what to do; a marker of an older
-    ssl.sh (the config's bytes) is still accepted while the bytes are the same."""
+    ssl_asr.sh (the config's bytes) is still accepted while the bytes are the same."""
     recipe = make_recipe(tmp_path)
     conf = recipe / "conf" / "train_ssl_birq_conformer.yaml"
     conf.parent.mkdir()
@@ -386,7 +386,7 @@ def test_config_markers_record_parsed_values(tmp_path):
     assert "move exp/ssl_train_ssl_birq_conformer away or pass another --ssl_tag" in result.stderr
     assert trainings() == 1
 
-    # a marker written by an older ssl.sh holds the config's md5 byte for byte
+    # a marker written by an older ssl_asr.sh holds the config's md5 byte for byte
     conf.write_text(conf.read_text().replace("num_blocks: 6", "num_blocks: 12"))
     old = hashlib.md5(conf.read_bytes()).hexdigest()
     marker.write_text(re.sub(r"^config (\S+) \S+$", rf"file \1 {old}", marker.read_text(), flags=re.M))
@@ -665,8 +665,8 @@ def test_demo_size_anywhere_and_switching_sizes(tmp_path):
     recipe.mkdir(parents=True)
     for name in ("run.sh", "db.sh", "conf", "local"):
         (recipe / name).symlink_to(DEMO / name)
-    (recipe / "ssl.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > ssl_args.txt\n')
-    (recipe / "ssl.sh").chmod(0o755)
+    (recipe / "ssl_asr.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > ssl_args.txt\n')
+    (recipe / "ssl_asr.sh").chmod(0o755)
     env = dict(os.environ, MINI_SYNTH=str(tmp_path / "audio"))
 
     def run(*args):
@@ -813,11 +813,11 @@ def test_language_model_trained_in_stage_6_and_used_by_stage_7(tmp_path):
     # holds the LM directory's lock (a finished LM is shared by runs side by side); an LM
     # still to be trained is refused while another run holds its lock
     (recipe / "exp" / "lm_busy").mkdir()
-    holders = [subprocess.Popen(["flock", str(recipe / "exp" / name / ".ssl.sh.lock"), "sleep", "60"])
+    holders = [subprocess.Popen(["flock", str(recipe / "exp" / name / ".ssl_asr.sh.lock"), "sleep", "60"])
                for name in ("lm_train_lm", "lm_busy")]
     try:
         def held(name):  # the holder has the lock once a non-blocking flock of the file fails
-            lock = recipe / "exp" / name / ".ssl.sh.lock"
+            lock = recipe / "exp" / name / ".ssl_asr.sh.lock"
             return lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"]).returncode != 0
 
         for _ in range(100):
