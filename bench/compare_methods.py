@@ -331,13 +331,13 @@ def plan_jobs(args, recipe: Path, budgets: Sequence[int], full_train: int) -> Li
                 ft_args = f"--max_epoch {ft_epochs} --num_iters_per_epoch {per_epoch} --seed {seed}"
                 if method == "scratch":
                     jobs.append(Job(name=name, kind="finetune", args=[
-                        *per_budget, "--pretrained", "none", "--asr_exp", exp, "--asr_args", ft_args]))
+                        *per_budget, "--pretrained_model", "none", "--asr_exp", exp, "--asr_args", ft_args]))
                     continue
-                # --pretrained auto: the model file the SSL config's best_model_criterion names
+                # --pretrained_model auto: the model file the SSL config's best_model_criterion names
                 # (stage 6 checks that every encoder tensor loads from it)
                 jobs.append(Job(name=name, kind="finetune", deps=[f"pretrain_{method}_seed{seed}"], args=[
                     *per_budget, "--ssl_config", SSL_CONFIGS[method], "--ssl_exp", ssl_exp(method, seed),
-                    "--pretrained", "auto", "--asr_exp", exp, "--asr_args", ft_args]))
+                    "--pretrained_model", "auto", "--asr_exp", exp, "--asr_args", ft_args]))
     if args.decode == "lm":
         # the first fine-tuning run trains the shared LM in its stage 6; the others wait for
         # it (the LM directory is locked while it trains)

@@ -329,7 +329,7 @@ def test_ami_microphones_run_side_by_side(tmp_path):
     (shared / "valid.best_rq_acc.ave.pth").write_text("x\n")
     for mic in ("ihm", "sdm"):
         result = run(mic, "--skip_stages", "5", "--ssl_exp", str(shared),
-                     "--pretrained", str(shared / "valid.best_rq_acc.ave.pth"))
+                     "--pretrained_model", str(shared / "valid.best_rq_acc.ave.pth"))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert (recipe / "exp" / mic / "asr_train_asr_ctc_c3_init_yodas_ssl_bpe300" / ".done").is_file()
 

@@ -218,7 +218,7 @@ def test_ssl_sh_ngram_stage_with_the_real_tools(tmp_path, trainer):
     env = dict(os.environ, cmd_backend="local", PATH=path)
     result = subprocess.run(
         ["./ssl_asr.sh", "--pretrain_set", "train", "--train_set", "train", "--valid_set", "train",
-         "--test_sets", "train", "--python", sys.executable, "--ngpu", "0", "--pretrained", "none",
+         "--test_sets", "train", "--python", sys.executable, "--ngpu", "0", "--pretrained_model", "none",
          "--token_type", "bpe", "--nbpe", "30", "--asr_config", "conf/train_asr.yaml",
          "--ssl_config", "conf/train_ssl.yaml", "--use_ngram", "true", "--ngram_trainer", trainer,
          "--lm_train_text", "data/train/text data/local/other_text/text",

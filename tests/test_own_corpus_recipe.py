@@ -137,7 +137,7 @@ def test_own_corpus_recipe_end_to_end(tmp_path):
            "--ssl_config", "conf/train_ssl_birq_debug.yaml",
            "--ssl_args", "--max_epoch 1 --num_iters_per_epoch 3 --batch_bins 100000",
            "--asr_args", "--max_epoch 1 --batch_bins 100000 --num_workers 0 --use_amp false --keep_nbest_models 1",
-           "--hf_repo", "me/my_asr", "--hf_ssl_repo", "me/my_ssl"]
+           "--skip_upload_hf", "false", "--hf_repo", "me/my_asr", "--hf_ssl_repo", "me/my_ssl"]
     result = subprocess.run(cmd, cwd=recipe, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, (result.stdout[-4000:], result.stderr[-4000:])
     assert "Successfully finished" in result.stdout

@@ -132,8 +132,10 @@ def test_unknown_option_fails(tmp_path):
 
 def test_boolean_and_choice_options_are_checked(tmp_path):
     recipe = make_recipe(tmp_path)
-    result = run_ssl(recipe, *SETS, "--global_cmvn", "maybe")
+    result = run_ssl(recipe, *SETS, "--use_lm", "maybe")
     assert result.returncode != 0 and "true or false" in result.stderr
+    result = run_ssl(recipe, *SETS, "--feats_normalize", "utterance_mvn", "--stage", "9")
+    assert result.returncode != 0 and "--feats_normalize must be global_mvn or config" in result.stderr
     result = run_ssl(recipe, *SETS, "--feats_type", "mfcc", "--stage", "9")
     assert result.returncode != 0 and "feats_type" in result.stderr
     result = run_ssl(recipe, "--stage", "9")  # no data sets given
@@ -210,11 +212,15 @@ def test_missing_prerequisite_names_the_stage(tmp_path, stage, missing, first):
 def test_upload_stage_needs_a_repository_and_the_archive(tmp_path):
     recipe = make_recipe(tmp_path)
     py = fake_python(tmp_path)
-    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10")
-    assert result.returncode == 0, result.stderr
-    assert "nothing uploaded" in result.stdout
-    assert not (tmp_path / "python_calls.txt").exists()
+    # as asr.sh: stage 10 is skipped unless --skip_upload_hf false, and says so when given a repository
     result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10", "--hf_repo", "me/asr")
+    assert result.returncode == 0, result.stderr
+    assert "Stage 10 skipped: nothing uploaded to me/asr" in result.stdout
+    assert not (tmp_path / "python_calls.txt").exists()
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10", "--skip_upload_hf", "false")
+    assert result.returncode != 0
+    assert "--skip_upload_hf false needs --hf_repo and/or --hf_ssl_repo" in result.stderr
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10", "--skip_upload_hf", "false", "--hf_repo", "me/asr")
     assert result.returncode != 0
     assert "exp/asr_train_asr_ctc_train_ssl_birq_conformer/asr_train_asr_ctc_train_ssl_birq_conformer_valid.loss.ave.zip missing: run --stage 9 first" in result.stderr
     assert "Successfully finished" not in result.stdout
@@ -552,7 +558,7 @@ def test_frozen_encoder_phase_keeps_its_length_under_user_max_epoch(tmp_path):
     ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev")]
     write_files(recipe, needed)
     result = run_ssl(recipe, *SETS, "--python", py, "--ngpu", "0", "--stage", "6", "--stop_stage", "6",
-                     "--pretrained", "none", "--asr_config", "conf/train_asr.yaml",
+                     "--pretrained_model", "none", "--asr_config", "conf/train_asr.yaml",
                      "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
                      "--freeze_encoder_epochs", "2", "--asr_args", "--max_epoch 8 --seed 3")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -778,7 +784,7 @@ def test_language_model_trained_in_stage_6_and_used_by_stage_7(tmp_path):
     other = recipe / "data" / "local" / "other_text" / "text"
     other.parent.mkdir(parents=True)
     other.write_text("lm1 A A B\nlm2 B\n")
-    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained", "none",
+    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained_model", "none",
               "--asr_config", "conf/train_asr.yaml", "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
               "--use_lm", "true", "--lm_config", "conf/train_lm.yaml",
               "--lm_train_text", "data/train/text data/local/other_text/text"]
@@ -893,7 +899,7 @@ def test_ngram_trained_in_stage_6_and_used_by_stage_7(tmp_path):
     write_files(recipe, [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev", "test")], "u1 x\n")
     write_files(recipe, ["exp/asr_train_asr_scratch/config.yaml", "exp/asr_train_asr_scratch/valid.cer_ctc.ave.pth"])
     (asr_exp / ".done").write_text("finished\n")  # a marker without recorded inputs: fine-tuning is done
-    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained", "none",
+    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained_model", "none",
               "--asr_config", "conf/train_asr.yaml", "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
               "--use_ngram", "true", "--ngram_num", "4", "--test_sets", "test",
               "--inference_config", "conf/decode_ngram.yaml",

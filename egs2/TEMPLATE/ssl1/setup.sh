@@ -4,7 +4,7 @@
 #   egs2/TEMPLATE/ssl1/setup.sh egs2/mycorpus/ssl1
 #
 # Writes <dir>/ with
-#   ssl_asr.sh path.sh cmd.sh utils   symlinks into this repository (relative, like ESPnet's)
+#   ssl_asr.sh path.sh cmd.sh utils  symlinks into this repository (relative, like ESPnet's)
 #   conf/                         copies of the repository's conf/*.yaml, to tune
 #   run.sh                        the set names and configs, then every option goes to ssl_asr.sh
 #   db.sh                         where the corpus is (CORPUS, default <dir>/downloads)

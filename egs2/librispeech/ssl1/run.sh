@@ -15,7 +15,7 @@
 #   ./run.sh --ngpu 1 --ssl_args "--batch_size 16 --accum_grad 4" \
 #            --asr_args "--batch_size 16 --accum_grad 4"          # one GPU, same batches
 #   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
-#   ./run.sh --stage 6 --pretrained none                            # fine-tune from scratch
+#   ./run.sh --stage 6 --pretrained_model none                      # fine-tune from scratch
 #   ./run.sh --use_ngram false --inference_config conf/decode_ctc_greedy.yaml  # greedy, no LM
 #   ./run.sh --help                # this recipe's settings, then every ssl_asr.sh option
 # The corpus goes to ${LIBRISPEECH} (db.sh; 61 GB of downloads). Options of
