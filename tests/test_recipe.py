@@ -117,7 +117,7 @@ def test_help_documents_every_option(tmp_path):
     names = option_names(SSL_SH)
     for required in ("stage", "stop_stage", "ngpu", "num_nodes", "nj", "inference_nj", "feats_type",
                      "token_type", "nbpe", "ssl_config", "asr_config", "inference_config",
-                     "pretrained", "ssl_exp", "asr_exp", "python", "test_sets", "pretrain_set"):
+                     "pretrained_model", "ssl_exp", "asr_exp", "python", "test_sets", "pretrain_set"):
         assert required in names
     for name in names:
         assert f"--{name} " in result.stdout or result.stdout.rstrip().endswith(f"--{name}"), name
