@@ -3,7 +3,7 @@
 
 Builds the three models of the mini_synth demo from its configs (same 4-block
 Conformer): BiRQ pre-training (``train_ssl_birq_tiny.yaml``), CTC fine-tuning
-(``train_asr_ctc_tiny.yaml`` merged with the SSL encoder, as ssl.sh stage 6 does) and
+(``train_asr_ctc_tiny.yaml`` merged with the SSL encoder, as ssl_asr.sh stage 6 does) and
 BL-JUST (``train_bljust_tiny.yaml``), and one batch of each kind at the configs' batch
 sizes (``batch_bins`` / (frames x 80) utterances of ``--frames`` frames). A step is
 forward + backward + gradient clipping + AdamW step. Steps of the kinds are interleaved

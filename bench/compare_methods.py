@@ -20,7 +20,7 @@ labelled set gets as many fine-tuning updates as a large one:
 * BL-JUST: ``--ssl_updates`` joint updates (each one labelled and one unlabelled
   batch) followed by ``--ft_updates`` supervised-only updates (its ``final`` phase).
 
-Everything runs through the demo recipe (``egs2/mini_synth/ssl1/run.sh`` -> ``ssl.sh``)
+Everything runs through the demo recipe (``egs2/mini_synth/ssl1/run.sh`` -> ``ssl_asr.sh``)
 in a work directory of its own; the corpus audio is shared with the demo (it is a
 deterministic function of the options). What can be shared is computed once:
 corpus, features, CMVN, token list (from the full labelled set, so every budget has
@@ -109,7 +109,7 @@ def make_work_recipe(work: Path) -> Path:
         "db.sh": DEMO / "db.sh",
         "local": DEMO / "local",
         "conf": DEMO / "conf",
-        "ssl.sh": TEMPLATE / "ssl.sh",
+        "ssl_asr.sh": TEMPLATE / "ssl_asr.sh",
         "path.sh": TEMPLATE / "path.sh",
         "cmd.sh": TEMPLATE / "cmd.sh",
         "utils": REPO / "utils",
@@ -331,13 +331,13 @@ def plan_jobs(args, recipe: Path, budgets: Sequence[int], full_train: int) -> Li
                 ft_args = f"--max_epoch {ft_epochs} --num_iters_per_epoch {per_epoch} --seed {seed}"
                 if method == "scratch":
                     jobs.append(Job(name=name, kind="finetune", args=[
-                        *per_budget, "--pretrained", "none", "--asr_exp", exp, "--asr_args", ft_args]))
+                        *per_budget, "--pretrained_model", "none", "--asr_exp", exp, "--asr_args", ft_args]))
                     continue
-                # --pretrained auto: the model file the SSL config's best_model_criterion names
+                # --pretrained_model auto: the model file the SSL config's best_model_criterion names
                 # (stage 6 checks that every encoder tensor loads from it)
                 jobs.append(Job(name=name, kind="finetune", deps=[f"pretrain_{method}_seed{seed}"], args=[
                     *per_budget, "--ssl_config", SSL_CONFIGS[method], "--ssl_exp", ssl_exp(method, seed),
-                    "--pretrained", "auto", "--asr_exp", exp, "--asr_args", ft_args]))
+                    "--pretrained_model", "auto", "--asr_exp", exp, "--asr_args", ft_args]))
     if args.decode == "lm":
         # the first fine-tuning run trains the shared LM in its stage 6; the others wait for
         # it (the LM directory is locked while it trains)
@@ -349,7 +349,7 @@ def plan_jobs(args, recipe: Path, budgets: Sequence[int], full_train: int) -> Li
 
 # ---------------------------------------------------------------------------- results
 def read_err(exp_dir: Path, dset: str, metric: str, decode: str = "greedy") -> float:
-    # decodings with an LM carry "_lm_<lm dir>" in their name (ssl.sh's inference tag)
+    # decodings with an LM carry "_lm_<lm dir>" in their name (ssl_asr.sh's inference tag)
     found = sorted(p for p in exp_dir.glob(f"decode_*/{dset}/score_{metric}/summary.json")
                    if ("_lm_" in p.parents[2].name) == (decode == "lm"))
     if len(found) != 1:

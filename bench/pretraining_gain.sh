@@ -32,7 +32,7 @@ log "1/3 BiRQ pre-training + fine-tuning (stages 1-8)"
 log "2/3 BEST-RQ pre-training + fine-tuning (stages 5-8)"
 ./run.sh --demo_size "${demo_size}" --stage 5 --ssl_config conf/train_ssl_best_rq_tiny.yaml
 log "3/3 no pre-training, same fine-tuning (stages 6-8)"
-./run.sh --demo_size "${demo_size}" --stage 6 --pretrained none \
+./run.sh --demo_size "${demo_size}" --stage 6 --pretrained_model none \
     --ssl_config conf/train_ssl_birq_tiny.yaml
 
 echo

@@ -563,7 +563,7 @@ def test_print_config_lists_the_bljust_keys():
 
 @pytest.mark.parametrize("config", BLJUST_CONFIGS, ids=lambda c: c.parts[-4])
 def test_bljust_config_dry_run(config, tmp_path):
-    """--dry_run with ssl.sh's arguments; the model matches the recipe's SSL config."""
+    """--dry_run with ssl_asr.sh's arguments; the model matches the recipe's SSL config."""
     from espnet2_birq.bin import bljust_train
 
     stats = tmp_path / "cmvn.npz"

@@ -96,7 +96,7 @@ def test_skip_bad_audio_drops_utterances_from_every_later_input(recipe):
     write_corpus(recipe / "data" / "train", recipe / "audio", good,
                  bad={"s9-stereo": "stereo", "s9-short": "short", "s9-nan": "nan"})
     result = run_ssl(recipe, *ONE_SET, "--python", PYTHON, "--nj", "2", "--stage", "2", "--stop_stage", "4",
-                     "--skip_bad_audio", "true", "--global_cmvn", "false", "--ssl_config", SSL_CONFIG)
+                     "--skip_bad_audio", "true", "--feats_normalize", "config", "--ssl_config", SSL_CONFIG)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     dump = recipe / "dump" / "fbank" / "train"
     assert sorted(keys(dump / "bad_utts")) == ["s9-nan", "s9-short", "s9-stereo"]
@@ -114,7 +114,7 @@ def test_raw_mode_checks_the_audio_before_training(recipe):
     write_corpus(recipe / "data" / "train", recipe / "audio_t", ["s0-c", "s1-d"])
     args = ["--pretrain_set", "pretrain", "--train_set", "train", "--valid_set", "train", "--test_sets", "train",
             "--python", PYTHON, "--nj", "1", "--stage", "2", "--stop_stage", "4",
-            "--feats_type", "raw", "--global_cmvn", "false", "--ssl_config", SSL_CONFIG]
+            "--feats_type", "raw", "--feats_normalize", "config", "--ssl_config", SSL_CONFIG]
     result = run_ssl(recipe, *args)
     assert result.returncode != 0
     # every bad file of the set at once, named, with a fix that works
@@ -134,7 +134,7 @@ def test_raw_mode_resamples_another_sampling_rate_and_counts_it(recipe):
     write_corpus(recipe / "data" / "train", recipe / "audio_t", ["s0-c"])
     result = run_ssl(recipe, "--pretrain_set", "pretrain", "--train_set", "train", "--valid_set", "train",
                      "--test_sets", "train", "--python", PYTHON, "--nj", "1", "--stage", "2", "--stop_stage", "2",
-                     "--feats_type", "raw", "--skip_bad_audio", "true", "--global_cmvn", "false")
+                     "--feats_type", "raw", "--skip_bad_audio", "true", "--feats_normalize", "config")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout + result.stderr
     assert "1 of 2 recordings of data/pretrain are not at 16000 Hz and were resampled" in out
@@ -176,7 +176,7 @@ cp -r {recipe}/../corpus_src data/train
 
 def test_changed_data_redoes_features_and_refuses_a_trained_model(recipe):
     write_corpus(recipe / "data" / "train", recipe / "audio", ["s0-a", "s1-b"])
-    args = [*ONE_SET, "--python", PYTHON, "--nj", "1", "--global_cmvn", "false", "--stage", "2", "--stop_stage", "2"]
+    args = [*ONE_SET, "--python", PYTHON, "--nj", "1", "--feats_normalize", "config", "--stage", "2", "--stop_stage", "2"]
     assert run_ssl(recipe, *args).returncode == 0
     result = run_ssl(recipe, *args)
     assert "fbank train: already done, skipping" in result.stdout
@@ -198,7 +198,7 @@ def test_changed_data_redoes_features_and_refuses_a_trained_model(recipe):
     exp.mkdir(parents=True)
     (exp / "valid.best_rq_acc.ave.pth").write_text("")
     fake = fake_python(recipe.parent)
-    stage5 = [*ONE_SET, "--python", fake, "--global_cmvn", "false", "--stage", "5", "--stop_stage", "5"]
+    stage5 = [*ONE_SET, "--python", fake, "--feats_normalize", "config", "--stage", "5", "--stop_stage", "5"]
     assert run_ssl(recipe, *stage5).returncode == 0
     assert (exp / ".done").exists()
     assert "already done, skipping" in run_ssl(recipe, *stage5).stdout
@@ -232,19 +232,19 @@ def test_second_run_on_the_same_experiment_refuses_naming_the_holder(recipe, tmp
         "sleep 30\n"
     )
     slow.chmod(0o755)
-    args = [*SETS, "--python", slow, "--global_cmvn", "false", "--stage", "5", "--stop_stage", "5"]
+    args = [*SETS, "--python", slow, "--feats_normalize", "config", "--stage", "5", "--stop_stage", "5"]
     env = dict(os.environ, cmd_backend="local")
-    first = subprocess.Popen(["./ssl.sh", *map(str, args)], cwd=recipe, env=env,
+    first = subprocess.Popen(["./ssl_asr.sh", *map(str, args)], cwd=recipe, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        lock = recipe / "exp" / "ssl_train_ssl_birq_conformer" / ".ssl.sh.lock"
+        lock = recipe / "exp" / "ssl_train_ssl_birq_conformer" / ".ssl_asr.sh.lock"
         for _ in range(100):
             if lock.exists() and lock.read_text():
                 break
             time.sleep(0.1)
         result = run_ssl(recipe, *args)
         assert result.returncode != 0
-        assert "is in use by another run of ssl.sh" in result.stderr
+        assert "is in use by another run of ssl_asr.sh" in result.stderr
         assert f"pid {first.pid}" in result.stderr
     finally:
         first.kill()
@@ -260,7 +260,7 @@ def test_corpus_path_with_spaces_and_shell_characters(recipe, tmp_path):
     odd = tmp_path / "my corpus $HOME & 'quotes'"
     write_corpus(recipe / "data" / "train", odd, ["s0-a", "s1-b"])
     local_data_sh(recipe, "true\n")
-    result = run_ssl(recipe, *ONE_SET, "--python", PYTHON, "--nj", "1", "--global_cmvn", "false",
+    result = run_ssl(recipe, *ONE_SET, "--python", PYTHON, "--nj", "1", "--feats_normalize", "config",
                      "--stage", "1", "--stop_stage", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert keys(recipe / "dump" / "fbank" / "train" / "feats.scp") == ["s0-a", "s1-b"]
@@ -268,7 +268,7 @@ def test_corpus_path_with_spaces_and_shell_characters(recipe, tmp_path):
 
 def test_failed_job_prints_its_log_tail(recipe):
     write_corpus(recipe / "data" / "train", recipe / "audio", ["s0-a"], bad={"s9-x": "corrupt"})
-    result = run_ssl(recipe, *ONE_SET, "--python", PYTHON, "--nj", "1", "--global_cmvn", "false",
+    result = run_ssl(recipe, *ONE_SET, "--python", PYTHON, "--nj", "1", "--feats_normalize", "config",
                      "--stage", "2", "--stop_stage", "2")
     assert result.returncode != 0
     assert "last" in result.stderr and "extract_fbank.1.log" in result.stderr
@@ -299,7 +299,7 @@ def test_a_non_finite_pretrained_model_fails_stage_5(recipe, tmp_path):
         f'exec {PYTHON} "$@"\n'
     )
     wrapper.chmod(0o755)
-    result = run_ssl(recipe, *ONE_SET, "--python", wrapper, "--global_cmvn", "false", "--stage", "5", "--stop_stage", "5")
+    result = run_ssl(recipe, *ONE_SET, "--python", wrapper, "--feats_normalize", "config", "--stage", "5", "--stop_stage", "5")
     assert result.returncode != 0
     assert "valid.loss.ave.pth: 1 tensor(s) hold NaN or inf, first: bn.running_var" in result.stderr
     assert "pre-training diverged" in result.stderr

@@ -1,6 +1,6 @@
-"""ESPnet's collect_stats + aggregate_stats_dirs give the numbers ssl.sh used before.
+"""ESPnet's collect_stats + aggregate_stats_dirs give the numbers ssl_asr.sh used before.
 
-Stage 4 of ssl.sh runs the SSL task's and the ASR task's ``--collect_stats true``
+Stage 4 of ssl_asr.sh runs the SSL task's and the ASR task's ``--collect_stats true``
 (split key files, one job each) and ``espnet2.bin.aggregate_stats_dirs``, as ESPnet's
 asr.sh does. These tests run exactly those commands on a few utterances and compare
 the global CMVN statistics and the shape files with what the project computed by hand
@@ -171,7 +171,7 @@ def _old_text_shape(text: Path, vocab: int) -> str:
 
 
 def test_recipe_stage_4_collects_the_stats_and_skips_a_rerun(corpus, tmp_path):
-    """ssl.sh stage 4 itself: feats_stats.npz is the float64 CMVN of the pre-training set,
+    """ssl_asr.sh stage 4 itself: feats_stats.npz is the float64 CMVN of the pre-training set,
     GlobalMVN with it normalises the features, the shape files are the expected ones, and a
     re-run skips the finished work (redone when an input changes)."""
     import os

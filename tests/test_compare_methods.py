@@ -87,11 +87,11 @@ def test_every_arm_gets_the_same_budget_in_updates(tmp_path):
         seed = j.name.rsplit("seed", 1)[1]
         assert option(j, "--asr_args") == f"--max_epoch 10 --num_iters_per_epoch 50 --seed {seed}"
         if "_scratch_" in j.name:
-            assert option(j, "--pretrained") == "none" and not j.deps
+            assert option(j, "--pretrained_model") == "none" and not j.deps
         else:
             method = j.name.split("_", 1)[1].rsplit("_seed", 1)[0]
             assert j.deps == [f"pretrain_{method}_seed{seed}"]
-            assert option(j, "--pretrained") == "auto" and option(j, "--ssl_exp") == f"exp/ssl_{method}_seed{seed}"
+            assert option(j, "--pretrained_model") == "auto" and option(j, "--ssl_exp") == f"exp/ssl_{method}_seed{seed}"
             assert option(j, "--ssl_config") == cm.SSL_CONFIGS[method]
     bl = [j for j in jobs if j.kind == "bljust"]
     assert len(bl) == 3 * 2

@@ -74,13 +74,13 @@ _SSL_CACHE: Dict[Path, Dict[str, int]] = {}
 
 
 def build_ssl(config: Path, stats: str) -> Dict[str, int]:
-    """Build an SSL config with ssl.sh's arguments; parameter counts, cached by real path."""
+    """Build an SSL config with ssl_asr.sh's arguments; parameter counts, cached by real path."""
     key = config.resolve()
     if key not in _SSL_CACHE:
         from espnet2_birq.tasks.ssl import BirqSSLTask
 
         argv = ["--config", str(config), "--input_size", "80"]
-        if _yaml(config).get("normalize") == "global_mvn":  # as ssl.sh passes it
+        if _yaml(config).get("normalize") == "global_mvn":  # as ssl_asr.sh passes it
             argv += ["--normalize_conf", f"stats_file={stats}"]
         args = BirqSSLTask.get_parser().parse_args(argv)
         model = BirqSSLTask.build_model(args)
@@ -163,7 +163,7 @@ def test_asr_config_builds_after_merge(config, stats_file, token_list, tmp_path)
     merged = merge_configs(_yaml(ssl_config), _yaml(config))
     out = tmp_path / "train_asr.yaml"
     out.write_text(yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
-    # the arguments ssl.sh stage 6 passes
+    # the arguments ssl_asr.sh stage 6 passes
     args = ASRTask.get_parser().parse_args(
         ["--config", str(out), "--input_size", "80", "--token_list", token_list,
          "--normalize", "global_mvn", "--normalize_conf", f"stats_file={stats_file}"]
@@ -235,7 +235,7 @@ def test_run_sh_corpus_options():
 
 AMI_FAKE_PYTHON = """\
 #!/usr/bin/env bash
-# stand-in interpreter for ssl.sh stages 3-8: logs its arguments, writes what each step leaves
+# stand-in interpreter for ssl_asr.sh stages 3-8: logs its arguments, writes what each step leaves
 echo "$*" >> "$(dirname "$0")/python_calls.txt"
 out=; output=; inp=; lm=; prev=
 for a in "$@"; do
@@ -274,7 +274,7 @@ def test_ami_microphones_run_side_by_side(tmp_path):
     real = REPO / "egs2" / "ami" / "ssl1"
     for name in ("run.sh", "db.sh", "conf", "local"):
         (recipe / name).symlink_to(real / name)
-    for name in ("ssl.sh", "path.sh", "cmd.sh"):
+    for name in ("ssl_asr.sh", "path.sh", "cmd.sh"):
         (recipe / name).symlink_to(REPO / "egs2" / "TEMPLATE" / "ssl1" / name)
     (recipe / "utils").symlink_to(REPO / "utils")
     fake = tmp_path / "fake_python"
@@ -329,13 +329,13 @@ def test_ami_microphones_run_side_by_side(tmp_path):
     (shared / "valid.best_rq_acc.ave.pth").write_text("x\n")
     for mic in ("ihm", "sdm"):
         result = run(mic, "--skip_stages", "5", "--ssl_exp", str(shared),
-                     "--pretrained", str(shared / "valid.best_rq_acc.ave.pth"))
+                     "--pretrained_model", str(shared / "valid.best_rq_acc.ave.pth"))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert (recipe / "exp" / mic / "asr_train_asr_ctc_c3_init_yodas_ssl_bpe300" / ".done").is_file()
 
 
 # --------------------------------------------------------------------------
-# The corpus READMEs against the shipped configs, run.sh and ssl.sh's names
+# The corpus READMEs against the shipped configs, run.sh and ssl_asr.sh's names
 # --------------------------------------------------------------------------
 import itertools
 import re
@@ -503,7 +503,7 @@ def test_readme_names_only_schedules_the_configs_use(corpus):
 
 @pytest.mark.parametrize("corpus", CORPORA)
 def test_readme_output_names_are_ssl_sh_names(corpus):
-    """exp/ and token-list paths a README names are the ones ssl.sh derives from run.sh's
+    """exp/ and token-list paths a README names are the ones ssl_asr.sh derives from run.sh's
     settings: exp/ssl_<ssl config>/valid.<first criterion>.ave.pth, exp/asr_<asr config>_
     <ssl tag|init_<dir>|scratch>_bpe<nbpe>, the stats, n-gram and token-list directories."""
     from espnet2_birq.bin.check_init import checkpoint_name

@@ -287,7 +287,7 @@ def test_no_second_data_dir_module_or_dead_download_script():
 
 
 # --------------------------------------------------------------------------
-# Speed perturbation and duration filter (ssl.sh --speed_perturb_factors, --min/max_wav_duration)
+# Speed perturbation and duration filter (ssl_asr.sh --speed_perturb_factors, --min/max_wav_duration)
 # --------------------------------------------------------------------------
 
 

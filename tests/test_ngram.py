@@ -1,5 +1,5 @@
 """Token n-gram language models: the trainer (kaldingram), ESPnet's kenlm scorer through
-espnet2_birq.bin.asr_decode, and ssl.sh's n-gram stage with the real tools.
+espnet2_birq.bin.asr_decode, and ssl_asr.sh's n-gram stage with the real tools.
 
 The decoding test trains a tiny character CTC model for one epoch (as
 tests/test_finetune_decode.py does) and decodes it with ESPnet's beam search and an ARPA
@@ -148,7 +148,7 @@ def test_end_token_is_the_ngram_sentence_end(tmp_path):
 
 
 def test_kaldingram_writes_an_arpa_kenlm_reads(tmp_path):
-    """The pip trainer ssl.sh uses without lmplz: a 3-gram over BPE-like UTF-8 pieces that
+    """The pip trainer ssl_asr.sh uses without lmplz: a 3-gram over BPE-like UTF-8 pieces that
     kenlm loads with every piece intact and whose distributions sum to one."""
     import kenlm
 
@@ -177,7 +177,7 @@ def test_kaldingram_writes_an_arpa_kenlm_reads(tmp_path):
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("flock") is None, reason="needs bash, flock")
 @pytest.mark.parametrize("trainer", ["kaldingram", "lmplz"])
 def test_ssl_sh_ngram_stage_with_the_real_tools(tmp_path, trainer):
-    """ssl.sh stage 6 with --use_ngram true and this interpreter: the LM text is tokenised
+    """ssl_asr.sh stage 6 with --use_ngram true and this interpreter: the LM text is tokenised
     by ESPnet's tokenize_text with the BPE model and kaldingram (or kenlm's lmplz, when on
     PATH) trains a 3-gram over the pieces, which kenlm loads (fine-tuning is marked done,
     so stage 6 trains the n-gram only)."""
@@ -186,7 +186,7 @@ def test_ssl_sh_ngram_stage_with_the_real_tools(tmp_path, trainer):
 
     recipe = tmp_path / "egs2" / "corpus" / "ssl1"
     recipe.mkdir(parents=True)
-    for name in ("ssl.sh", "path.sh", "cmd.sh"):
+    for name in ("ssl_asr.sh", "path.sh", "cmd.sh"):
         (recipe / name).symlink_to(TEMPLATE / name)
     (recipe / "utils").symlink_to(REPO / "utils")
     sentences = ["TURN THE LIGHT ON", "TURN THE RADIO OFF", "SWITCH THE LIGHT OFF",
@@ -217,8 +217,8 @@ def test_ssl_sh_ngram_stage_with_the_real_tools(tmp_path, trainer):
         path = f"{Path(shutil.which('lmplz')).parent}:{path}"
     env = dict(os.environ, cmd_backend="local", PATH=path)
     result = subprocess.run(
-        ["./ssl.sh", "--pretrain_set", "train", "--train_set", "train", "--valid_set", "train",
-         "--test_sets", "train", "--python", sys.executable, "--ngpu", "0", "--pretrained", "none",
+        ["./ssl_asr.sh", "--pretrain_set", "train", "--train_set", "train", "--valid_set", "train",
+         "--test_sets", "train", "--python", sys.executable, "--ngpu", "0", "--pretrained_model", "none",
          "--token_type", "bpe", "--nbpe", "30", "--asr_config", "conf/train_asr.yaml",
          "--ssl_config", "conf/train_ssl.yaml", "--use_ngram", "true", "--ngram_trainer", trainer,
          "--lm_train_text", "data/train/text data/local/other_text/text",

@@ -1,4 +1,4 @@
-"""Bring your own corpus: egs2/TEMPLATE/ssl1/setup.sh, then ssl.sh stages 1-10 on a tiny corpus.
+"""Bring your own corpus: egs2/TEMPLATE/ssl1/setup.sh, then ssl_asr.sh stages 1-10 on a tiny corpus.
 
 One end-to-end run (about 2 minutes on one CPU core) covers the recipe a user creates
 with setup.sh, the Environments block of RESULTS.md (stage 8), packing (stage 9), the
@@ -107,8 +107,8 @@ def test_setup_refuses_a_non_empty_directory(tmp_path):
     result = subprocess.run([str(SETUP), "--force", str(target)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (target / "run.sh").read_text() == "# mine\n"  # --force adds, never overwrites
-    assert os.readlink(target / "ssl.sh") == "../../TEMPLATE/ssl1/ssl.sh" or (target / "ssl.sh").resolve() == (
-        REPO_ROOT / "egs2" / "TEMPLATE" / "ssl1" / "ssl.sh"
+    assert os.readlink(target / "ssl_asr.sh") == "../../TEMPLATE/ssl1/ssl_asr.sh" or (target / "ssl_asr.sh").resolve() == (
+        REPO_ROOT / "egs2" / "TEMPLATE" / "ssl1" / "ssl_asr.sh"
     )
     assert (target / "local" / "data.sh").stat().st_mode & 0o111
 
@@ -118,7 +118,7 @@ def test_own_corpus_recipe_end_to_end(tmp_path):
     recipe = tmp_path / "egs2" / "mycorpus" / "ssl1"
     result = subprocess.run([str(SETUP), str(recipe)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    for name in ("ssl.sh", "path.sh", "cmd.sh", "utils"):
+    for name in ("ssl_asr.sh", "path.sh", "cmd.sh", "utils"):
         assert (recipe / name).is_symlink() and (recipe / name).exists(), name
         assert not os.path.isabs(os.readlink(recipe / name)), name
     assert (recipe / "conf" / "train_ssl_birq_debug.yaml").is_file()
@@ -137,7 +137,7 @@ def test_own_corpus_recipe_end_to_end(tmp_path):
            "--ssl_config", "conf/train_ssl_birq_debug.yaml",
            "--ssl_args", "--max_epoch 1 --num_iters_per_epoch 3 --batch_bins 100000",
            "--asr_args", "--max_epoch 1 --batch_bins 100000 --num_workers 0 --use_amp false --keep_nbest_models 1",
-           "--hf_repo", "me/my_asr", "--hf_ssl_repo", "me/my_ssl"]
+           "--skip_upload_hf", "false", "--hf_repo", "me/my_asr", "--hf_ssl_repo", "me/my_ssl"]
     result = subprocess.run(cmd, cwd=recipe, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, (result.stdout[-4000:], result.stderr[-4000:])
     assert "Successfully finished" in result.stdout

@@ -1,7 +1,7 @@
 """The BiRQ paper's encoders C2 (LibriSpeech) and C3 (AMI/YODAS) as shipped configs.
 
 - conf/train_ssl_{birq,best_rq}_{c2,c3}.yaml build on CPU (``--input_size 80``, as
-  ssl.sh passes it for fbank) with the parameter counts their comments and the recipe
+  ssl_asr.sh passes it for fbank) with the parameter counts their comments and the recipe
   READMEs state, within 3% of the paper's 155M / 275M (encoder);
 - C2 uses ESPnet's Conformer (full attention), C3 the windowed one (window 200);
 - the published settings: 10 blocks, AdamW lr 1e-4, batches of 64 / 128 utterances,
@@ -74,7 +74,7 @@ _BUILT: Dict[Path, Dict] = {}
 
 
 def build(config: Path, stats: str) -> Dict:
-    """Build an SSL config as ssl.sh does (features: --input_size 80); counts, cached."""
+    """Build an SSL config as ssl_asr.sh does (features: --input_size 80); counts, cached."""
     if config not in _BUILT:
         from espnet2_birq.tasks.ssl import BirqSSLTask
 
@@ -237,7 +237,7 @@ def test_finetune_config(model, stats_file, token_list, tmp_path, monkeypatch):
     scheduler = TristageLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4), **conf)
     assert scheduler.warmup_steps > 0 and scheduler.decay_steps > 0
 
-    # the fine-tuning model ssl.sh stage 6 builds (merged config, its arguments)
+    # the fine-tuning model ssl_asr.sh stage 6 builds (merged config, its arguments)
     path = merged_asr_config(model, tmp_path)
     argv = ["--config", str(path), "--input_size", "80", "--token_list", token_list,
             "--normalize", "global_mvn", "--normalize_conf", f"stats_file={stats_file}"]

@@ -255,7 +255,7 @@ def test_pretraining_lists_of_the_fixture_are_split_by_run_sh(tmp_path):
     rdir.mkdir(parents=True)
     for name in ("run.sh", "db.sh", "local", "conf"):
         (rdir / name).symlink_to(REPO / "egs2" / "yodas" / "ssl1" / name)
-    for name in ("ssl.sh", "path.sh", "cmd.sh"):
+    for name in ("ssl_asr.sh", "path.sh", "cmd.sh"):
         (rdir / name).symlink_to(REPO / "egs2" / "TEMPLATE" / "ssl1" / name)
     (rdir / "utils").symlink_to(REPO / "utils")
     env = dict(os.environ, YODAS=str(root), PYTHONPATH="", cmd_backend="local")

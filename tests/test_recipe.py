@@ -1,6 +1,6 @@
-"""Tests for the recipe script egs2/TEMPLATE/ssl1/ssl.sh and the mini_synth demo recipe.
+"""Tests for the recipe script egs2/TEMPLATE/ssl1/ssl_asr.sh and the mini_synth demo recipe.
 
-The option and stage tests run ssl.sh in a temporary recipe directory with a fake
+The option and stage tests run ssl_asr.sh in a temporary recipe directory with a fake
 ``--python`` that records its arguments (no ESPnet import, a fraction of a second
 each). ``test_demo_recipe_tiny_end_to_end`` runs the whole demo recipe (stages 1-8)
 at its smallest size with the real tools (a few minutes on 2 CPU cores).
@@ -21,7 +21,7 @@ from tests.conftest import fake_python_splitting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "egs2" / "TEMPLATE" / "ssl1"
-SSL_SH = TEMPLATE / "ssl.sh"
+SSL_SH = TEMPLATE / "ssl_asr.sh"
 DEMO = REPO_ROOT / "egs2" / "mini_synth" / "ssl1"
 
 SETS = ["--pretrain_set", "pretrain", "--train_set", "train", "--valid_set", "dev", "--test_sets", "dev test"]
@@ -33,7 +33,7 @@ def make_recipe(root: Path, demo: bool = False) -> Path:
     """A recipe directory egs2/<corpus>/ssl1 under ``root`` linked like a real one."""
     recipe = root / "egs2" / "corpus" / "ssl1"
     recipe.mkdir(parents=True)
-    (recipe / "ssl.sh").symlink_to(SSL_SH)
+    (recipe / "ssl_asr.sh").symlink_to(SSL_SH)
     (recipe / "path.sh").symlink_to(TEMPLATE / "path.sh")
     (recipe / "cmd.sh").symlink_to(TEMPLATE / "cmd.sh")
     (recipe / "utils").symlink_to(REPO_ROOT / "utils")
@@ -71,7 +71,7 @@ def run_ssl(recipe: Path, *args, timeout=120, env=None):
     env = dict(os.environ if env is None else env)
     env.setdefault("cmd_backend", "local")
     return subprocess.run(
-        ["./ssl.sh", *[str(a) for a in args]],
+        ["./ssl_asr.sh", *[str(a) for a in args]],
         cwd=recipe,
         capture_output=True,
         text=True,
@@ -94,7 +94,7 @@ def write_files(recipe: Path, names, content: str = "x\n") -> None:
 
 
 def option_names(script: Path):
-    """Option variables of ssl.sh: assignments before help_message."""
+    """Option variables of ssl_asr.sh: assignments before help_message."""
     names = []
     for line in script.read_text().splitlines():
         if line.startswith("help_message="):
@@ -117,7 +117,7 @@ def test_help_documents_every_option(tmp_path):
     names = option_names(SSL_SH)
     for required in ("stage", "stop_stage", "ngpu", "num_nodes", "nj", "inference_nj", "feats_type",
                      "token_type", "nbpe", "ssl_config", "asr_config", "inference_config",
-                     "pretrained", "ssl_exp", "asr_exp", "python", "test_sets", "pretrain_set"):
+                     "pretrained_model", "ssl_exp", "asr_exp", "python", "test_sets", "pretrain_set"):
         assert required in names
     for name in names:
         assert f"--{name} " in result.stdout or result.stdout.rstrip().endswith(f"--{name}"), name
@@ -132,8 +132,10 @@ def test_unknown_option_fails(tmp_path):
 
 def test_boolean_and_choice_options_are_checked(tmp_path):
     recipe = make_recipe(tmp_path)
-    result = run_ssl(recipe, *SETS, "--global_cmvn", "maybe")
+    result = run_ssl(recipe, *SETS, "--use_lm", "maybe")
     assert result.returncode != 0 and "true or false" in result.stderr
+    result = run_ssl(recipe, *SETS, "--feats_normalize", "utterance_mvn", "--stage", "9")
+    assert result.returncode != 0 and "--feats_normalize must be global_mvn or config" in result.stderr
     result = run_ssl(recipe, *SETS, "--feats_type", "mfcc", "--stage", "9")
     assert result.returncode != 0 and "feats_type" in result.stderr
     result = run_ssl(recipe, "--stage", "9")  # no data sets given
@@ -210,11 +212,15 @@ def test_missing_prerequisite_names_the_stage(tmp_path, stage, missing, first):
 def test_upload_stage_needs_a_repository_and_the_archive(tmp_path):
     recipe = make_recipe(tmp_path)
     py = fake_python(tmp_path)
-    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10")
-    assert result.returncode == 0, result.stderr
-    assert "nothing uploaded" in result.stdout
-    assert not (tmp_path / "python_calls.txt").exists()
+    # as asr.sh: stage 10 is skipped unless --skip_upload_hf false, and says so when given a repository
     result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10", "--hf_repo", "me/asr")
+    assert result.returncode == 0, result.stderr
+    assert "Stage 10 skipped: nothing uploaded to me/asr" in result.stdout
+    assert not (tmp_path / "python_calls.txt").exists()
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10", "--skip_upload_hf", "false")
+    assert result.returncode != 0
+    assert "--skip_upload_hf false needs --hf_repo and/or --hf_ssl_repo" in result.stderr
+    result = run_ssl(recipe, *SETS, "--python", py, "--stage", "10", "--skip_upload_hf", "false", "--hf_repo", "me/asr")
     assert result.returncode != 0
     assert "exp/asr_train_asr_ctc_train_ssl_birq_conformer/asr_train_asr_ctc_train_ssl_birq_conformer_valid.loss.ave.zip missing: run --stage 9 first" in result.stderr
     assert "Successfully finished" not in result.stdout
@@ -349,7 +355,7 @@ def config_fake_python(root: Path) -> Path:
 def test_config_markers_record_parsed_values(tmp_path):
     """A finished stage 5 records its config by value: comments, layout and key order
     change nothing; a changed value is refused with what to do; a marker of an older
-    ssl.sh (the config's bytes) is still accepted while the bytes are the same."""
+    ssl_asr.sh (the config's bytes) is still accepted while the bytes are the same."""
     recipe = make_recipe(tmp_path)
     conf = recipe / "conf" / "train_ssl_birq_conformer.yaml"
     conf.parent.mkdir()
@@ -386,7 +392,7 @@ def test_config_markers_record_parsed_values(tmp_path):
     assert "move exp/ssl_train_ssl_birq_conformer away or pass another --ssl_tag" in result.stderr
     assert trainings() == 1
 
-    # a marker written by an older ssl.sh holds the config's md5 byte for byte
+    # a marker written by an older ssl_asr.sh holds the config's md5 byte for byte
     conf.write_text(conf.read_text().replace("num_blocks: 6", "num_blocks: 12"))
     old = hashlib.md5(conf.read_bytes()).hexdigest()
     marker.write_text(re.sub(r"^config (\S+) \S+$", rf"file \1 {old}", marker.read_text(), flags=re.M))
@@ -552,7 +558,7 @@ def test_frozen_encoder_phase_keeps_its_length_under_user_max_epoch(tmp_path):
     ] + [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev")]
     write_files(recipe, needed)
     result = run_ssl(recipe, *SETS, "--python", py, "--ngpu", "0", "--stage", "6", "--stop_stage", "6",
-                     "--pretrained", "none", "--asr_config", "conf/train_asr.yaml",
+                     "--pretrained_model", "none", "--asr_config", "conf/train_asr.yaml",
                      "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
                      "--freeze_encoder_epochs", "2", "--asr_args", "--max_epoch 8 --seed 3")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -665,8 +671,8 @@ def test_demo_size_anywhere_and_switching_sizes(tmp_path):
     recipe.mkdir(parents=True)
     for name in ("run.sh", "db.sh", "conf", "local"):
         (recipe / name).symlink_to(DEMO / name)
-    (recipe / "ssl.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > ssl_args.txt\n')
-    (recipe / "ssl.sh").chmod(0o755)
+    (recipe / "ssl_asr.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > ssl_args.txt\n')
+    (recipe / "ssl_asr.sh").chmod(0o755)
     env = dict(os.environ, MINI_SYNTH=str(tmp_path / "audio"))
 
     def run(*args):
@@ -778,7 +784,7 @@ def test_language_model_trained_in_stage_6_and_used_by_stage_7(tmp_path):
     other = recipe / "data" / "local" / "other_text" / "text"
     other.parent.mkdir(parents=True)
     other.write_text("lm1 A A B\nlm2 B\n")
-    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained", "none",
+    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained_model", "none",
               "--asr_config", "conf/train_asr.yaml", "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
               "--use_lm", "true", "--lm_config", "conf/train_lm.yaml",
               "--lm_train_text", "data/train/text data/local/other_text/text"]
@@ -813,11 +819,11 @@ def test_language_model_trained_in_stage_6_and_used_by_stage_7(tmp_path):
     # holds the LM directory's lock (a finished LM is shared by runs side by side); an LM
     # still to be trained is refused while another run holds its lock
     (recipe / "exp" / "lm_busy").mkdir()
-    holders = [subprocess.Popen(["flock", str(recipe / "exp" / name / ".ssl.sh.lock"), "sleep", "60"])
+    holders = [subprocess.Popen(["flock", str(recipe / "exp" / name / ".ssl_asr.sh.lock"), "sleep", "60"])
                for name in ("lm_train_lm", "lm_busy")]
     try:
         def held(name):  # the holder has the lock once a non-blocking flock of the file fails
-            lock = recipe / "exp" / name / ".ssl.sh.lock"
+            lock = recipe / "exp" / name / ".ssl_asr.sh.lock"
             return lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"]).returncode != 0
 
         for _ in range(100):
@@ -893,7 +899,7 @@ def test_ngram_trained_in_stage_6_and_used_by_stage_7(tmp_path):
     write_files(recipe, [f"dump/fbank/{s}/feats.scp" for s in ("train", "dev", "test")], "u1 x\n")
     write_files(recipe, ["exp/asr_train_asr_scratch/config.yaml", "exp/asr_train_asr_scratch/valid.cer_ctc.ave.pth"])
     (asr_exp / ".done").write_text("finished\n")  # a marker without recorded inputs: fine-tuning is done
-    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained", "none",
+    common = [*SETS, "--python", py, "--ngpu", "0", "--pretrained_model", "none",
               "--asr_config", "conf/train_asr.yaml", "--ssl_config", "conf/train_ssl_birq_conformer.yaml",
               "--use_ngram", "true", "--ngram_num", "4", "--test_sets", "test",
               "--inference_config", "conf/decode_ngram.yaml",

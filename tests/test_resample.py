@@ -227,7 +227,7 @@ def test_raw_mode_copies_have_safe_unique_names(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# ssl.sh stage 2, both modes, with the real tools
+# ssl_asr.sh stage 2, both modes, with the real tools
 # --------------------------------------------------------------------------
 
 
@@ -281,7 +281,7 @@ def test_recipe_stage_2_resamples_in_both_modes_and_counts_them(tmp_path):
 
 def test_finetune_config_refuses_a_model_pretrained_at_another_rate(tmp_path):
     """Fine-tuning reads stage 2's fbank at --fs; a model pre-trained on raw audio records
-    its frontend's rate (frontend_conf fs, ssl.sh's --frontend_conf fs=<fs>) in config.yaml."""
+    its frontend's rate (frontend_conf fs, ssl_asr.sh's --frontend_conf fs=<fs>) in config.yaml."""
     import yaml
 
     from espnet2_birq.bin.make_finetune_config import main, merge_configs

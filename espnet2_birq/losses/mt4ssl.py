@@ -98,7 +98,7 @@ class KMeansCELoss(AbsSSLLoss):
             raise RuntimeError(
                 "kmeans_ce: the batch has no 'frame_labels' stream; give the data loader "
                 "the k-means labels, e.g. --train_data_path_and_name_and_type "
-                "labels.txt,frame_labels,text_int (ssl.sh does this in stage 5)"
+                "labels.txt,frame_labels,text_int (ssl_asr.sh does this in stage 5)"
             )
         frame_lengths = mask_info["frame_lengths"].to(frame_labels_lengths.device)
         short = frame_labels_lengths < frame_lengths

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Environment for the recipes of espnet2-birq (sourced by run.sh / ssl.sh).
+# Environment for the recipes of espnet2-birq (sourced by run.sh / ssl_asr.sh).
 # The repository root is found from this file's real location (recipes link it as
 # egs2/<corpus>/ssl1/path.sh -> ../../TEMPLATE/ssl1/path.sh); its virtual environment
 # (.venv) is activated when present, otherwise the current python is used. The repository root goes on PYTHONPATH so the recipes also work

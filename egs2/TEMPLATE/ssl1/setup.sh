@@ -4,9 +4,9 @@
 #   egs2/TEMPLATE/ssl1/setup.sh egs2/mycorpus/ssl1
 #
 # Writes <dir>/ with
-#   ssl.sh path.sh cmd.sh utils   symlinks into this repository (relative, like ESPnet's)
+#   ssl_asr.sh path.sh cmd.sh utils  symlinks into this repository (relative, like ESPnet's)
 #   conf/                         copies of the repository's conf/*.yaml, to tune
-#   run.sh                        the set names and configs, then every option goes to ssl.sh
+#   run.sh                        the set names and configs, then every option goes to ssl_asr.sh
 #   db.sh                         where the corpus is (CORPUS, default <dir>/downloads)
 #   local/data.sh                 data preparation: copies the ready Kaldi data dirs
 #                                 ${CORPUS}/<set>; replace its body to prepare from raw files
@@ -38,7 +38,7 @@ link() {  # link TARGET NAME: relative symlink <dir>/NAME -> TARGET
     [ -e "${dir}/$2" ] || [ -L "${dir}/$2" ] && return 0
     ln -s "$(realpath --relative-to="${dir}" "$1")" "${dir}/$2"
 }
-link "${template}/ssl.sh" ssl.sh
+link "${template}/ssl_asr.sh" ssl_asr.sh
 link "${template}/path.sh" path.sh
 link "${template}/cmd.sh" cmd.sh
 link "${repo_root}/utils" utils
@@ -68,7 +68,7 @@ write run.sh << 'EOF'
 #!/usr/bin/env bash
 # Recipe made by egs2/TEMPLATE/ssl1/setup.sh: BiRQ pre-training on ${pretrain_set},
 # CTC fine-tuning on ${train_set}, decoding and WER/CER of ${test_sets}.
-# Every stage lives in ./ssl.sh (./ssl.sh --help); later options override these.
+# Every stage lives in ./ssl_asr.sh (./ssl_asr.sh --help); later options override these.
 #   ./run.sh --ssl_config conf/train_ssl_best_rq_conformer.yaml   # BEST-RQ instead of BiRQ
 #   ./run.sh --ngpu 0 --ssl_config conf/train_ssl_birq_debug.yaml  # CPU smoke test
 set -euo pipefail
@@ -82,7 +82,7 @@ ssl_config=conf/train_ssl_birq_conformer.yaml
 asr_config=conf/train_asr_ctc.yaml
 inference_config=conf/decode_ctc_greedy.yaml
 
-./ssl.sh \
+./ssl_asr.sh \
     --pretrain_set "${pretrain_set}" \
     --train_set "${train_set}" \
     --valid_set "${valid_set}" \
@@ -95,10 +95,10 @@ EOF
 
 write local/data.sh << 'EOF'
 #!/usr/bin/env bash
-# Data preparation: writes one Kaldi data dir data/<set> per set for ssl.sh.
+# Data preparation: writes one Kaldi data dir data/<set> per set for ssl_asr.sh.
 #
 # As generated, it copies data dirs you prepared elsewhere: ${CORPUS}/<set>/ (db.sh) with
-#   wav.scp   <recording-id> <wav path or command|>; audio 16 kHz mono (or run ssl.sh --fs)
+#   wav.scp   <recording-id> <wav path or command|>; audio 16 kHz mono (or run ssl_asr.sh --fs)
 #   segments  optional: <utt-id> <recording-id> <start s> <end s>
 #   utt2spk   <utt-id> <speaker-id>; utterance ids start with their speaker id
 #   text      <utt-id> <transcript>; not needed for the pre-training set

@@ -5,7 +5,7 @@
 # of dev and eval. One microphone condition per run: individual headsets (ihm, default)
 # or the first channel of array 1 (sdm); each has its own dump/<mic>, exp/<mic> and
 # data/<mic>_token_list, so the two runs side by side share nothing.
-# Every stage lives in ./ssl.sh; this file only sets the AMI defaults (see README.md).
+# Every stage lives in ./ssl_asr.sh; this file only sets the AMI defaults (see README.md).
 # The default model is the BiRQ paper's AMI/YODAS encoder "C3" (10-block, 275M Conformer
 # with windowed attention, 128 utterances per update; CTC fine-tuning 30 epochs with a
 # tri-stage schedule), from the shared ../../../conf/*_c3.yaml. The paper pre-trains it
@@ -21,8 +21,8 @@
 #   ./run.sh --ngpu 1 --ssl_args "--batch_size 16 --accum_grad 8" \
 #            --asr_args "--batch_size 16 --accum_grad 8"          # one GPU, same batches
 #   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
-#   ./run.sh --help                # this recipe's settings, then every ssl.sh option
-# Recipe option (anywhere on the command line; consumed here, not passed to ssl.sh):
+#   ./run.sh --help                # this recipe's settings, then every ssl_asr.sh option
+# Recipe option (anywhere on the command line; consumed here, not passed to ssl_asr.sh):
 #   --mic ihm|sdm                  microphone condition (default ihm)
 # The corpus goes to ${AMI} (db.sh). Other options of local/data.sh (e.g.
 # --download false, --skip_bad true) go through --local_data_opts "..."; this script
@@ -77,7 +77,7 @@ Recipe option:
   --mic ihm|sdm   microphone condition (now: ${mic}); sets <mic>_train, <mic>_dev, <mic>_eval,
                   --dumpdir dump/<mic> --expdir exp/<mic> --token_listdir data/<mic>_token_list
 
-Recipe settings (passed to ssl.sh; override any of them on the command line):
+Recipe settings (passed to ssl_asr.sh; override any of them on the command line):
   --pretrain_set ${pretrain_set}    --train_set ${train_set}
   --valid_set ${valid_set}          --test_sets "${test_sets}"
   --ssl_config ${ssl_config}   (BEST-RQ: ../../../conf/train_ssl_best_rq_c3.yaml)
@@ -97,13 +97,13 @@ Recipe settings (passed to ssl.sh; override any of them on the command line):
 Corpus location: AMI in db.sh (default downloads/ami).
 Multi-node: cmd_backend=slurm $0 --num_nodes N (N nodes x --ngpu GPUs).
 
-Options of ssl.sh (defaults shown are ssl.sh's; the recipe settings above replace them):
+Options of ssl_asr.sh (defaults shown are ssl_asr.sh's; the recipe settings above replace them):
 HELP
-        exec ./ssl.sh --help
+        exec ./ssl_asr.sh --help
     fi
 done
 
-./ssl.sh \
+./ssl_asr.sh \
     --ngpu "${ngpu}" \
     --dumpdir "${dumpdir}" \
     --expdir "${expdir}" \

@@ -2,7 +2,7 @@
 # LibriSpeech recipe: BiRQ (default) or BEST-RQ pre-training on the 960 h of
 # train-{clean-100,clean-360,other-500}, CTC fine-tuning on train-clean-100 (100 h),
 # CTC beam search with a 4-gram over the BPE tokens of the LibriSpeech LM text (the
-# paper decodes with a 4-gram LM) and WER of dev/test clean/other. Every stage lives in ./ssl.sh;
+# paper decodes with a 4-gram LM) and WER of dev/test clean/other. Every stage lives in ./ssl_asr.sh;
 # this file only sets the LibriSpeech defaults (see README.md). The default model is
 # the BiRQ paper's LibriSpeech setup "C2" (10-block, 155M Conformer, 64 utterances per
 # update, 100 epochs; CTC fine-tuning 30 epochs with a tri-stage schedule), from the
@@ -15,9 +15,9 @@
 #   ./run.sh --ngpu 1 --ssl_args "--batch_size 16 --accum_grad 4" \
 #            --asr_args "--batch_size 16 --accum_grad 4"          # one GPU, same batches
 #   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
-#   ./run.sh --stage 6 --pretrained none                            # fine-tune from scratch
+#   ./run.sh --stage 6 --pretrained_model none                      # fine-tune from scratch
 #   ./run.sh --use_ngram false --inference_config conf/decode_ctc_greedy.yaml  # greedy, no LM
-#   ./run.sh --help                # this recipe's settings, then every ssl.sh option
+#   ./run.sh --help                # this recipe's settings, then every ssl_asr.sh option
 # The corpus goes to ${LIBRISPEECH} (db.sh; 61 GB of downloads). Options of
 # local/data.sh (e.g. --download false) go through --local_data_opts "...".
 # Any later option overrides the defaults below (the last occurrence wins).
@@ -48,7 +48,7 @@ for arg in "$@"; do
         cat << HELP
 Usage: $0 [options]   (LibriSpeech: BiRQ/BEST-RQ pre-training + CTC fine-tuning)
 
-Recipe settings (passed to ssl.sh; override any of them on the command line):
+Recipe settings (passed to ssl_asr.sh; override any of them on the command line):
   --pretrain_set ${pretrain_set}    --train_set ${train_set}
   --valid_set ${valid_set}          --test_sets "${test_sets}"
   --ssl_config ${ssl_config}   (BEST-RQ: ../../../conf/train_ssl_best_rq_c2.yaml)
@@ -69,13 +69,13 @@ Recipe settings (passed to ssl.sh; override any of them on the command line):
 Corpus location: LIBRISPEECH in db.sh (default downloads/librispeech).
 Multi-node: cmd_backend=slurm $0 --num_nodes N (N nodes x --ngpu GPUs).
 
-Options of ssl.sh (defaults shown are ssl.sh's; the recipe settings above replace them):
+Options of ssl_asr.sh (defaults shown are ssl_asr.sh's; the recipe settings above replace them):
 HELP
-        exec ./ssl.sh --help
+        exec ./ssl_asr.sh --help
     fi
 done
 
-./ssl.sh \
+./ssl_asr.sh \
     --ngpu "${ngpu}" \
     --pretrain_set "${pretrain_set}" \
     --train_set "${train_set}" \

@@ -5,7 +5,7 @@
 #   ./run.sh --ssl_config conf/train_ssl_best_rq_tiny.yaml   # BEST-RQ instead of BiRQ
 #   ./run.sh --train_mode bljust  # BL-JUST: one joint supervised + self-supervised run instead of stages 5-6
 #   ./run.sh --use_lm false --inference_config conf/decode_ctc_greedy.yaml   # greedy CTC, no LM
-# --demo_size may come anywhere; every other option goes to ssl.sh (./ssl.sh --help).
+# --demo_size may come anywhere; every other option goes to ssl_asr.sh (./ssl_asr.sh --help).
 # The audio of each size is kept apart (${MINI_SYNTH}/<size>), but data/, dump/ and exp/
 # hold one size at a time: switching sizes needs --demo_reset true (removes them).
 set -euo pipefail
@@ -61,7 +61,7 @@ case "${demo_size}" in
         ;;
 esac
 
-# One size at a time in data/ dump/ exp/ (ssl.sh would otherwise keep features and models
+# One size at a time in data/ dump/ exp/ (ssl_asr.sh would otherwise keep features and models
 # of the other size as done).
 size_stamp=data/.demo_size
 held=
@@ -82,7 +82,7 @@ if [ -n "${held}" ] && [ "${held}" != "${demo_size}" ]; then
 fi
 for arg in ${args[@]+"${args[@]}"}; do
     if [ "${arg}" = --help ] || [ "${arg}" = -h ]; then
-        exec ./ssl.sh --help
+        exec ./ssl_asr.sh --help
     fi
 done
 mkdir -p data
@@ -91,7 +91,7 @@ echo "${demo_size}" > "${size_stamp}"
 [ -f ./db.sh ] && . ./db.sh
 local_data_opts+=" --audio_dir ${MINI_SYNTH}/${demo_size}"
 
-./ssl.sh \
+./ssl_asr.sh \
     --ngpu 0 \
     --nj 2 \
     --inference_nj 1 \

@@ -2,7 +2,7 @@
 # YODAS recipe (Hugging Face espnet/yodas, English manual captions): BiRQ (default) or
 # BEST-RQ pre-training on ~5,000 h, CTC fine-tuning on a 100 h captioned subset of it
 # (split by video), greedy CTC decoding and WER of held-out dev and test sets (5 h each,
-# disjoint videos). Every stage lives in ./ssl.sh; this file only sets the YODAS
+# disjoint videos). Every stage lives in ./ssl_asr.sh; this file only sets the YODAS
 # defaults (see README.md). The default model is the BiRQ paper's YODAS encoder "C3"
 # (10-block, 275M Conformer with windowed attention, 128 utterances per update, 100
 # epochs), from the shared ../../../conf/train_ssl_*_c3.yaml; the paper fine-tunes it on
@@ -15,7 +15,7 @@
 #   ./run.sh --ngpu 1 --ssl_args "--batch_size 16 --accum_grad 8" \
 #            --asr_args "--batch_bins 4000000 --accum_grad 4"     # one GPU, same batches
 #   cmd_backend=slurm ./run.sh --num_nodes 2                        # 2 Slurm nodes x 8 GPUs
-#   ./run.sh --help                # this recipe's settings, then every ssl.sh option
+#   ./run.sh --help                # this recipe's settings, then every ssl_asr.sh option
 # Recipe options (anywhere on the command line; consumed here, passed to local/data.sh):
 #   --hours H                      pre-training budget in hours (default 5000)
 #   --finetune_hours H             labelled fine-tuning subset of it (default 100)
@@ -67,7 +67,7 @@ Recipe options (go to local/data.sh):
   --hours H            pre-training budget in hours (now: ${hours})
   --finetune_hours H   labelled fine-tuning subset of the pre-training set (now: ${finetune_hours})
 
-Recipe settings (passed to ssl.sh; override any of them on the command line):
+Recipe settings (passed to ssl_asr.sh; override any of them on the command line):
   --pretrain_set ${pretrain_set}    --train_set ${train_set}
   --valid_set ${valid_set}          --test_sets "${test_sets}"
   --ssl_config ${ssl_config}   (BEST-RQ: ../../../conf/train_ssl_best_rq_c3.yaml;
@@ -82,13 +82,13 @@ Recipe settings (passed to ssl.sh; override any of them on the command line):
 Corpus location: YODAS in db.sh (default downloads/yodas).
 Multi-node: cmd_backend=slurm $0 --num_nodes N (N nodes x --ngpu GPUs).
 
-Options of ssl.sh (defaults shown are ssl.sh's; the recipe settings above replace them):
+Options of ssl_asr.sh (defaults shown are ssl_asr.sh's; the recipe settings above replace them):
 HELP
-        exec ./ssl.sh --help
+        exec ./ssl_asr.sh --help
     fi
 done
 
-./ssl.sh \
+./ssl_asr.sh \
     --ngpu "${ngpu}" \
     --pretrain_set "${pretrain_set}" \
     --train_set "${train_set}" \

@@ -86,7 +86,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
 fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && [ "${num_lm_text}" -gt 0 ]; then
-    # Text-only data for ssl.sh --use_lm (--lm_train_text), as librispeech-lm-norm is for
+    # Text-only data for ssl_asr.sh --use_lm (--lm_train_text), as librispeech-lm-norm is for
     # LibriSpeech: seen templates only, and no sentence of the dev or test transcripts.
     log "stage 3: ${num_lm_text} sentences of LM text -> ${data_dir}/local/other_text/text"
     "${python}" "${local_dir}/make_lm_text.py" --num_sentences "${num_lm_text}" --seed "${seed}" \

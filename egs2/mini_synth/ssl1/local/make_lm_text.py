@@ -4,7 +4,7 @@
 The demo's counterpart of an LM corpus such as LibriSpeech's ``librispeech-lm-norm``:
 ``--num_sentences`` sentences from the seen templates and seen (room, device) pairs
 (:class:`text_gen.TextGenerator` in ``seen`` mode), written in Kaldi ``text`` format
-(``lm<index> SENTENCE``) for ssl.sh's ``--lm_train_text``.
+(``lm<index> SENTENCE``) for ssl_asr.sh's ``--lm_train_text``.
 
 The LM must not know the evaluation sets: a sentence equal to any transcript of the
 ``--exclude`` files (the dev and test ``text``) is left out and counted. The held-out

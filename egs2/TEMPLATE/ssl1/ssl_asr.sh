@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Self-supervised pre-training (BEST-RQ / BiRQ) + CTC(/attention) ASR fine-tuning recipe.
 # ESPnet egs2 style: run it from a recipe directory (egs2/<corpus>/ssl1) through run.sh.
+# Options that mean the same as in ESPnet's egs2/TEMPLATE/asr1/asr.sh have asr.sh's names.
 #
 # Stages:
 #   1 data preparation (local/data.sh), validation, utt2dur
@@ -18,7 +19,7 @@
 #   7 decoding of every test set (--use_lm / --use_ngram true: beam search with the LM / n-gram)
 #   8 scoring (WER, CER) and exp/asr_<tag>/RESULTS.md
 #   9 packing (espnet2.bin.pack): exp/ssl_<tag>/*.zip (SSL model) and exp/asr_<tag>/*.zip (ASR model)
-#  10 upload of the packed models to the Hugging Face Hub (only with --hf_repo / --hf_ssl_repo)
+#  10 upload of the packed models to the Hugging Face Hub (--skip_upload_hf false with --hf_repo / --hf_ssl_repo)
 set -euo pipefail
 
 log() {
@@ -38,7 +39,11 @@ SECONDS=0
 # General options
 stage=1              # first stage to run
 stop_stage=10000     # last stage to run
-skip_stages=         # stages to skip, e.g. "3 4"
+skip_data_prep=false # skip the data preparation stages 1-3 (as asr.sh)
+skip_train=false     # skip the training stages 4-6 (as asr.sh)
+skip_eval=false      # skip the decoding and scoring stages 7-8 (as asr.sh)
+skip_upload_hf=true  # skip stage 10, the upload to the Hugging Face Hub (as asr.sh)
+skip_stages=         # stages to skip by number, e.g. "5" (no asr.sh counterpart)
 ngpu=1               # GPUs per training job (0: CPU)
 num_nodes=1          # nodes for training (multi-node needs a cluster backend, e.g. slurm)
 nj=32                # parallel jobs for feature extraction
@@ -55,7 +60,7 @@ train_set=           # labelled fine-tuning set
 valid_set=           # validation set (used by both SSL and ASR training)
 test_sets=           # sets to decode and score, e.g. "dev test"
 feats_type=fbank     # fbank: pre-compute fbank for all sets; raw: SSL reads waveforms (kaldi_fbank frontend)
-global_cmvn=true     # normalise with global CMVN of the pre-training set (false: keep the configs' normalize)
+feats_normalize=global_mvn  # global_mvn: global CMVN of the pre-training set; config: the configs' own normalize
 fs=16000             # sampling rate: stage 2 resamples audio at another rate to it
 min_frames=15        # shorter audio (10 ms frames) is bad audio: conv2d/conv2d6/conv2d8 subsampling needs 7/11/15
 skip_bad_audio=false # drop (and list) unreadable, empty, too short or non-finite audio in stages 1-2 instead of failing
@@ -93,7 +98,7 @@ asr_config=conf/train_asr_ctc.yaml  # ASR fine-tuning config (head, optimiser, e
 asr_tag=             # exp/asr_<tag>; default: <asr_config>_<ssl_tag> (or _scratch)
 asr_exp=             # ASR experiment dir (overrides asr_tag)
 asr_args=            # extra arguments for espnet2.bin.asr_train
-pretrained=auto      # auto: <ssl_exp>/valid.<criterion>.ave.pth (the SSL config's best_model_criterion); none: from scratch; or a model file
+pretrained_model=auto # auto: <ssl_exp>/valid.<criterion>.ave.pth (the SSL config's best_model_criterion); none: from scratch; or a model file
 freeze_encoder_epochs=0  # >0: first train N epochs with the encoder frozen, then max_epoch epochs unfrozen
 
 # BL-JUST options (--train_mode bljust)
@@ -109,7 +114,7 @@ lm_exp=              # LM experiment dir (overrides lm_tag)
 lm_args=             # extra arguments for espnet2.bin.lm_train
 lm_train_text=       # LM training text: Kaldi text files (ids unique across them); default: data/<train_set>/text
 lm_dev_text=         # LM validation text; default: data/<valid_set>/text
-lm_inference_model=valid.loss.ave.pth  # the LM model file in lm_exp used for decoding
+inference_lm=valid.loss.ave.pth  # the LM model file in lm_exp used for decoding
 
 # N-gram options (--use_ngram true; ESPnet's kenlm scorer: asr_inference --ngram_file, weight
 # ngram_weight of the --inference_config). The n-gram is over the ASR model's TOKENS.
@@ -121,18 +126,20 @@ ngram_trainer=auto   # lmplz (kenlm's, as asr.sh), kaldingram (pip) or auto: lmp
 
 # Decoding options
 inference_config=conf/decode_ctc_greedy.yaml  # decoding config
-inference_model=auto # model file in asr_exp; auto: valid.acc.ave.pth, valid.cer_ctc.ave.pth or valid.loss.ave.pth
+inference_asr_model=auto  # model file in asr_exp; auto: valid.acc.ave.pth, valid.cer_ctc.ave.pth or valid.loss.ave.pth
 inference_tag=       # decode directory name; default: <config name, decode_ prefixed if needed>_asr_model_<model>
 inference_args=      # extra arguments for espnet2_birq.bin.asr_decode
 empty_hyps_ok=false  # stage 8: score a set whose hypotheses are all empty instead of failing
 
 # Packing and upload options
-hf_repo=             # stage 10: Hugging Face Hub repository for the packed ASR model, e.g. user/birq_asr
-hf_ssl_repo=         # stage 10: Hugging Face Hub repository for the packed SSL model
+hf_repo=             # stage 10 (--skip_upload_hf false): Hugging Face Hub repository for the packed ASR model, e.g. user/birq_asr
+hf_ssl_repo=         # stage 10 (--skip_upload_hf false): Hugging Face Hub repository for the packed SSL model
 
 help_message=$(cat << EOF
 Usage: $0 [options]
 SSL pre-training (BEST-RQ/BiRQ) and ASR fine-tuning, ESPnet egs2 style.
+Options that mean the same as in ESPnet's egs2/TEMPLATE/asr1/asr.sh have asr.sh's names
+(--pretrained_model, --inference_asr_model, --inference_lm, --feats_normalize, --skip_*, ...).
 
 Stages:
   1 data prep (local/data.sh), validation, utt2dur
@@ -147,13 +154,23 @@ Stages:
   7 decoding of the test sets (--use_lm / --use_ngram true: with the LM / n-gram)
   8 scoring (WER/CER) and ${expdir}/asr_<tag>/RESULTS.md
   9 packing: ${expdir}/ssl_<tag>/ssl_<tag>_valid.<criterion>.ave.zip, ${expdir}/asr_<tag>/asr_<tag>_<model>.zip
- 10 upload of the packed models to the Hugging Face Hub (needs --hf_repo or --hf_ssl_repo)
+ 10 upload of the packed models to the Hugging Face Hub (--skip_upload_hf false, with --hf_repo
+    and/or --hf_ssl_repo)
 
 Options (default):
   General:
     --stage           # first stage (default: ${stage})
     --stop_stage      # last stage (default: ${stop_stage})
-    --skip_stages     # stages to skip, e.g. "3 4" (default: "${skip_stages}")
+    --skip_data_prep  # skip the data preparation stages 1-3, as asr.sh (default: ${skip_data_prep})
+    --skip_train      # skip the training stages 4-6 (collect stats, k-means, SSL, ASR, LM, n-gram),
+                      # as asr.sh, whose collect-stats stages are training stages too (default: ${skip_train})
+    --skip_eval       # skip the decoding and scoring stages 7-8, as asr.sh (default: ${skip_eval})
+    --skip_upload_hf  # skip stage 10, the Hugging Face upload, as asr.sh (default: ${skip_upload_hf});
+                      # asr.sh's --skip_upload (packing and Zenodo upload) has no counterpart:
+                      # stage 9 packs unless --stop_stage 8
+    --skip_stages     # stages to skip by number, e.g. "5" (default: "${skip_stages}"); for what the
+                      # --skip_* flags cannot say, e.g. prepare a new set (1-4) and fine-tune (6-8)
+                      # a model pre-trained elsewhere (--pretrained_model FILE) without stage 5
     --ngpu            # GPUs per training job, 0 for CPU (default: ${ngpu})
     --num_nodes       # nodes for training (default: ${num_nodes})
     --nj              # parallel feature extraction jobs (default: ${nj})
@@ -170,7 +187,10 @@ Options (default):
     --test_sets       # sets to decode and score (required), e.g. "dev test"
     --feats_type      # fbank or raw (default: ${feats_type}); raw: SSL reads the pre-training
                       # waveforms with the in-model kaldi_fbank frontend (identical features)
-    --global_cmvn     # global CMVN from the pre-training set for SSL and ASR (default: ${global_cmvn})
+    --feats_normalize # global_mvn: global CMVN of the pre-training set (stage 4) for SSL and ASR, as
+                      # asr.sh's global_mvn; config: normalize and normalize_conf of --ssl_config,
+                      # --asr_config and --bljust_config as written (as any other value in asr.sh;
+                      # utterance_mvn or none: set normalize in the configs) (default: ${feats_normalize})
     --fs              # sampling rate in Hz, or kHz with a k: 16k = 16000 (default: ${fs}); stage 2
                       # resamples audio at another rate to it, counted and listed in
                       # ${dumpdir}/<fbank|raw>/<set>/resampled (raw: copies in .../resampled_audio);
@@ -215,17 +235,19 @@ Options (default):
     --kmeans_dir      # output dir (default: ${dumpdir}/kmeans/<source>..._<clusters>)
   ASR fine-tuning:
     --asr_config      # ASR config (default: ${asr_config}); the encoder is copied from the SSL config
-    --asr_tag         # experiment name suffix (default: <asr_config basename>_<ssl_tag>, _scratch with --pretrained none)
+    --asr_tag         # experiment name suffix (default: <asr_config basename>_<ssl_tag>,
+                      # _scratch with --pretrained_model none)
     --asr_exp         # experiment dir (default: ${expdir}/asr_<asr_tag>)
     --asr_args        # extra arguments for espnet2.bin.asr_train (default: "${asr_args}")
-    --pretrained      # auto (<ssl_exp>/valid.<criterion>.ave.pth, after the SSL config's first
-                      # best_model_criterion), none (from scratch, same architecture)
-                      # or a checkpoint path (default: ${pretrained})
+    --pretrained_model # auto (<ssl_exp>/valid.<criterion>.ave.pth, after the SSL config's first
+                      # best_model_criterion), none (from scratch, same architecture) or a model
+                      # file; its encoder.* initialises the encoder (asr.sh: --init_param of a
+                      # file) (default: ${pretrained_model})
     --freeze_encoder_epochs # train N epochs with a frozen encoder first (default: ${freeze_encoder_epochs})
   BL-JUST (joint training):
     --train_mode      # pretrain_finetune (stages 5 + 6) or bljust: stage 6 trains BL-JUST on
                       # --train_set (labelled) and --pretrain_set (unlabelled) at once, stage 5 is
-                      # skipped; --pretrained auto means from scratch, a model file initialises the
+                      # skipped; --pretrained_model auto means from scratch, a model file initialises the
                       # encoder (default: ${train_mode})
     --bljust_config   # BL-JUST config (default: ${bljust_config})
     --bljust_args     # extra arguments for espnet2_birq.bin.bljust_train (default: "${bljust_args}")
@@ -238,27 +260,30 @@ Options (default):
     --lm_train_text    # LM training text, Kaldi text files with ids unique across them
                        # (default: data/<train_set>/text; e.g. "data/train/text data/local/other_text/text")
     --lm_dev_text      # LM validation text (default: data/<valid_set>/text)
-    --lm_inference_model # LM model file in the LM exp dir used by stage 7 (default: ${lm_inference_model})
+    --inference_lm     # LM model file in the LM exp dir used by stage 7 (default: ${inference_lm})
   N-gram (ESPnet's kenlm scorer over the ASR tokens; needs a beam-search --inference_config, weight ngram_weight):
     --use_ngram        # stage 6 also trains an n-gram on --lm_train_text tokenised with the token list
                        # (BPE pieces or characters), stage 7 decodes with it (default: ${use_ngram})
     --ngram_num        # its order (default: ${ngram_num})
     --ngram_exp        # its directory (default: ${expdir}/ngram_<token list name>)
-    --ngram_file       # an existing n-gram over the same tokens, ARPA or kenlm binary: stage 7
-                       # decodes with it, stage 6 trains none (default: "${ngram_file}")
+    --ngram_file       # an existing n-gram over the same tokens, ARPA or kenlm binary, any path: stage 7
+                       # decodes with it, stage 6 trains none (default: "${ngram_file}"); unlike
+                       # asr.sh's --inference_ngram (a file name in --ngram_exp, the trained one)
     --ngram_trainer    # lmplz (kenlm's modified Kneser-Ney, on PATH), kaldingram (pip, Kneser-Ney)
                        # or auto: lmplz when on PATH, else kaldingram (default: ${ngram_trainer})
   Decoding:
     --inference_config # decoding config (default: ${inference_config})
-    --inference_model  # model file in the ASR exp dir (default: ${inference_model}: valid.acc.ave.pth,
+    --inference_asr_model # model file in the ASR exp dir (default: ${inference_asr_model}: valid.acc.ave.pth,
                        # valid.cer_ctc.ave.pth or valid.loss.ave.pth, the first that exists)
     --inference_tag    # decode dir name (default: decode_<config>_asr_model_<model>)
     --inference_args   # extra arguments for espnet2_birq.bin.asr_decode (default: "${inference_args}")
     --empty_hyps_ok    # stage 8: score a set whose hypotheses are all empty (a model emitting only
                        # blanks) instead of failing (default: ${empty_hyps_ok})
   Packing and upload:
-    --hf_repo          # stage 10: Hub repository for the ASR model, e.g. user/birq_asr (default: "${hf_repo}")
-    --hf_ssl_repo      # stage 10: Hub repository for the SSL model (default: "${hf_ssl_repo}")
+    --hf_repo          # stage 10 (with --skip_upload_hf false): Hub repository for the ASR model,
+                       # e.g. user/birq_asr (default: "${hf_repo}")
+    --hf_ssl_repo      # stage 10 (with --skip_upload_hf false): Hub repository for the SSL model
+                       # (default: "${hf_ssl_repo}")
 
 Every stage can be re-run: finished work is skipped (marker files .done) or redone
 deterministically. Delete the marker (printed in the skip message) to force a re-run.
@@ -300,6 +325,13 @@ case "${token_type}" in char|bpe) ;; *) die "--token_type must be char or bpe, g
 case "${train_mode}" in pretrain_finetune|bljust) ;; *) die "--train_mode must be pretrain_finetune or bljust, got '${train_mode}'" ;; esac
 if [ "${use_lm}" = true ] && [ -z "${lm_config}" ]; then
     die "--use_lm true needs --lm_config (an espnet2.bin.lm_train config, e.g. the recipe's conf/train_lm_*.yaml)"
+fi
+case "${feats_normalize}" in
+    global_mvn|config) ;;
+    *) die "--feats_normalize must be global_mvn or config (the configs' own normalize: set utterance_mvn or none there), got '${feats_normalize}'" ;;
+esac
+if [ "${skip_upload_hf}" = false ] && [ -z "${hf_repo}" ] && [ -z "${hf_ssl_repo}" ]; then
+    die "--skip_upload_hf false needs --hf_repo and/or --hf_ssl_repo (the Hub repositories to upload to)"
 fi
 case "${ngram_trainer}" in auto|lmplz|kaldingram) ;; *) die "--ngram_trainer must be auto, lmplz or kaldingram, got '${ngram_trainer}'" ;; esac
 [ -z "${ngram_file}" ] || use_ngram=true  # an external n-gram is decoded with, and none is trained
@@ -384,11 +416,11 @@ if [ -f "${ssl_config}" ]; then
     [ -n "${ssl_model_file}" ] || die "no best_model_criterion found in ${ssl_config}"
 fi
 # BL-JUST: from scratch unless a model file is given.
-if [ "${train_mode}" = bljust ] && [ "${pretrained}" = auto ]; then pretrained=none; fi
-case "${pretrained}" in
+if [ "${train_mode}" = bljust ] && [ "${pretrained_model}" = auto ]; then pretrained_model=none; fi
+case "${pretrained_model}" in
     auto) init_ckpt=${ssl_exp}/${ssl_model_file}; init_name=${ssl_tag} ;;
     none) init_ckpt=; init_name=scratch ;;
-    *) init_ckpt=${pretrained}; init_name=init_$(basename "$(dirname "${pretrained}")") ;;
+    *) init_ckpt=${pretrained_model}; init_name=init_$(basename "$(dirname "${pretrained_model}")") ;;
 esac
 if [ -z "${asr_tag}" ]; then
     if [ "${train_mode}" = bljust ]; then
@@ -419,6 +451,11 @@ fi
 run_stage() {  # run_stage N: is stage N selected?
     local n=$1 s
     [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || return 1
+    # asr.sh's groups: data preparation, training (collect stats included), evaluation, Hub upload
+    [ "${skip_data_prep}" = true ] && [ "${n}" -ge 1 ] && [ "${n}" -le 3 ] && return 1
+    [ "${skip_train}" = true ] && [ "${n}" -ge 4 ] && [ "${n}" -le 6 ] && return 1
+    [ "${skip_eval}" = true ] && [ "${n}" -ge 7 ] && [ "${n}" -le 8 ] && return 1
+    [ "${skip_upload_hf}" = true ] && [ "${n}" -eq 10 ] && return 1
     for s in ${skip_stages}; do
         [ "${s}" = "${n}" ] && return 1
     done
@@ -455,11 +492,11 @@ fingerprint() {  # fingerprint INPUT...: one line per input (a file, a YAML conf
 }
 marker_changes() {  # marker_changes MARKER INPUT...: the recorded inputs that differ now (empty: none)
     local recorded now kind x sum line
-    grep -q '^# inputs$' "$1" || return 0  # marker of an older ssl.sh: nothing recorded
+    grep -q '^# inputs$' "$1" || return 0  # marker of an older ssl_asr.sh: nothing recorded
     recorded=$(sed -n '/^# inputs$/,$p' "$1" | tail -n +2)
     shift
     now=$(fingerprint "$@")
-    # Markers of an older ssl.sh record configs byte for byte ("file X md5"): such a
+    # Markers of an older ssl_asr.sh record configs byte for byte ("file X md5"): such a
     # line stands for the config as it is now while the file's bytes are unchanged.
     while read -r kind x sum; do
         [ "${kind}" = file ] && [[ ${x} == *.yaml || ${x} == *.yml ]] && [ -f "${x}" ] || continue
@@ -521,19 +558,19 @@ die_bad_audio() {  # die_bad_audio OUT MESSAGE: list every bad utterance of all 
     fi
     die "$2 (cause above)"
 }
-# One run of ssl.sh at a time per directory it writes (a second run refuses).
-# The lock is an flock on DIR/.ssl.sh.lock held by this shell and the jobs it
+# One run of ssl_asr.sh at a time per directory it writes (a second run refuses).
+# The lock is an flock on DIR/.ssl_asr.sh.lock held by this shell and the jobs it
 # starts, and released when they end, however they end; the file names the pid.
 declare -A lock_fds=()
 acquire_lock() {  # acquire_lock DIR
     local dir=$1 fd holder
     mkdir -p "${dir}"
-    exec {fd}>> "${dir}/.ssl.sh.lock"
+    exec {fd}>> "${dir}/.ssl_asr.sh.lock"
     if ! flock -n "${fd}"; then
-        holder=$(cat "${dir}/.ssl.sh.lock" 2> /dev/null || true)
-        die "${dir} is in use by another run of ssl.sh (${holder:-pid unknown}). Wait for it to finish or stop it (kill that pid); the lock is released when it and its jobs have ended."
+        holder=$(cat "${dir}/.ssl_asr.sh.lock" 2> /dev/null || true)
+        die "${dir} is in use by another run of ssl_asr.sh (${holder:-pid unknown}). Wait for it to finish or stop it (kill that pid); the lock is released when it and its jobs have ended."
     fi
-    echo "pid $$ on $(hostname), started $(date '+%Y-%m-%dT%H:%M:%S'): ${run_args}" > "${dir}/.ssl.sh.lock"
+    echo "pid $$ on $(hostname), started $(date '+%Y-%m-%dT%H:%M:%S'): ${run_args}" > "${dir}/.ssl_asr.sh.lock"
     lock_fds[${dir}]=${fd}
 }
 release_lock() {  # release_lock DIR
@@ -604,7 +641,7 @@ if run_stage 6 || run_stage 7 || run_stage 8; then acquire_lock "${asr_exp}"; fi
 # ---------------------------------------------------------------------------
 if run_stage 1; then
     log "Stage 1: data preparation: local/data.sh ${local_data_opts}"
-    [ -x local/data.sh ] || [ -f local/data.sh ] || die "local/data.sh not found (run ssl.sh from a recipe directory)"
+    [ -x local/data.sh ] || [ -f local/data.sh ] || die "local/data.sh not found (run ssl_asr.sh from a recipe directory)"
     # shellcheck disable=SC2086
     bash local/data.sh ${local_data_opts}
     for dset in ${source_sets}; do
@@ -686,7 +723,7 @@ if run_stage 2; then
         out=${fbank_dir}/${dset}
         _inputs=("${set_dir}/wav.scp" "${set_dir}/segments" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
         if is_done "${out}/.done" "fbank ${dset}" "${_inputs[@]}"; then
-            # features of an older ssl.sh: add the kept utterances' text and utt2spk
+            # features of an older ssl_asr.sh: add the kept utterances' text and utt2spk
             [ -f "${set_dir}/text" ] && [ ! -f "${out}/text" ] && keep_utts "${out}" "${set_dir}"
             continue
         fi
@@ -899,7 +936,7 @@ kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
         fbank)
             _name=fbank
             _src_opts=(--source fbank)
-            [ "${global_cmvn}" = true ] && _src_opts+=(--cmvn_stats "${cmvn_stats}")
+            [ "${feats_normalize}" = global_mvn ] && _src_opts+=(--cmvn_stats "${cmvn_stats}")
             ;;
         layer)
             [ -n "${kmeans_model_file}" ] || die "--kmeans_source layer needs --kmeans_model_file"
@@ -916,7 +953,7 @@ kmeans_labels() {  # kmeans_labels NUM_CLUSTERS (empty: nothing to do)
     [ -n "${kmeans_dir}" ] || kmeans_dir=${dumpdir}/kmeans/${_name}_${clusters}
     local _km_inputs=("$(_scp_of "${pretrain_set}")" "$(_scp_of "${valid_set}")" "clusters=${clusters}"
         "kmeans_source=${kmeans_source}" "kmeans_seed=${kmeans_seed}" "kmeans_sample_utts=${kmeans_sample_utts}"
-        "kmeans_max_frames=${kmeans_max_frames}" "global_cmvn=${global_cmvn}")
+        "kmeans_max_frames=${kmeans_max_frames}" "feats_normalize=${feats_normalize}")
     [ "${kmeans_source}" = layer ] && _km_inputs+=("${kmeans_model_file}" "kmeans_layer=${kmeans_layer}")
     if ! is_done "${kmeans_dir}/.done" "k-means labels ${kmeans_dir}" "${_km_inputs[@]}"; then
         need "$(_scp_of "${pretrain_set}")" 2
@@ -969,8 +1006,8 @@ if run_stage 5 && [ "${train_mode}" = bljust ]; then
 elif run_stage 5; then
     log "Stage 5: SSL pre-training: ${ssl_exp} (config: ${ssl_config})"
     _inputs=("${ssl_config}" "${ssl_stats_dir}/train/speech_shape" "${ssl_stats_dir}/valid/speech_shape"
-        "feats_type=${feats_type}" "global_cmvn=${global_cmvn}" "ssl_args=${ssl_args}")
-    [ "${global_cmvn}" = true ] && _inputs+=("${cmvn_stats}")
+        "feats_type=${feats_type}" "feats_normalize=${feats_normalize}" "ssl_args=${ssl_args}")
+    [ "${feats_normalize}" = global_mvn ] && _inputs+=("${cmvn_stats}")
     if ! is_done_or_refuse "${ssl_exp}/.done" "SSL pre-training ${ssl_exp}" \
         "To pre-train on the new inputs, move ${ssl_exp} away or pass another --ssl_tag; to keep this model, restore the inputs." \
         "${_inputs[@]}"; then
@@ -991,7 +1028,7 @@ elif run_stage 5; then
                 --train_data_path_and_name_and_type "${raw_dir}/${pretrain_set}/wav.scp,speech,sound"
                 --valid_data_path_and_name_and_type "${raw_dir}/${valid_set}/wav.scp,speech,sound")
         fi
-        if [ "${global_cmvn}" = true ]; then
+        if [ "${feats_normalize}" = global_mvn ]; then
             need "${cmvn_stats}" 4
             _opts+=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
         fi
@@ -1107,7 +1144,7 @@ asr_train() {  # asr_train OUTPUT_DIR [extra args]: fine-tuning (guarded asr_tra
 
 # --------------------------------------------------------------- BL-JUST stage 6
 if run_stage 6 && [ "${train_mode}" = bljust ]; then
-    log "Stage 6: BL-JUST: ${asr_exp} (config: ${bljust_config}, labelled: ${train_set}, unlabelled: ${pretrain_set}, pretrained: ${pretrained})"
+    log "Stage 6: BL-JUST: ${asr_exp} (config: ${bljust_config}, labelled: ${train_set}, unlabelled: ${pretrain_set}, pretrained: ${pretrained_model})"
     if ! is_done "${asr_exp}/.done" "BL-JUST training ${asr_exp}"; then
         [ -f "${bljust_config}" ] || die "--bljust_config ${bljust_config} not found"
         need "${token_list}" 3
@@ -1117,7 +1154,7 @@ if run_stage 6 && [ "${train_mode}" = bljust ]; then
             need "${fbank_dir}/${dset}/feats.scp" 2
         done
         _cmvn_opts=()
-        if [ "${global_cmvn}" = true ]; then
+        if [ "${feats_normalize}" = global_mvn ]; then
             need "${cmvn_stats}" 4
             _cmvn_opts=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
         fi
@@ -1140,13 +1177,13 @@ if run_stage 6 && [ "${train_mode}" = bljust ]; then
         log "BL-JUST training finished: ${asr_exp}"
     fi
 elif run_stage 6; then
-    log "Stage 6: ASR fine-tuning: ${asr_exp} (config: ${asr_config}, pretrained: ${pretrained})"
+    log "Stage 6: ASR fine-tuning: ${asr_exp} (config: ${asr_config}, pretrained: ${pretrained_model})"
     _inputs=("${asr_config}" "${token_list}" "${asr_stats_dir}/train/speech_shape"
         "${asr_stats_dir}/train/text_shape.${token_type}" "${asr_stats_dir}/valid/speech_shape"
         "${asr_stats_dir}/valid/text_shape.${token_type}" "${fbank_dir}/${train_set}/text" "${fbank_dir}/${valid_set}/text"
-        "init=${init_ckpt}" "global_cmvn=${global_cmvn}" "asr_args=${asr_args}" "freeze_encoder_epochs=${freeze_encoder_epochs}")
+        "init=${init_ckpt}" "feats_normalize=${feats_normalize}" "asr_args=${asr_args}" "freeze_encoder_epochs=${freeze_encoder_epochs}")
     [ -n "${init_ckpt}" ] && _inputs+=("${init_ckpt}")
-    [ "${global_cmvn}" = true ] && _inputs+=("${cmvn_stats}")
+    [ "${feats_normalize}" = global_mvn ] && _inputs+=("${cmvn_stats}")
     if ! is_done_or_refuse "${asr_exp}/.done" "ASR fine-tuning ${asr_exp}" \
         "To fine-tune on the new inputs, move ${asr_exp} away or pass another --asr_tag; to keep this model, restore the inputs." \
         "${_inputs[@]}"; then
@@ -1164,7 +1201,7 @@ elif run_stage 6; then
         fi
         [ -z "${init_ckpt}" ] || need "${init_ckpt}" 5
         _cmvn_opts=()
-        if [ "${global_cmvn}" = true ]; then
+        if [ "${feats_normalize}" = global_mvn ]; then
             need "${cmvn_stats}" 4
             _cmvn_opts=(--normalize global_mvn --normalize_conf "stats_file=${cmvn_stats}")
         fi
@@ -1206,7 +1243,7 @@ elif run_stage 6; then
 fi
 
 # ------------------------------------------------------ language model (stage 6)
-lm_model=${lm_exp}/${lm_inference_model}
+lm_model=${lm_exp}/${inference_lm}
 lm_text() {  # lm_text OUT FILE...: the files' lines that have text, as one Kaldi text file
     local out=$1 f n_empty dup
     shift
@@ -1359,18 +1396,18 @@ elif run_stage 6 && [ "${use_ngram}" = true ]; then
 fi
 
 # ---------------------------------------------------------------------------
-if [ "${inference_model}" = auto ]; then
-    inference_model=valid.loss.ave.pth
+if [ "${inference_asr_model}" = auto ]; then
+    inference_asr_model=valid.loss.ave.pth
     for m in valid.acc.ave.pth valid.cer_ctc.ave.pth valid.loss.ave.pth; do
-        if [ -e "${asr_exp}/${m}" ]; then inference_model=${m}; break; fi
+        if [ -e "${asr_exp}/${m}" ]; then inference_asr_model=${m}; break; fi
     done
 fi
 if [ -z "${inference_tag}" ]; then
     inference_tag=$(basename "${inference_config}" .yaml)
     case "${inference_tag}" in decode*) ;; *) inference_tag=decode_${inference_tag} ;; esac
-    inference_tag+="_asr_model_$(echo "${inference_model}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
+    inference_tag+="_asr_model_$(echo "${inference_asr_model}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
     # as asr.sh: decodings with and without an LM (or with another LM) sit side by side
-    [ "${use_lm}" = true ] && inference_tag+="_lm_$(basename "${lm_exp}")_$(echo "${lm_inference_model}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
+    [ "${use_lm}" = true ] && inference_tag+="_lm_$(basename "${lm_exp}")_$(echo "${inference_lm}" | sed -e "s/\//_/g" -e "s/\.[^.]*$//g")"
     if [ "${use_ngram}" = true ] && [ -n "${ngram_file}" ]; then
         inference_tag+="_ngram_$(basename "${ngram_file}" | sed -e "s/\.gz$//" -e "s/\.[^.]*$//")"
     elif [ "${use_ngram}" = true ]; then
@@ -1379,12 +1416,12 @@ if [ -z "${inference_tag}" ]; then
 fi
 
 if run_stage 7; then
-    log "Stage 7: decoding ${test_sets} with ${asr_exp}/${inference_model} -> ${asr_exp}/${inference_tag}"
+    log "Stage 7: decoding ${test_sets} with ${asr_exp}/${inference_asr_model} -> ${asr_exp}/${inference_tag}"
     need "${asr_exp}/config.yaml" 6
-    need "${asr_exp}/${inference_model}" 6
+    need "${asr_exp}/${inference_asr_model}" 6
     [ -f "${inference_config}" ] || die "--inference_config ${inference_config} not found"
     _lm_opts=()
-    _newest_model=$(readlink -f "${asr_exp}/${inference_model}")
+    _newest_model=$(readlink -f "${asr_exp}/${inference_asr_model}")
     if [ "${use_lm}" = true ]; then
         need "${lm_exp}/config.yaml" 6
         need "${lm_model}" 6
@@ -1425,7 +1462,7 @@ if run_stage 7; then
                 --data_path_and_name_and_type "${fbank_dir}/${dset}/feats.scp,speech,kaldi_ark" \
                 --key_file "${_logdir}/keys.JOB.scp" \
                 --asr_train_config "${asr_exp}/config.yaml" \
-                --asr_model_file "${asr_exp}/${inference_model}" \
+                --asr_model_file "${asr_exp}/${inference_asr_model}" \
                 --output_dir "${_logdir}/output.JOB" \
                 --config "${inference_config}" \
                 "${_lm_opts[@]}" \
@@ -1464,11 +1501,11 @@ if run_stage 8; then
     done
     # ESPnet's Environments block (date, versions, this project's git hash) and the score tables
     if [ "${train_mode}" = bljust ]; then
-        _notes=(--note "BL-JUST (joint) training: config ${bljust_config}, labelled ${train_set}, unlabelled ${pretrain_set}, --pretrained ${pretrained}"
-                --note "decoding: ${inference_config}, model ${inference_model}")
+        _notes=(--note "BL-JUST (joint) training: config ${bljust_config}, labelled ${train_set}, unlabelled ${pretrain_set}, --pretrained_model ${pretrained_model}"
+                --note "decoding: ${inference_config}, model ${inference_asr_model}")
     else
-        _notes=(--note "pre-training: ${ssl_exp} (config: ${ssl_config}), --pretrained ${pretrained}"
-                --note "fine-tuning config: ${asr_config}; decoding: ${inference_config}, model ${inference_model}")
+        _notes=(--note "pre-training: ${ssl_exp} (config: ${ssl_config}), --pretrained_model ${pretrained_model}"
+                --note "fine-tuning config: ${asr_config}; decoding: ${inference_config}, model ${inference_asr_model}")
     fi
     if [ "${use_lm}" = true ]; then
         _notes+=(--note "language model: ${lm_model} (config: ${lm_config}; text: ${lm_train_text})")
@@ -1490,7 +1527,7 @@ fi
 
 # ---------------------------------------------------------------------------
 ssl_packed=${ssl_exp}/${ssl_exp##*/}_${ssl_model_file%.pth}.zip
-asr_packed=${asr_exp}/${asr_exp##*/}_${inference_model%.*}.zip
+asr_packed=${asr_exp}/${asr_exp##*/}_${inference_asr_model%.*}.zip
 # with the LM inside, an archive of its own (one packed without it is not "done")
 [ "${use_lm}" = true ] && asr_packed=${asr_packed%.zip}_lm_${lm_exp##*/}.zip
 pack_model() {  # pack_model ARCHIVE MODEL_FILE PACK_ARGS...: (re)pack when the archive is older than MODEL_FILE
@@ -1509,10 +1546,10 @@ pack_model() {  # pack_model ARCHIVE MODEL_FILE PACK_ARGS...: (re)pack when the 
 if run_stage 9; then
     log "Stage 9: packing -> ${asr_packed}, ${ssl_packed}"
     _pack_opts=()
-    [ "${global_cmvn}" = true ] && _pack_opts+=(--option "${cmvn_stats}")
+    [ "${feats_normalize}" = global_mvn ] && _pack_opts+=(--option "${cmvn_stats}")
     [ "${token_type}" = bpe ] && _pack_opts+=(--option "${bpemodel}")
-    # The SSL model: its encoder initialises fine-tuning elsewhere (--pretrained <unpacked>/...pth).
-    if [ "${pretrained}" = auto ]; then
+    # The SSL model: its encoder initialises fine-tuning elsewhere (--pretrained_model <unpacked>/...pth).
+    if [ "${pretrained_model}" = auto ]; then
         need "${ssl_exp}/${ssl_model_file}" 5
         _rerun=()
         [ -f "${ssl_exp}/run.sh" ] && _rerun=(--option "${ssl_exp}/run.sh")
@@ -1520,14 +1557,14 @@ if run_stage 9; then
             --ssl_train_config "${ssl_exp}/config.yaml" --ssl_model_file "${ssl_exp}/${ssl_model_file}" \
             "${_pack_opts[@]}" "${_rerun[@]}"
     else
-        log "no SSL model of this run to pack (--pretrained ${pretrained})"
+        log "no SSL model of this run to pack (--pretrained_model ${pretrained_model})"
     fi
-    need "${asr_exp}/${inference_model}" 6
+    need "${asr_exp}/${inference_asr_model}" 6
     _extra=()
     for f in "${asr_exp}/RESULTS.md" "${asr_exp}/run.sh"; do
         [ -f "${f}" ] && _extra+=(--option "${f}")
     done
-    _newest_model=${asr_exp}/${inference_model}
+    _newest_model=${asr_exp}/${inference_asr_model}
     if [ "${use_lm}" = true ]; then
         # the LM the decoding used goes into the archive too (ESPnet's pack asr --lm_*)
         need "${lm_model}" 6
@@ -1535,14 +1572,14 @@ if run_stage 9; then
         _newest_model=$(newer_of "${_newest_model}" "${lm_model}")
     fi
     pack_model "${asr_packed}" "${_newest_model}" asr \
-        --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${asr_exp}/${inference_model}" \
+        --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${asr_exp}/${inference_asr_model}" \
         "${_pack_opts[@]}" "${_extra[@]}"
 fi
 
+if [ "${skip_upload_hf}" = true ] && [ -n "${hf_repo}${hf_ssl_repo}" ] && [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
+    log "WARNING: Stage 10 skipped: nothing uploaded to ${hf_repo} ${hf_ssl_repo} (--skip_upload_hf true, the default as in asr.sh; pass --skip_upload_hf false to upload)"
+fi
 if run_stage 10; then
-    if [ -z "${hf_repo}" ] && [ -z "${hf_ssl_repo}" ]; then
-        log "Stage 10: no --hf_repo / --hf_ssl_repo given: nothing uploaded"
-    fi
     if [ -n "${hf_repo}" ]; then
         log "Stage 10: uploading ${asr_packed} to the Hugging Face Hub: ${hf_repo}"
         need "${asr_packed}" 9
