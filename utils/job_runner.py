@@ -45,7 +45,7 @@ JOB_RANGE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\d+)(?::(\d+))?$")
 _SHELL_PLAIN_RE = re.compile(r"[^\s'\"\\]+")
 DATE_FORMAT = "%a %b %d %H:%M:%S %Z %Y"
 LOG_TAIL_LINES, LOGS_SHOWN, FAILURES_LISTED = 20, 3, 20
-# ssl.sh exports its pid as RECIPE_PID: when the recipe dies (even by SIGKILL, which it
+# ssl_asr.sh exports its pid as RECIPE_PID: when the recipe dies (even by SIGKILL, which it
 # cannot trap) the runner stops its jobs rather than leave them writing into exp/.
 WATCH_SECONDS = 1.0
 

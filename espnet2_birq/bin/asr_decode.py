@@ -6,7 +6,7 @@ decoding YAML): ``true`` runs batched best-path CTC decoding (exact for CTC-only
 faster than a beam search on CPU); otherwise all goes to ESPnet's ``asr_inference``.  Both write
 ``<output_dir>/1best_recog/{text,token,token_int,score}`` with this project's ASR task
 (``windowed_conformer`` encoders).  An n-gram (``--ngram_file``) is queried by ESPnet's kenlm
-scorer with the model's tokens (train it on text tokenised with them: ``ssl.sh --use_ngram
+scorer with the model's tokens (train it on text tokenised with them: ``ssl_asr.sh --use_ngram
 true``); the ESPnet2 end token ``<sos/eos>`` is its ``</s>`` here, not ``<unk>``.
 
     python -m espnet2_birq.bin.asr_decode --config conf/decode_ctc_greedy.yaml \\

@@ -1,4 +1,4 @@
-"""Kaldi fbank features, or a check of raw audio, for a Kaldi data directory (ssl.sh stage 2).
+"""Kaldi fbank features, or a check of raw audio, for a Kaldi data directory (ssl_asr.sh stage 2).
 
     python -m espnet2_birq.bin.extract_fbank [extract] --data_dir D --out_dir O --name feats.2 \\
         [--fs 16000] [--skip_bad_audio false] [--min_frames 1]
@@ -45,7 +45,7 @@ FINE_SUBTYPES = frozenset({"FLOAT", "DOUBLE", "PCM_24", "PCM_32"})
 FEAT_DIM = 80
 MAX_LISTED_ERRORS = 50
 LOG_EVERY = 500
-#: check_raw's sub-directory of resampled copies (ssl.sh removes it before a re-run)
+#: check_raw's sub-directory of resampled copies (ssl_asr.sh removes it before a re-run)
 RESAMPLED_AUDIO_DIR = "resampled_audio"
 _ARK_OFFSET_RE = re.compile(r"(.+):\d+")
 

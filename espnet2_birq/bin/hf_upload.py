@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Upload a model packed by ``espnet2.bin.pack`` (ssl.sh stage 9) to the Hugging Face Hub.
+"""Upload a model packed by ``espnet2.bin.pack`` (ssl_asr.sh stage 9) to the Hugging Face Hub.
 
     python -m espnet2_birq.bin.hf_upload --archive exp/asr_x/asr_x_valid.cer_ctc.ave.zip \\
         --repo_id user/birq_asr --task asr --results exp/asr_x/RESULTS.md
@@ -46,7 +46,7 @@ def model_card(meta: dict, task: str, repo_id: str, results: Optional[str]) -> s
 def stage_folder(archive: str, folder: str, task: str, repo_id: str, results: Optional[str]) -> None:
     """Unzip ``archive`` into ``folder`` and write the model card."""
     if not zipfile.is_zipfile(archive):
-        raise ValueError(f"{archive}: not a zip archive (pack it with ssl.sh stage 9)")
+        raise ValueError(f"{archive}: not a zip archive (pack it with ssl_asr.sh stage 9)")
     with zipfile.ZipFile(archive) as z:
         if "meta.yaml" not in z.namelist():
             raise ValueError(f"{archive}: no meta.yaml (not made by espnet2.bin.pack)")
@@ -66,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     for path, stage in ((args.archive, 9), (args.results, 8)):
         if path is not None and not os.path.isfile(path):
-            logging.error("%s: not found (run ssl.sh --stage %d first)", path, stage)
+            logging.error("%s: not found (run ssl_asr.sh --stage %d first)", path, stage)
             return 1
     try:
         from huggingface_hub import HfApi

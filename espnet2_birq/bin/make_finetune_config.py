@@ -69,7 +69,7 @@ def main(cmd=None) -> int:
     parser.add_argument("--asr_config", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--fs", type=int, default=None, help="sampling rate of the fine-tuning features "
-                        "(ssl.sh --fs); a model pre-trained on audio at another rate is refused")
+                        "(ssl_asr.sh --fs); a model pre-trained on audio at another rate is refused")
     args = parser.parse_args(cmd)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     configs = []

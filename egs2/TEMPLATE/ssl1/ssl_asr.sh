@@ -491,20 +491,11 @@ fingerprint() {  # fingerprint INPUT...: one line per input (a file, a YAML conf
     done
 }
 marker_changes() {  # marker_changes MARKER INPUT...: the recorded inputs that differ now (empty: none)
-    local recorded now kind x sum line
-    grep -q '^# inputs$' "$1" || return 0  # marker of an older ssl_asr.sh: nothing recorded
+    local recorded now
+    grep -q '^# inputs$' "$1" || return 0  # a marker that records no inputs: nothing to compare
     recorded=$(sed -n '/^# inputs$/,$p' "$1" | tail -n +2)
     shift
     now=$(fingerprint "$@")
-    # Markers of an older ssl_asr.sh record configs byte for byte ("file X md5"): such a
-    # line stands for the config as it is now while the file's bytes are unchanged.
-    while read -r kind x sum; do
-        [ "${kind}" = file ] && [[ ${x} == *.yaml || ${x} == *.yml ]] && [ -f "${x}" ] || continue
-        [ "$(md5sum < "${x}" | cut -d ' ' -f 1)" = "${sum}" ] || continue
-        line=$(awk -v x="${x}" '$1 == "config" && $2 == x { print; exit }' <<< "${now}")
-        [ -n "${line}" ] || continue
-        recorded=$(awk -v old="file ${x} ${sum}" -v new="${line}" '$0 == old { $0 = new } 1' <<< "${recorded}")
-    done <<< "${recorded}"
     # both sides through $(...) and echo: a marker without inputs (recorded and now empty) is unchanged
     diff <(echo "${recorded}") <(echo "${now}") | sed -n 's/^> /now: /p; s/^< /was: /p' || true
 }
@@ -722,11 +713,7 @@ if run_stage 2; then
         filter_by_duration "${dset}"
         out=${fbank_dir}/${dset}
         _inputs=("${set_dir}/wav.scp" "${set_dir}/segments" "fs=${fs}" "skip_bad_audio=${skip_bad_audio}" "min_frames=${min_frames}")
-        if is_done "${out}/.done" "fbank ${dset}" "${_inputs[@]}"; then
-            # features of an older ssl_asr.sh: add the kept utterances' text and utt2spk
-            [ -f "${set_dir}/text" ] && [ ! -f "${out}/text" ] && keep_utts "${out}" "${set_dir}"
-            continue
-        fi
+        is_done "${out}/.done" "fbank ${dset}" "${_inputs[@]}" && continue
         n_utt=$(num_lines "${set_dir}/utt2spk")
         _nj=$(min "${nj}" "${n_utt}")
         mkdir -p "${out}/log"
