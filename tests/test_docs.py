@@ -45,3 +45,18 @@ def test_config_paths_in_tool_docstrings_exist():
     for tool in sorted((REPO / "espnet2_birq" / "bin").glob("*.py")):
         for path in re.findall(r"--config ((?:egs2/[\w./-]+/)?conf/[\w./-]+\.yaml)", tool.read_text()):
             assert (REPO / path).is_file(), f"{tool.name}: {path}"
+
+
+def test_docs_stay_short():
+    # README: what a newcomer reads in minutes; BENCHMARKS: current figures, history in git.
+    assert len((REPO / "README.md").read_bytes()) <= 12 * 1024
+    assert len((REPO / "BENCHMARKS.md").read_text().splitlines()) <= 300
+
+
+def test_python_tooling_stays_within_its_budget():
+    # The command-line tooling around the method (data prep, features, scoring, job runners):
+    # maintained tools (ESPnet, lhotse, kaldiio, soxr, sclite/kaldialign) do the rest.
+    files = [*(REPO / "espnet2_birq").glob("bin/*.py"), *(REPO / "espnet2_birq").glob("utils/*.py"),
+             *(REPO / "espnet2_birq").glob("dataprep/*.py"), *(REPO / "utils").glob("*.py")]
+    lines = sum(len(f.read_text().splitlines()) for f in files)
+    assert lines <= 3500, f"{lines} lines of Python tooling (budget 3,500)"
