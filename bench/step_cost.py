@@ -37,11 +37,14 @@ page faults per step are printed either way.
 Guard overhead (``--guard_models birq,mt4ssl``, on by default): the same models, batch
 and optimisers run whole update steps through ESPnet's training loop, alternately its
 plain ``Trainer.train_one_epoch`` and the project's ``GuardedTrainer.train_one_epoch``
-(non-finite guards: input test, state-buffer snapshot, skipped-update restore, buffer
-test after each update), ``--guard_steps`` steps per call, ``--guard_reps`` times each.
+(non-finite guards: input test, state-buffer snapshot, skipped-update restore,
+state-buffer test after each update, test of the other buffers updates changed at the
+end of the epoch), ``--guard_steps`` steps per call, ``--guard_reps`` times each.
 Printed per model: the median step of each, their ratio, and the guard's own work per
 update (the wall time spent inside the guard's hooks and the model's buffer snapshot and
-restore, timed where they are called) as a fraction of the plain step. MT4SSL holds an
+restore, timed where they are called) as a fraction of the plain step, and apart from it
+the guard's work once per epoch (the test of the buffers updates changed besides the
+state buffers, e.g. an EMA teacher; a measured "epoch" is only a few steps). MT4SSL holds an
 EMA teacher as large as the encoder in buffers: the case a guard copying every buffer
 would pay for. The ratio of the two step medians is noisy on a loaded machine; the
 guard's work is measured directly and is the figure to read.
@@ -195,16 +198,21 @@ class GuardTimer:
     guard's ``before_batch``, ``end_of_update`` and ``check_pending``) and the model's
     ``_buffer_snapshot`` / ``_restore_buffers``; whichever of them exist, so that an
     older version of the trainer is measured the same way. Nested calls count once.
+    The guard's ``end_of_epoch`` (once per epoch, the test of an EMA teacher) is timed
+    apart, in ``epoch_seconds``: a measured "epoch" here is a few steps, a real one
+    thousands.
     """
 
     TRAINER_HOOKS = ("before_batch", "end_of_update", "check_pending")
+    EPOCH_HOOKS = ("end_of_epoch",)
 
     def __init__(self):
         self.seconds = 0.0
+        self.epoch_seconds = 0.0
         self.depth = 0
         self.enabled = True
 
-    def wrap(self, function):
+    def wrap(self, function, bucket="seconds"):
         timer = self
 
         def timed(*args, **kwargs):
@@ -215,7 +223,7 @@ class GuardTimer:
             try:
                 return function(*args, **kwargs)
             finally:
-                timer.seconds += time.perf_counter() - start
+                setattr(timer, bucket, getattr(timer, bucket) + time.perf_counter() - start)
                 timer.depth -= 1
 
         return timed
@@ -227,19 +235,21 @@ class GuardTimer:
 
         saved = []
 
-        def patch(owner, name, wrap_static=False):
+        def patch(owner, name, wrap_static=False, bucket="seconds"):
             if name not in vars(owner):
                 return
             original = vars(owner)[name]
             saved.append((owner, name, original))
             if wrap_static:
-                setattr(owner, name, staticmethod(self.wrap(original.__func__)))
+                setattr(owner, name, staticmethod(self.wrap(original.__func__, bucket)))
             else:
-                setattr(owner, name, self.wrap(original))
+                setattr(owner, name, self.wrap(original, bucket))
 
         patch(trainer, "non_finite_utterances")
         for hook in self.TRAINER_HOOKS:
             patch(trainer._UpdateGuard, hook)
+        for hook in self.EPOCH_HOOKS:
+            patch(trainer._UpdateGuard, hook, bucket="epoch_seconds")
         model_class = ssl_model.BirqSSLModel
         patch(model_class, "_buffer_snapshot")
         patch(model_class, "_restore_buffers",
@@ -306,12 +316,12 @@ def guard_overhead(models, optimizers, inputs, feats, lengths, names, steps, rep
         if cuda:
             batch = {k: v.pin_memory() for k, v in batch.items()}
         times = {"plain": [], "guarded": []}
-        guard_seconds, guarded_updates = 0.0, 0
+        guard_seconds, epoch_seconds, guarded_updates, guarded_epochs = 0.0, 0.0, 0, 0
         with timer.installed():
             for rep in range(reps):
                 for trainer_name, trainer_class in (("plain", Trainer), ("guarded", GuardedTrainer)):
                     torch.manual_seed(rep)
-                    timer.seconds = 0.0
+                    timer.seconds = timer.epoch_seconds = 0.0
                     step_times = run_trainer_epoch(
                         trainer_class, models[name], optimizers[name], batch, steps + 1,
                         options, cuda)
@@ -320,10 +330,13 @@ def guard_overhead(models, optimizers, inputs, feats, lengths, names, steps, rep
                         # the trainer's hooks and the model's snapshot/restore (the
                         # latter run in the plain trainer's steps too)
                         guard_seconds += timer.seconds
+                        epoch_seconds += timer.epoch_seconds
                         guarded_updates += steps + 1
+                        guarded_epochs += 1
         plain = statistics.median(times["plain"])
         guarded = statistics.median(times["guarded"])
-        results[name] = dict(plain=plain, guarded=guarded, work=guard_seconds / guarded_updates)
+        results[name] = dict(plain=plain, guarded=guarded, work=guard_seconds / guarded_updates,
+                             epoch_work=epoch_seconds / guarded_epochs)
         print(f"repetitions of the guard measurement for {name} done", file=sys.stderr,
               flush=True)
     return results
@@ -507,6 +520,10 @@ def main(argv: List[str] = None):
                 f"{result['guarded'] / result['plain']:.3f}  guard work "
                 f"{result['work'] * 1e3:.2f} ms/update = "
                 f"{result['work'] / result['plain']:.4f} of a plain step"
+            )
+            print(
+                f"guard {name:8s} once per epoch {result['epoch_work'] * 1e3:.1f} ms = "
+                f"{result['epoch_work'] / result['plain']:.4f} of a plain step"
             )
 
     if args.profile:

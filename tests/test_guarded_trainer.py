@@ -235,7 +235,8 @@ class TeacherLike(torch.nn.Module):
     """BatchNorm (state), a scalar counter (state), a frozen codebook-like buffer and an
     EMA-teacher-like buffer updated after every optimiser step, as large as a model."""
 
-    def __init__(self, inf_on_calls=(), nan_teacher_at_update=None, write_big_in_forward=False):
+    def __init__(self, inf_on_calls=(), nan_teacher_at_update=None, write_big_in_forward=False,
+                 teacher_is_target=False, nan_state_at_update=None):
         super().__init__()
         self.norm = torch.nn.BatchNorm1d(3)
         self.linear = torch.nn.Linear(3, 1)
@@ -245,6 +246,8 @@ class TeacherLike(torch.nn.Module):
         self.inf_on_calls = set(inf_on_calls)
         self.nan_teacher_at_update = nan_teacher_at_update
         self.write_big_in_forward = write_big_in_forward
+        self.teacher_is_target = teacher_is_target  # as an EMA teacher gives MT4SSL its targets
+        self.nan_state_at_update = nan_state_at_update
         self.calls = 0
 
     def forward(self, speech, speech_lengths, utt_id):
@@ -252,7 +255,8 @@ class TeacherLike(torch.nn.Module):
         if self.write_big_in_forward:
             with torch.no_grad():
                 self.codebook.add_(1.0)
-        loss = self.linear(self.norm(speech)).pow(2).mean()
+        target = self.teacher.mean() if self.teacher_is_target else 0.0
+        loss = (self.linear(self.norm(speech)) - target).pow(2).mean()
         if self.calls in self.inf_on_calls:
             loss = loss * float("inf")
         return loss, {"loss": loss.detach()}, torch.tensor(speech.shape[0])
@@ -263,6 +267,8 @@ class TeacherLike(torch.nn.Module):
         self.teacher.mul_(0.9).add_(0.1)
         if self.nan_teacher_at_update == int(self.updates):
             self.teacher[7] = float("nan")
+        if self.nan_state_at_update == int(self.updates):
+            self.norm.running_var[1] = float("inf")
 
 
 def train_teacher_like(model, trainer_options, num_batches, on_snapshot=None):
@@ -336,13 +342,50 @@ def test_skipped_update_names_a_changed_buffer_it_cannot_restore(trainer_options
 
 
 @pytest.mark.parametrize("num_batches", [2, 4])
-def test_non_finite_buffer_after_an_update_stops_training_naming_it(trainer_options, num_batches):
-    """The test of update 2's buffers is read before update 3 is applied (after ESPnet's
-    gradient-norm test), or when the epoch ends if update 2 is its last."""
-    model = TeacherLike(nan_teacher_at_update=2)
+def test_non_finite_state_buffer_after_an_update_stops_training_naming_it(trainer_options, num_batches):
+    """The test of update 2's state buffers is read before update 3 is applied (after
+    ESPnet's gradient-norm test), or when the epoch ends if update 2 is its last."""
+    model = TeacherLike(nan_state_at_update=2)
+    with pytest.raises(NonFiniteError, match=r"after an update, buffer\(s\) norm.running_var hold NaN or inf"):
+        train_teacher_like(model, trainer_options, num_batches=num_batches)
+    assert int(model.updates) == 2
+
+
+@pytest.mark.parametrize("num_batches", [2, 4])
+def test_non_finite_teacher_stops_training_before_the_next_update(trainer_options, num_batches):
+    """A teacher giving the targets: NaN after update 2 makes update 3's gradient NaN;
+    the skipped update tests the teacher and names it (or the epoch's end does)."""
+    model = TeacherLike(nan_teacher_at_update=2, teacher_is_target=True)
     with pytest.raises(NonFiniteError, match=r"after an update, buffer\(s\) teacher hold NaN or inf"):
         train_teacher_like(model, trainer_options, num_batches=num_batches)
     assert int(model.updates) == 2
+
+
+def test_non_finite_buffer_the_loss_does_not_use_stops_training_at_the_end_of_the_epoch(trainer_options):
+    """Before ESPnet validates and saves the epoch's checkpoint."""
+    model = TeacherLike(nan_teacher_at_update=2)
+    with pytest.raises(NonFiniteError, match=r"after an update, buffer\(s\) teacher hold NaN or inf"):
+        train_teacher_like(model, trainer_options, num_batches=4)
+    assert int(model.updates) == 4
+
+
+def test_teacher_sized_buffers_are_tested_once_per_epoch_only(trainer_options, monkeypatch):
+    """After each update only the state buffers are tested; the teacher (changed by every
+    update) and the frozen codebook (never changed) are not, except the teacher at the
+    end of the epoch."""
+    from espnet2_birq.train import trainer as trainer_module
+
+    tested = []
+    original = trainer_module._UpdateGuard._launch_check
+
+    def spy(guard, indices):
+        tested.append(sorted(guard.names[i] for i in indices))
+        return original(guard, indices)
+
+    monkeypatch.setattr(trainer_module._UpdateGuard, "_launch_check", spy)
+    train_teacher_like(TeacherLike(), trainer_options, num_batches=3)
+    state = ["norm.num_batches_tracked", "norm.running_mean", "norm.running_var", "updates"]
+    assert tested == [state] * 3 + [["teacher"]]
 
 
 def test_large_finite_buffers_are_not_mistaken_for_non_finite(trainer_options):
