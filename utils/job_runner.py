@@ -194,14 +194,6 @@ def watch_recipe(stop) -> None:
     threading.Thread(target=loop, daemon=True).start()
 
 
-def run_until_stopped(stop, body) -> int:
-    """``body()`` with SIGINT/SIGTERM/SIGHUP and the recipe's death calling ``stop``."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, stop)
-    watch_recipe(stop)
-    return body()
-
-
 class LocalRunner:
     """run.pl: the jobs as local processes, at most ``--max_jobs_run`` at a time."""
 
@@ -250,14 +242,12 @@ class LocalRunner:
         say(f"{self.program}: stopped by {signal.Signals(signum).name}; running jobs were terminated")
         os._exit(128 + signum)
 
-    def run(self) -> int:
+    def run(self) -> List[Tuple[Optional[int], str]]:
+        """The failed jobs: ``[(index, why)]``."""
         indices = self.request.indices
         with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(indices))) as pool:
             codes = list(pool.map(self.run_one, indices))
-        failures = [(i, describe_exit_code(c)) for i, c in zip(indices, codes) if c != 0]
-        if failures:
-            report_failures(self.program, self.request, failures)
-        return 1 if failures else 0
+        return [(i, describe_exit_code(c)) for i, c in zip(indices, codes) if c != 0]
 
 
 # slurm.pl's rules, in the syntax of Kaldi's conf/slurm.conf:
@@ -437,7 +427,7 @@ class SlurmRunner:
             say(f"{self.program}: stopped by {signal.Signals(signum).name}; cancelled Slurm job {self.job_id}")
         os._exit(128 + signum)
 
-    def run(self) -> int:
+    def run(self) -> List[Tuple[Optional[int], str]]:
         self.job_id = self.submit()
         while self.job_in_queue():
             time.sleep(self.poll_seconds)
@@ -447,12 +437,9 @@ class SlurmRunner:
             time.sleep(min(2.0, self.log_wait_seconds))
             codes = {i: read_exit_code(self.request.log_path(i)) if c is None else c for i, c in codes.items()}
         states = self.slurm_states() if None in codes.values() else {}
-        failures = [(i, describe_exit_code(c) if c is not None else "no exit status in the log; " + states.get(
+        return [(i, describe_exit_code(c) if c is not None else "no exit status in the log; " + states.get(
             f"{self.job_id}_{i}" if self.array else self.job_id, "Slurm state unknown"))
             for i, c in codes.items() if c != 0]
-        if failures:
-            report_failures(self.program, self.request, failures)
-        return 1 if failures else 0
 
 
 def main(runner_name: str, argv: Optional[List[str]] = None) -> int:
@@ -460,7 +447,13 @@ def main(runner_name: str, argv: Optional[List[str]] = None) -> int:
     try:
         request = JobRequest(program, sys.argv[1:] if argv is None else argv)
         runner = LocalRunner(request) if runner_name == "run" else SlurmRunner(request)
-        return run_until_stopped(runner.stop, runner.run)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, runner.stop)
+        watch_recipe(runner.stop)  # the recipe's death stops the jobs, too
+        failures = runner.run()
     except UsageError as error:
         say(f"{program}: error: {error}")
         return 1
+    if failures:
+        report_failures(program, request, failures)
+    return 1 if failures else 0

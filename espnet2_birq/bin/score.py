@@ -188,21 +188,13 @@ def score_kaldialign(pairs, unit: str):
     return per_utt, "\n".join(blocks)
 
 
-_SCORES_RE = re.compile(r"^Scores: \(#C #S #D #I\)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)")
-_ID_RE = re.compile(r"^id: \((.*)\)\s*$")
+# sclite prints each utterance's counts on the line after its id
+_PRA_SCORES_RE = re.compile(r"^id: \((.*)\)[ \t]*\nScores: \(#C #S #D #I\)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", re.M)
 
 
 def parse_sclite_pra(text: str) -> Dict[str, Tuple[int, int, int, int]]:
     """Per-utterance ``(C, S, D, I)`` from sclite's ``pra`` output."""
-    out, current = {}, None
-    for line in text.splitlines():
-        m = _ID_RE.match(line)
-        if m:
-            current = m.group(1)
-        elif current is not None and _SCORES_RE.match(line):
-            out[current] = tuple(int(x) for x in _SCORES_RE.match(line).groups())
-            current = None
-    return out
+    return {m.group(1): tuple(int(x) for x in m.groups()[1:]) for m in _PRA_SCORES_RE.finditer(text)}
 
 
 def find_sclite(sclite: Optional[str]) -> Optional[str]:
@@ -285,10 +277,10 @@ def score_files(ref_path, hyp_path, unit, out_dir, use_sclite="auto", sclite=Non
 _SUMAVG_RE = re.compile(r"\|\s*Sum/Avg\s*\|\s*(\d+)\s+(\d+)\s*\|" + r"\s*([-\d.]+)" * 6 + r"\s*\|")
 
 
-def read_score_dir(score_dir: str, with_scorer: bool = False):
-    """Table cells ``[Snt, Wrd, Corr, ..., S.Err]`` of a score directory (None: not scored),
-    from ``summary.json`` or else the ``Sum/Avg`` line of ``result.txt`` (ESPnet's own
-    sclite stage); with ``with_scorer``, ``(cells, scorer)``."""
+def read_score_dir(score_dir: str):
+    """Table cells ``[Snt, Wrd, Corr, ..., S.Err]`` of a score directory (None: not scored) and
+    its scorer, from ``summary.json`` or else the ``Sum/Avg`` line of ``result.txt`` (ESPnet's
+    own sclite stage)."""
     js, res = os.path.join(score_dir, "summary.json"), os.path.join(score_dir, "result.txt")
     cells, scorer = None, None
     if os.path.isfile(js):
@@ -304,7 +296,7 @@ def read_score_dir(score_dir: str, with_scorer: bool = False):
         if not found:
             raise ScoreError(f"{res}: no Sum/Avg line found")
         cells, scorer = list(found[0]), "unknown (result.txt only)"
-    return (cells, scorer) if with_scorer else cells
+    return cells, scorer
 
 
 def _git(project_dir: str, *args: str) -> Optional[str]:
@@ -346,7 +338,7 @@ def results_table(exp_dirs: Sequence[str], metrics=("wer", "cer", "ter")) -> str
         for metric in metrics:
             rows, scorers = [], []
             for d in sorted(glob.glob(os.path.join(exp, "*", "*", f"score_{metric}"))):
-                cells, scorer = read_score_dir(d, with_scorer=True)
+                cells, scorer = read_score_dir(d)
                 if cells is not None:
                     rows.append("|" + "|".join([os.path.relpath(os.path.dirname(d), exp)] + cells) + "|")
                     scorers += [scorer] if scorer not in scorers else []
