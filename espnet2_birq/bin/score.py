@@ -93,8 +93,10 @@ def align(ref: Sequence[str], hyp: Sequence[str]):
 
 
 def utterance_counts(c: int, s: int, d: int, i: int) -> Counter:
-    """One utterance's counts, keyed by sclite's column names (``Snt`` 1, ``S.Err`` 0 or 1)."""
-    return Counter({"Snt": 1, "Corr": c, "Sub": s, "Del": d, "Ins": i, "S.Err": int(s + d + i > 0)})
+    """One utterance's counts, keyed by sclite's column names (``Snt`` 1, ``Wrd`` reference
+    tokens, ``Err`` errors, ``S.Err`` 0 or 1): summed, they are the summary's counts."""
+    return Counter({"Snt": 1, "Wrd": c + s + d, "Corr": c, "Sub": s, "Del": d, "Ins": i, "Err": s + d + i,
+                    "S.Err": int(s + d + i > 0)})
 
 
 def ops_counts(ops) -> Counter:
@@ -102,9 +104,8 @@ def ops_counts(ops) -> Counter:
 
 
 def columns(c: Counter) -> Dict[str, int]:
-    """The counts of sclite's summary columns (``Wrd`` reference tokens, ``Err`` errors)."""
-    return {"Snt": c["Snt"], "Wrd": c["Corr"] + c["Sub"] + c["Del"], "Corr": c["Corr"], "Sub": c["Sub"],
-            "Del": c["Del"], "Ins": c["Ins"], "Err": c["Sub"] + c["Del"] + c["Ins"], "S.Err": c["S.Err"]}
+    """The counts of sclite's summary columns, zeros included (a sum of Counters drops them)."""
+    return {key: c[key] for key in _COLUMNS}
 
 
 def summary_dict(total: Counter) -> Dict[str, object]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import tarfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set
@@ -186,13 +185,7 @@ def extract_shard(root, subset: str, shard: str, extract_root=None) -> Dict[str,
         except Exception as e:  # tarfile's errors, EOFError, lhotse's refusal of members outside the target
             raise YodasError(f"cannot extract {archive}: {e} (a broken download? delete it and re-run)") from e
         marker.write_text(f"{archive}\n")
-    out = {}
-    for dirpath, _, files in os.walk(target):
-        for fn in files:
-            stem, ext = os.path.splitext(fn)
-            if ext.lower() in AUDIO_EXTS:
-                out[stem] = Path(dirpath, fn).resolve()
-    return out
+    return {p.stem: p.resolve() for p in target.rglob("*") if p.suffix.lower() in AUDIO_EXTS and p.is_file()}
 
 
 def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000, finetune_hours: float = 100,
