@@ -256,7 +256,7 @@ def test_every_reader_raises_the_one_data_dir_error_naming_file_and_line(tmp_pat
     with pytest.raises(datadir.DataDirError, match=r"feats.scp:2: duplicate utterance id 'u1' \(first on line 1\)"):
         kmeans.fit(str(tmp_path / "feats.scp"), source=None, num_clusters=2, out=str(tmp_path / "km.pkl"))
     (tmp_path / "text").write_text("u1 A B\n\nu2 C\n")
-    with pytest.raises(score.ScoreError, match=r"text:2: empty line"):
+    with pytest.raises(datadir.DataDirError, match=r"text:2: empty line"):
         score.read_text(str(tmp_path / "text"))
     (tmp_path / "text").write_text("u1 A B\nu2\n")
     assert score.read_text(str(tmp_path / "text")) == {"u1": "A B", "u2": ""}

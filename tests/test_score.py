@@ -169,7 +169,7 @@ def test_empty_reference_and_duplicates(tmp_path):
                        skip_empty_ref=True)
     assert s["Snt"] == 4 and s["skipped_empty_ref"] == 1
     dup = _write(tmp_path / "dup", HYP + ["u1 again"])
-    with pytest.raises(sc.ScoreError, match="duplicate utterance id 'u1'"):
+    with pytest.raises(sc.DataDirError, match="duplicate utterance id 'u1'"):
         sc.score_files(ref, dup, "word", str(tmp_path / "o"), use_sclite="false")
 
 

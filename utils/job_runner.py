@@ -132,10 +132,6 @@ def read_exit_code(log_path: str) -> Optional[int]:
     return codes[-1] if codes else None
 
 
-def footer_text(seconds: int, threads: int, code: int) -> str:
-    return f"# Accounting: time={seconds} threads={threads}\n# Ended (code {code}) at {time.strftime(DATE_FORMAT)}\n"
-
-
 def describe_exit_code(code: int) -> str:
     if code > 128 and code - 128 in signal.valid_signals():
         return f"exit code {code}, killed by {signal.Signals(code - 128).name}"
@@ -228,7 +224,8 @@ class LocalRunner:
             with self._lock:
                 self._live.pop(process.pid, None)
             code = 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
-            log.write(footer_text(int(time.time() - start), self.threads, code))
+            log.write(f"# Accounting: time={int(time.time() - start)} threads={self.threads}\n"
+                      f"# Ended (code {code}) at {time.strftime(DATE_FORMAT)}\n")
         return code
 
     def stop(self, signum, _frame) -> None:

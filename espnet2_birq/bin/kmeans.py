@@ -158,12 +158,10 @@ def fit(feats_scp: str, source: FeatureSource, num_clusters: int, out: str, samp
     chosen = sorted(random.Random(seed).sample(entries, min(sample_utts, len(entries))))
     vectors, total = [], 0
     for uid, spec in chosen:
-        frames = source(reader(uid, spec))[: max_frames - total]
-        if frames.shape[0]:
-            vectors.append(frames)
-            total += frames.shape[0]
         if total >= max_frames:
             break
+        vectors.append(source(reader(uid, spec))[: max_frames - total])
+        total += vectors[-1].shape[0]
     if total < num_clusters:
         raise ValueError(f"{feats_scp}: {total} frames in the sample, fewer than num_clusters="
                          f"{num_clusters}; use more utterances (--sample_utts)")

@@ -49,28 +49,22 @@ _DEBIAN_SCLITE = "/usr/lib/sctk/bin/sclite"  # Debian/Ubuntu's sctk package, off
 _COLUMNS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
 
 
-class ScoreError(Exception):
-    """Inconsistent or malformed scoring input."""
+class ScoreError(DataDirError):
+    """Inconsistent or malformed scoring input (a malformed text file raises DataDirError itself)."""
 
 
 def tokenize(text: str, unit: str) -> List[str]:
     """Words, or characters with ``<space>`` between words."""
     if unit == "word":
         return text.split()
-    if unit == "char":
-        out: List[str] = []
-        for i, word in enumerate(text.split()):
-            out += ([SPACE_TOKEN] if i else []) + list(word)
-        return out
+    if unit == "char":  # words are joined by single spaces: every space is a word boundary
+        return [SPACE_TOKEN if ch == " " else ch for ch in " ".join(text.split())]
     raise ValueError(f"unknown unit '{unit}' (expected word or char)")
 
 
 def read_text(path: str) -> Dict[str, str]:
     """A Kaldi ``text`` file as ``{utt_id: transcript}`` in file order."""
-    try:
-        return dict(read_kaldi_map(path, min_fields=1, key_name="utterance id"))
-    except DataDirError as error:
-        raise ScoreError(str(error)) from None
+    return dict(read_kaldi_map(path, min_fields=1, key_name="utterance id"))
 
 
 def align(ref: Sequence[str], hyp: Sequence[str]):
@@ -391,7 +385,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         a = p.parse_args(argv)
         score_files(a.ref, a.hyp, a.unit, a.out_dir, use_sclite=a.use_sclite, sclite=a.sclite,
                     utt2spk_path=a.utt2spk, missing_hyp=a.missing_hyp, skip_empty_ref=a.skip_empty_ref)
-    except ScoreError as e:
+    except DataDirError as e:  # ScoreError included
         logger.error("%s", e)
         return 1
     return 0

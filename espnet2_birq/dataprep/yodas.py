@@ -21,6 +21,7 @@ caption is then empty are skipped (counted).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -49,6 +50,8 @@ def video_id(utt_id: str) -> str:
 
 
 def _read_kv(path: Path) -> Dict[str, str]:
+    if not path.is_file():
+        raise YodasError(f"missing metadata file {path}")
     with open(path, encoding="utf-8") as f:
         return {k: v.strip() for k, _, v in (line.rstrip("\n").partition(" ") for line in f if line.strip())}
 
@@ -65,9 +68,6 @@ def read_shard_meta(root, subset: str, shard: str):
     skipped (no caption / empty after normalisation / bad duration)."""
     base = Path(root) / "data" / subset
     dur_f, txt_f = base / "duration" / f"{shard}.txt", base / "text" / f"{shard}.txt"
-    for f in (dur_f, txt_f):
-        if not f.is_file():
-            raise YodasError(f"missing metadata file {f}")
     durs, texts = _read_kv(dur_f), _read_kv(txt_f)
     out, skipped = [], 0
     for utt in sorted(durs, key=lambda k: k.encode("utf-8")):
@@ -153,17 +153,14 @@ def download_yodas(root, subsets: Sequence[str], hours: float, dev_hours: float,
                    repo_id: str = REPO_ID, revision: Optional[str] = None, max_workers: int = 8):
     """Download metadata of ``subsets``, select the pool, then download only the audio shards
     the pool needs. ``snapshot_download`` skips files already present and resumes interrupted ones."""
-    hf = _hf()
-    root = Path(root)
-    meta_patterns = [f"data/{s}/{kind}/*" for s in subsets for kind in ("duration", "text")]
+    fetch = functools.partial(_hf().snapshot_download, repo_id=repo_id, repo_type="dataset", revision=revision,
+                              local_dir=str(root), max_workers=max_workers)
     logger.info("downloading YODAS metadata for %s", list(subsets))
-    hf.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision, local_dir=str(root),
-                         allow_patterns=meta_patterns, max_workers=max_workers)
+    fetch(allow_patterns=[f"data/{s}/{kind}/*" for s in subsets for kind in ("duration", "text")])
     pool, _ = select_pool(root, subsets, (hours + dev_hours + test_hours) * 3600)
     audio = [f"data/{s}/audio/{shard}.tar.gz" for s, shard, _ in pool]
     logger.info("downloading %d YODAS audio shards", len(audio))
-    hf.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision, local_dir=str(root),
-                         allow_patterns=audio, max_workers=max_workers)
+    fetch(allow_patterns=audio)
     return pool
 
 
