@@ -22,6 +22,7 @@ gets an ``srun`` command) and every Kaldi/ESPnet recipe spells these tools
 ``utils/run.pl``.  Standard library only: the runners work with any ``python3`` >= 3.8.
 """
 
+import contextlib
 import os
 import re
 import shlex
@@ -119,8 +120,7 @@ class JobRequest:
 
 
 def read_log(path: str) -> List[str]:
-    with open(path, "rb") as log:
-        return log.read().decode("utf-8", errors="replace").splitlines()
+    return Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
 
 
 def read_exit_code(log_path: str) -> Optional[int]:
@@ -232,10 +232,8 @@ class LocalRunner:
         with self._lock:
             self._stopping = True
             for process in self._live.values():
-                try:
+                with contextlib.suppress(ProcessLookupError):  # the job has just ended
                     os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         say(f"{self.program}: stopped by {signal.Signals(signum).name}; running jobs were terminated")
         os._exit(128 + signum)
 

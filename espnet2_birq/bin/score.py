@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import kaldialign
@@ -166,8 +167,7 @@ def prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp="error", skip_empty_
                          f"{empty[:10]} (pass --skip_empty_ref true to skip them)")
     if empty:
         logger.warning("skipping %d utterances with an empty reference transcript: %s", len(empty), empty[:10])
-    skipped = set(empty)
-    pairs = [(k, v, hyp.get(k, "")) for k, v in ref.items() if k not in skipped]
+    pairs = [(k, v, hyp.get(k, "")) for k, v in ref.items() if v.strip()]  # empty ones: skipped (or refused)
     if not pairs:
         raise ScoreError(f"{ref_path}: nothing to score")
     return pairs, {"missing_hyp": len(missing), "skipped_empty_ref": len(empty)}
@@ -204,8 +204,8 @@ def score_sclite(pairs, unit, out_dir, sclite, utt2spk=None):
     if len(set(ids.values())) != len(ids):
         raise ScoreError("trn ids are not unique after adding speaker prefixes")
     for side, name in ((1, "ref.trn"), (2, "hyp.trn")):
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            f.writelines(f"{' '.join(tokenize(p[side], unit))} ({ids[p[0]]})\n" for p in pairs)
+        Path(out_dir, name).write_text("".join(f"{' '.join(tokenize(p[side], unit))} ({ids[p[0]]})\n" for p in pairs),
+                                       encoding="utf-8")
     cmd = [sclite, "-r", os.path.join(out_dir, "ref.trn"), "trn", "-h", os.path.join(out_dir, "hyp.trn"),
            "trn", "-i", "rm", "-o", "all", "stdout"]
     proc = subprocess.run(cmd, capture_output=True)
@@ -230,9 +230,7 @@ def score_files(ref_path, hyp_path, unit, out_dir, use_sclite="auto", sclite=Non
                 missing_hyp="error", skip_empty_ref=False) -> Dict[str, object]:
     """Score ``hyp_path`` against ``ref_path``, write ``out_dir``; returns ``summary.json``'s dict."""
     ref, hyp = read_text(ref_path), read_text(hyp_path)
-    utt2spk = None
-    if utt2spk_path is not None:
-        utt2spk = {k: v.split()[0] for k, v in read_text(utt2spk_path).items() if v}
+    utt2spk = None if utt2spk_path is None else {k: v.split()[0] for k, v in read_text(utt2spk_path).items() if v}
     pairs, notes = prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp, skip_empty_ref)
     unknown = [utt for utt, _, _ in pairs if utt2spk is not None and utt not in utt2spk]
     if unknown:
@@ -259,10 +257,8 @@ def score_files(ref_path, hyp_path, unit, out_dir, use_sclite="auto", sclite=Non
     if speakers:
         summary["speakers"] = {spk: summary_dict(c) for spk, c in speakers.items()}
     summary.update(unit=unit, scorer=scorer, scorer_version=version, ref=ref_path, hyp=hyp_path, **notes)
-    with open(os.path.join(out_dir, "result.txt"), "w", encoding="utf-8") as f:
-        f.write(result)
-    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
-        f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    Path(out_dir, "result.txt").write_text(result, encoding="utf-8")
+    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     logger.info("%s %.1f%% (Snt %d, Wrd %d, Corr %.1f Sub %.1f Del %.1f Ins %.1f, S.Err %.1f) [%s %s] -> %s",
                 "WER" if unit == "word" else "CER", *[summary[k] for k in
                 ["Err", "Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "S.Err"]], scorer, version, out_dir)
@@ -279,8 +275,7 @@ def read_score_dir(score_dir: str):
     js, res = os.path.join(score_dir, "summary.json"), os.path.join(score_dir, "result.txt")
     cells, scorer = None, None
     if os.path.isfile(js):
-        with open(js, encoding="utf-8") as f:
-            s = json.load(f)
+        s = json.loads(Path(js).read_text(encoding="utf-8"))
         cells = [str(s["Snt"]), str(s["Wrd"])] + [f"{float(s[k]):.1f}" for k in _COLUMNS[2:]]
         name = {"sclite": "NIST sclite", "kaldialign": "kaldialign"}.get(s.get("scorer"), s.get("scorer"))
         scorer = f"{name or 'unknown'} {s.get('scorer_version', '')}".strip()

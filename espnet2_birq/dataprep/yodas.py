@@ -200,9 +200,8 @@ def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000, 
         files = extract_shard(root, subset, shard, extract_root)
         for utt, sec, txt in items:
             if utt not in files:
-                msg = f"{subset}/{shard}: no audio for utterance {utt} in the tar"
                 if strict:
-                    raise YodasError(msg)
+                    raise YodasError(f"{subset}/{shard}: no audio for utterance {utt} in the tar")
                 missing += 1
                 continue
             kid = f"{subset}-{utt}"

@@ -504,12 +504,10 @@ def split(data_dir: Path, num_splits: int) -> Path:
     split_root = data_dir / f"split{num_splits}"
     if split_root.exists():
         shutil.rmtree(split_root)  # stale files from an earlier split must not survive
-    base, extra = divmod(len(utterances), num_splits)
-    start = 0
-    for part in range(1, num_splits + 1):
-        size = base + (1 if part <= extra else 0)
-        _write_subset(files, utterances[start:start + size], split_root / str(part))
-        start += size
+    base, extra = divmod(len(utterances), num_splits)  # the first `extra` parts get one more
+    for part in range(num_splits):
+        start, end = part * base + min(part, extra), (part + 1) * base + min(part + 1, extra)
+        _write_subset(files, utterances[start:end], split_root / str(part + 1))
     return split_root
 
 
