@@ -251,12 +251,12 @@ def test_every_reader_raises_the_one_data_dir_error_naming_file_and_line(tmp_pat
     with pytest.raises(datadir.DataDirError, match=r"wav.scp:2: expected '<key> <value>'"):
         extract_fbank.list_utterances(str(tmp_path))
     with pytest.raises(datadir.DataDirError, match=r"wav.scp:2: expected '<key> <value>'"):
-        kmeans.read_scp(str(tmp_path / "wav.scp"))
+        kmeans.label(str(tmp_path / "wav.scp"), source=None, kmeans=None, out=str(tmp_path / "labels"))
     (tmp_path / "feats.scp").write_text("u1 a.ark:1\nu1 a.ark:9\n")
     with pytest.raises(datadir.DataDirError, match=r"feats.scp:2: duplicate utterance id 'u1' \(first on line 1\)"):
-        kmeans.read_scp(str(tmp_path / "feats.scp"))
+        kmeans.fit(str(tmp_path / "feats.scp"), source=None, num_clusters=2, out=str(tmp_path / "km.pkl"))
     (tmp_path / "text").write_text("u1 A B\n\nu2 C\n")
-    with pytest.raises(score.ScoreError, match=r"text:2: empty line"):
+    with pytest.raises(datadir.DataDirError, match=r"text:2: empty line"):
         score.read_text(str(tmp_path / "text"))
     (tmp_path / "text").write_text("u1 A B\nu2\n")
     assert score.read_text(str(tmp_path / "text")) == {"u1": "A B", "u2": ""}

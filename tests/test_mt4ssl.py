@@ -651,7 +651,7 @@ def test_kmeans_from_a_layer_of_an_earlier_model(tmp_path):
         (lambda lines: lines[:-1], "no labels for 1 utterances"),
         (lambda lines: lines + ["utt999 1 2"], "utterance utt999 has labels but no features"),
         (lambda lines: [lines[0] + " 0"] + lines[1:], "utterance utt000 has 15 labels but its features give 14"),
-        (lambda lines: lines + lines[:1], "appears twice"),
+        (lambda lines: lines + lines[:1], r"labels.txt:3: duplicate utterance id 'utt000' \(first on line 1\)"),
     ],
 )
 def test_kmeans_check_refuses_labels_that_disagree_with_features(tmp_path, edit, message):
@@ -662,7 +662,7 @@ def test_kmeans_check_refuses_labels_that_disagree_with_features(tmp_path, edit,
     labels.write_text("\n".join(lines) + "\n")
     assert kmeans_tool.check_labels(str(labels), str(shape), 4) == 2
     labels.write_text("\n".join(edit(lines)) + "\n")
-    with pytest.raises(kmeans_tool.LabelError, match=message):
+    with pytest.raises(kmeans_tool.DataDirError, match=message):  # LabelError or a read_kaldi_map error
         kmeans_tool.check_labels(str(labels), str(shape), 4)
     # The command line says it and fails.
     with pytest.raises(SystemExit, match="labels.txt"):
@@ -821,7 +821,7 @@ def test_kmeans_on_raw_audio_counts_the_frames_the_model_sees(audio_set, tmp_pat
     from espnet2_birq.features import KaldiFbankFrontend
 
     reader = kmeans_tool.InputReader("wav", 16000)
-    uid, spec = kmeans_tool.read_scp(str(audio_set["wav_scp"]))[0]
+    uid, spec = kmeans_tool.read_kaldi_map(str(audio_set["wav_scp"]))[0]
     wav, _ = soundfile.read(spec, dtype="float32")
     frontend, _ = KaldiFbankFrontend()(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
     np.testing.assert_array_equal(reader(uid, spec), frontend[0].numpy())

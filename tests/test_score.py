@@ -110,7 +110,7 @@ def test_per_speaker_rows(tmp_path):
     assert "| spkB    |     2     6 |    4      1      1      2      4      2 |" in result
     # the totals row (grepped by show_asr_result.sh and results_table) is unchanged
     assert "| Sum/Avg |     4    14 | 78.6    7.1   14.3   14.3   35.7   75.0 |" in result
-    assert sc.read_score_dir(str(out))[-1] == "75.0"
+    assert sc.read_score_dir(str(out))[0][-1] == "75.0"
     bad = _write(tmp_path / "utt2spk_bad", ["u1 spkA", "u2 spkB", "u3 spkA"])
     with pytest.raises(sc.ScoreError, match="u4"):
         sc.score_files(ref, hyp, "word", str(tmp_path / "o"), use_sclite="false",
@@ -169,7 +169,7 @@ def test_empty_reference_and_duplicates(tmp_path):
                        skip_empty_ref=True)
     assert s["Snt"] == 4 and s["skipped_empty_ref"] == 1
     dup = _write(tmp_path / "dup", HYP + ["u1 again"])
-    with pytest.raises(sc.ScoreError, match="duplicate utterance id 'u1'"):
+    with pytest.raises(sc.DataDirError, match="duplicate utterance id 'u1'"):
         sc.score_files(ref, dup, "word", str(tmp_path / "o"), use_sclite="false")
 
 
@@ -253,10 +253,10 @@ def test_against_sclite(tmp_path, unit):
         c = scl["speakers"][speaker]["counts"]
         assert row == [c[k] for k in ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]], speaker
     # sclite's own printed Sum/Avg percentages agree with summary.json's.
-    cells, scorer = sc.read_score_dir(str(tmp_path / "sc"), with_scorer=True)
+    cells, scorer = sc.read_score_dir(str(tmp_path / "sc"))
     assert scorer == f"NIST sclite {scl['scorer_version']}"
     os.remove(tmp_path / "sc" / "summary.json")
-    assert sc.read_score_dir(str(tmp_path / "sc")) == cells
+    assert sc.read_score_dir(str(tmp_path / "sc"))[0] == cells
     # The alignment blocks have sclite's layout (identical wherever the alignments are).
     blocks = [b.split("\n", 1)[1] for b in ka_text.split("\n\n") if b.startswith("id: (utt")]
     assert len(blocks) == 300

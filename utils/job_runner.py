@@ -22,6 +22,7 @@ gets an ``srun`` command) and every Kaldi/ESPnet recipe spells these tools
 ``utils/run.pl``.  Standard library only: the runners work with any ``python3`` >= 3.8.
 """
 
+import contextlib
 import os
 import re
 import shlex
@@ -119,8 +120,7 @@ class JobRequest:
 
 
 def read_log(path: str) -> List[str]:
-    with open(path, "rb") as log:
-        return log.read().decode("utf-8", errors="replace").splitlines()
+    return Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
 
 
 def read_exit_code(log_path: str) -> Optional[int]:
@@ -130,10 +130,6 @@ def read_exit_code(log_path: str) -> Optional[int]:
     except FileNotFoundError:
         return None
     return codes[-1] if codes else None
-
-
-def footer_text(seconds: int, threads: int, code: int) -> str:
-    return f"# Accounting: time={seconds} threads={threads}\n# Ended (code {code}) at {time.strftime(DATE_FORMAT)}\n"
 
 
 def describe_exit_code(code: int) -> str:
@@ -194,14 +190,6 @@ def watch_recipe(stop) -> None:
     threading.Thread(target=loop, daemon=True).start()
 
 
-def run_until_stopped(stop, body) -> int:
-    """``body()`` with SIGINT/SIGTERM/SIGHUP and the recipe's death calling ``stop``."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, stop)
-    watch_recipe(stop)
-    return body()
-
-
 class LocalRunner:
     """run.pl: the jobs as local processes, at most ``--max_jobs_run`` at a time."""
 
@@ -236,28 +224,25 @@ class LocalRunner:
             with self._lock:
                 self._live.pop(process.pid, None)
             code = 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
-            log.write(footer_text(int(time.time() - start), self.threads, code))
+            log.write(f"# Accounting: time={int(time.time() - start)} threads={self.threads}\n"
+                      f"# Ended (code {code}) at {time.strftime(DATE_FORMAT)}\n")
         return code
 
     def stop(self, signum, _frame) -> None:
         with self._lock:
             self._stopping = True
             for process in self._live.values():
-                try:
+                with contextlib.suppress(ProcessLookupError):  # the job has just ended
                     os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         say(f"{self.program}: stopped by {signal.Signals(signum).name}; running jobs were terminated")
         os._exit(128 + signum)
 
-    def run(self) -> int:
+    def run(self) -> List[Tuple[Optional[int], str]]:
+        """The failed jobs: ``[(index, why)]``."""
         indices = self.request.indices
         with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(indices))) as pool:
             codes = list(pool.map(self.run_one, indices))
-        failures = [(i, describe_exit_code(c)) for i, c in zip(indices, codes) if c != 0]
-        if failures:
-            report_failures(self.program, self.request, failures)
-        return 1 if failures else 0
+        return [(i, describe_exit_code(c)) for i, c in zip(indices, codes) if c != 0]
 
 
 # slurm.pl's rules, in the syntax of Kaldi's conf/slurm.conf:
@@ -437,7 +422,7 @@ class SlurmRunner:
             say(f"{self.program}: stopped by {signal.Signals(signum).name}; cancelled Slurm job {self.job_id}")
         os._exit(128 + signum)
 
-    def run(self) -> int:
+    def run(self) -> List[Tuple[Optional[int], str]]:
         self.job_id = self.submit()
         while self.job_in_queue():
             time.sleep(self.poll_seconds)
@@ -447,12 +432,9 @@ class SlurmRunner:
             time.sleep(min(2.0, self.log_wait_seconds))
             codes = {i: read_exit_code(self.request.log_path(i)) if c is None else c for i, c in codes.items()}
         states = self.slurm_states() if None in codes.values() else {}
-        failures = [(i, describe_exit_code(c) if c is not None else "no exit status in the log; " + states.get(
+        return [(i, describe_exit_code(c) if c is not None else "no exit status in the log; " + states.get(
             f"{self.job_id}_{i}" if self.array else self.job_id, "Slurm state unknown"))
             for i, c in codes.items() if c != 0]
-        if failures:
-            report_failures(self.program, self.request, failures)
-        return 1 if failures else 0
 
 
 def main(runner_name: str, argv: Optional[List[str]] = None) -> int:
@@ -460,7 +442,13 @@ def main(runner_name: str, argv: Optional[List[str]] = None) -> int:
     try:
         request = JobRequest(program, sys.argv[1:] if argv is None else argv)
         runner = LocalRunner(request) if runner_name == "run" else SlurmRunner(request)
-        return run_until_stopped(runner.stop, runner.run)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, runner.stop)
+        watch_recipe(runner.stop)  # the recipe's death stops the jobs, too
+        failures = runner.run()
     except UsageError as error:
         say(f"{program}: error: {error}")
         return 1
+    if failures:
+        report_failures(program, request, failures)
+    return 1 if failures else 0

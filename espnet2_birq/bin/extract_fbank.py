@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import kaldiio
@@ -283,8 +284,7 @@ def write_atomically(path: str, text: str) -> None:
 def write_resampled_list(path: str, resampled: Dict[str, str], what: str) -> None:
     """``recording<TAB>rate<TAB>audio`` lines, sorted, and a warning; no file when none."""
     if not resampled:
-        if os.path.exists(path):
-            os.remove(path)  # of an earlier run
+        Path(path).unlink(missing_ok=True)  # of an earlier run
         return
     write_atomically(path, "".join(f"{k}\t{resampled[k]}\n" for k in sorted(resampled)))
     logger.warning("%s (listed in %s)", what, path)
@@ -337,8 +337,7 @@ def extract(data_dir: str, out_dir: str, name: str, fs: int = 16000, skip_bad_au
         bad.raise_errors(out_dir, job_suffix(name))
         os.replace(ark_tmp, ark_path)
     finally:
-        if os.path.exists(ark_tmp):
-            os.remove(ark_tmp)
+        Path(ark_tmp).unlink(missing_ok=True)
     outputs = {f"{name}.scp": "".join(scp), f"utt2num_frames.{job_suffix(name)}": "".join(lengths)}
     return finish_job(out_dir, name, fs, outputs, bad, resampled, len({u.reco_id for u in utts}), len(utts))
 

@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import zipfile
+from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
@@ -37,10 +38,7 @@ def model_card(meta: dict, task: str, repo_id: str, results: Optional[str]) -> s
             + "".join(f"- `{key}`: `{path}`\n" for key, path in files.items())
             + f"\nPacked with espnet {meta.get('espnet', '?')}, torch {meta.get('torch', '?')}.\n\n"
             f"```python\n{USAGE[task]}\n```\n")
-    if results:
-        with open(results, encoding="utf-8") as f:
-            card += "\n## Results\n\n" + f.read()
-    return card
+    return card + ("\n## Results\n\n" + Path(results).read_text(encoding="utf-8") if results else "")
 
 
 def stage_folder(archive: str, folder: str, task: str, repo_id: str, results: Optional[str]) -> None:
@@ -52,8 +50,7 @@ def stage_folder(archive: str, folder: str, task: str, repo_id: str, results: Op
             raise ValueError(f"{archive}: no meta.yaml (not made by espnet2.bin.pack)")
         z.extractall(folder)
         meta = yaml.safe_load(z.read("meta.yaml"))
-    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
-        f.write(model_card(meta, task, repo_id, results))
+    Path(folder, "README.md").write_text(model_card(meta, task, repo_id, results), encoding="utf-8")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

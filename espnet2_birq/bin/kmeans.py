@@ -21,16 +21,18 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import kaldiio
 import numpy as np
 import yaml
 
+from espnet2_birq.utils.datadir import DataDirError, read_kaldi_map
+
 SOURCES = ("fbank", "layer")
 
 
-class LabelError(RuntimeError):
+class LabelError(DataDirError):
     """Labels and features disagree (ids or lengths)."""
 
 
@@ -116,13 +118,6 @@ class FeatureSource:
         return out[:groups]
 
 
-def read_scp(path: str) -> List[Tuple[str, str]]:
-    """``(utt, spec)`` pairs of a feats.scp or wav.scp (malformed lines: DataDirError naming the line)."""
-    from espnet2_birq.utils.datadir import read_kaldi_map
-
-    return read_kaldi_map(path, key_name="utterance id")
-
-
 class InputReader:
     """Fbank frames of one ``scp`` entry: a feature matrix (``feats``) or audio (``wav``),
     the latter through the project's fbank, exactly as the in-model frontend computes it."""
@@ -159,16 +154,14 @@ def fit(feats_scp: str, source: FeatureSource, num_clusters: int, out: str, samp
     from sklearn.cluster import MiniBatchKMeans
 
     reader = reader or InputReader()
-    entries = read_scp(feats_scp)
+    entries = read_kaldi_map(feats_scp, key_name="utterance id")
     chosen = sorted(random.Random(seed).sample(entries, min(sample_utts, len(entries))))
     vectors, total = [], 0
     for uid, spec in chosen:
-        frames = source(reader(uid, spec))[: max_frames - total]
-        if frames.shape[0]:
-            vectors.append(frames)
-            total += frames.shape[0]
         if total >= max_frames:
             break
+        vectors.append(source(reader(uid, spec))[: max_frames - total])
+        total += vectors[-1].shape[0]
     if total < num_clusters:
         raise ValueError(f"{feats_scp}: {total} frames in the sample, fewer than num_clusters="
                          f"{num_clusters}; use more utterances (--sample_utts)")
@@ -188,7 +181,7 @@ def fit(feats_scp: str, source: FeatureSource, num_clusters: int, out: str, samp
 def label(feats_scp: str, source: FeatureSource, kmeans, out: str, reader: Optional[InputReader] = None) -> int:
     """Write ``uid l_0 ... l_{L//f-1}`` for every utterance of ``feats_scp``; returns their number."""
     reader = reader or InputReader()
-    entries = read_scp(feats_scp)
+    entries = read_kaldi_map(feats_scp, key_name="utterance id")
     with open(f"{out}.tmp{os.getpid()}", "w", encoding="utf-8") as f:
         for uid, spec in entries:
             frames = source(reader(uid, spec))
@@ -207,29 +200,21 @@ def check_labels(labels: str, feats_shape: str, factor: int, samples_fs: Optiona
     from espnet2_birq.features import num_frames
 
     tolerance = 1 if samples_fs else 0
-    expected: Dict[str, int] = {}
-    with open(feats_shape, encoding="utf-8") as f:
-        for uid, shape in (line.split() for line in f if line.strip()):
-            length = int(shape.split(",")[0])
-            expected[uid] = (num_frames(length, samples_fs) if samples_fs else length) // factor
-    seen = set()
-    with open(labels, encoding="utf-8") as f:
-        for number, parts in enumerate((line.split() for line in f), 1):
-            if not parts:
-                continue
-            where, uid, count = f"{labels}:{number}: utterance {parts[0]}", parts[0], len(parts) - 1
-            if uid not in expected:
-                raise LabelError(f"{where} has labels but no features in {feats_shape}")
-            if uid in seen:
-                raise LabelError(f"{where} appears twice")
-            seen.add(uid)
-            if abs(count - expected[uid]) > tolerance:
-                raise LabelError(f"{where} has {count} labels but its features give {expected[uid]} encoder "
-                                 f"frames (frames // {factor}, {feats_shape}); the labels were made for other features")
-    missing = sorted(set(expected) - seen)
+    lengths = {uid: int(shape.split(",")[0]) for uid, shape in read_kaldi_map(feats_shape, key_name="utterance id")}
+    expected = {uid: (num_frames(n, samples_fs) if samples_fs else n) // factor for uid, n in lengths.items()}
+    # strictly read: a duplicate id or a blank line is an error naming the line
+    labelled = read_kaldi_map(labels, min_fields=1, key_name="utterance id")
+    for number, (uid, values) in enumerate(labelled, 1):
+        where, count = f"{labels}:{number}: utterance {uid}", len(values.split())
+        if uid not in expected:
+            raise LabelError(f"{where} has labels but no features in {feats_shape}")
+        if abs(count - expected[uid]) > tolerance:
+            raise LabelError(f"{where} has {count} labels but its features give {expected[uid]} encoder "
+                             f"frames (frames // {factor}, {feats_shape}); the labels were made for other features")
+    missing = sorted(set(expected) - {uid for uid, _ in labelled})
     if missing:
         raise LabelError(f"{labels}: no labels for {len(missing)} utterances of {feats_shape}, e.g. {missing[0]}")
-    return len(seen)
+    return len(labelled)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -290,7 +275,7 @@ def main(argv=None) -> None:
             factor = subsampling_factor(read_config(args.ssl_config))
             n = check_labels(args.labels, args.feats_shape, factor, args.samples_fs)
             logging.info("%s: %d utterances, one label per encoder frame", args.labels, n)
-    except (LabelError, ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, KeyError) as err:  # DataDirError and LabelError are ValueErrors
         sys.exit(f"kmeans: {err}")
 
 

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import kaldialign
@@ -49,28 +50,22 @@ _DEBIAN_SCLITE = "/usr/lib/sctk/bin/sclite"  # Debian/Ubuntu's sctk package, off
 _COLUMNS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
 
 
-class ScoreError(Exception):
-    """Inconsistent or malformed scoring input."""
+class ScoreError(DataDirError):
+    """Inconsistent or malformed scoring input (a malformed text file raises DataDirError itself)."""
 
 
 def tokenize(text: str, unit: str) -> List[str]:
     """Words, or characters with ``<space>`` between words."""
     if unit == "word":
         return text.split()
-    if unit == "char":
-        out: List[str] = []
-        for i, word in enumerate(text.split()):
-            out += ([SPACE_TOKEN] if i else []) + list(word)
-        return out
+    if unit == "char":  # words are joined by single spaces: every space is a word boundary
+        return [SPACE_TOKEN if ch == " " else ch for ch in " ".join(text.split())]
     raise ValueError(f"unknown unit '{unit}' (expected word or char)")
 
 
 def read_text(path: str) -> Dict[str, str]:
     """A Kaldi ``text`` file as ``{utt_id: transcript}`` in file order."""
-    try:
-        return dict(read_kaldi_map(path, min_fields=1, key_name="utterance id"))
-    except DataDirError as error:
-        raise ScoreError(str(error)) from None
+    return dict(read_kaldi_map(path, min_fields=1, key_name="utterance id"))
 
 
 def align(ref: Sequence[str], hyp: Sequence[str]):
@@ -93,8 +88,10 @@ def align(ref: Sequence[str], hyp: Sequence[str]):
 
 
 def utterance_counts(c: int, s: int, d: int, i: int) -> Counter:
-    """One utterance's counts, keyed by sclite's column names (``Snt`` 1, ``S.Err`` 0 or 1)."""
-    return Counter({"Snt": 1, "Corr": c, "Sub": s, "Del": d, "Ins": i, "S.Err": int(s + d + i > 0)})
+    """One utterance's counts, keyed by sclite's column names (``Snt`` 1, ``Wrd`` reference
+    tokens, ``Err`` errors, ``S.Err`` 0 or 1): summed, they are the summary's counts."""
+    return Counter({"Snt": 1, "Wrd": c + s + d, "Corr": c, "Sub": s, "Del": d, "Ins": i, "Err": s + d + i,
+                    "S.Err": int(s + d + i > 0)})
 
 
 def ops_counts(ops) -> Counter:
@@ -102,9 +99,8 @@ def ops_counts(ops) -> Counter:
 
 
 def columns(c: Counter) -> Dict[str, int]:
-    """The counts of sclite's summary columns (``Wrd`` reference tokens, ``Err`` errors)."""
-    return {"Snt": c["Snt"], "Wrd": c["Corr"] + c["Sub"] + c["Del"], "Corr": c["Corr"], "Sub": c["Sub"],
-            "Del": c["Del"], "Ins": c["Ins"], "Err": c["Sub"] + c["Del"] + c["Ins"], "S.Err": c["S.Err"]}
+    """The counts of sclite's summary columns, zeros included (a sum of Counters drops them)."""
+    return {key: c[key] for key in _COLUMNS}
 
 
 def summary_dict(total: Counter) -> Dict[str, object]:
@@ -171,8 +167,7 @@ def prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp="error", skip_empty_
                          f"{empty[:10]} (pass --skip_empty_ref true to skip them)")
     if empty:
         logger.warning("skipping %d utterances with an empty reference transcript: %s", len(empty), empty[:10])
-    skipped = set(empty)
-    pairs = [(k, v, hyp.get(k, "")) for k, v in ref.items() if k not in skipped]
+    pairs = [(k, v, hyp.get(k, "")) for k, v in ref.items() if v.strip()]  # empty ones: skipped (or refused)
     if not pairs:
         raise ScoreError(f"{ref_path}: nothing to score")
     return pairs, {"missing_hyp": len(missing), "skipped_empty_ref": len(empty)}
@@ -188,21 +183,13 @@ def score_kaldialign(pairs, unit: str):
     return per_utt, "\n".join(blocks)
 
 
-_SCORES_RE = re.compile(r"^Scores: \(#C #S #D #I\)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)")
-_ID_RE = re.compile(r"^id: \((.*)\)\s*$")
+# sclite prints each utterance's counts on the line after its id
+_PRA_SCORES_RE = re.compile(r"^id: \((.*)\)[ \t]*\nScores: \(#C #S #D #I\)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", re.M)
 
 
 def parse_sclite_pra(text: str) -> Dict[str, Tuple[int, int, int, int]]:
     """Per-utterance ``(C, S, D, I)`` from sclite's ``pra`` output."""
-    out, current = {}, None
-    for line in text.splitlines():
-        m = _ID_RE.match(line)
-        if m:
-            current = m.group(1)
-        elif current is not None and _SCORES_RE.match(line):
-            out[current] = tuple(int(x) for x in _SCORES_RE.match(line).groups())
-            current = None
-    return out
+    return {m.group(1): tuple(int(x) for x in m.groups()[1:]) for m in _PRA_SCORES_RE.finditer(text)}
 
 
 def find_sclite(sclite: Optional[str]) -> Optional[str]:
@@ -217,8 +204,8 @@ def score_sclite(pairs, unit, out_dir, sclite, utt2spk=None):
     if len(set(ids.values())) != len(ids):
         raise ScoreError("trn ids are not unique after adding speaker prefixes")
     for side, name in ((1, "ref.trn"), (2, "hyp.trn")):
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            f.writelines(f"{' '.join(tokenize(p[side], unit))} ({ids[p[0]]})\n" for p in pairs)
+        Path(out_dir, name).write_text("".join(f"{' '.join(tokenize(p[side], unit))} ({ids[p[0]]})\n" for p in pairs),
+                                       encoding="utf-8")
     cmd = [sclite, "-r", os.path.join(out_dir, "ref.trn"), "trn", "-h", os.path.join(out_dir, "hyp.trn"),
            "trn", "-i", "rm", "-o", "all", "stdout"]
     proc = subprocess.run(cmd, capture_output=True)
@@ -243,9 +230,7 @@ def score_files(ref_path, hyp_path, unit, out_dir, use_sclite="auto", sclite=Non
                 missing_hyp="error", skip_empty_ref=False) -> Dict[str, object]:
     """Score ``hyp_path`` against ``ref_path``, write ``out_dir``; returns ``summary.json``'s dict."""
     ref, hyp = read_text(ref_path), read_text(hyp_path)
-    utt2spk = None
-    if utt2spk_path is not None:
-        utt2spk = {k: v.split()[0] for k, v in read_text(utt2spk_path).items() if v}
+    utt2spk = None if utt2spk_path is None else {k: v.split()[0] for k, v in read_text(utt2spk_path).items() if v}
     pairs, notes = prepare_pairs(ref, hyp, ref_path, hyp_path, missing_hyp, skip_empty_ref)
     unknown = [utt for utt, _, _ in pairs if utt2spk is not None and utt not in utt2spk]
     if unknown:
@@ -272,10 +257,8 @@ def score_files(ref_path, hyp_path, unit, out_dir, use_sclite="auto", sclite=Non
     if speakers:
         summary["speakers"] = {spk: summary_dict(c) for spk, c in speakers.items()}
     summary.update(unit=unit, scorer=scorer, scorer_version=version, ref=ref_path, hyp=hyp_path, **notes)
-    with open(os.path.join(out_dir, "result.txt"), "w", encoding="utf-8") as f:
-        f.write(result)
-    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
-        f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    Path(out_dir, "result.txt").write_text(result, encoding="utf-8")
+    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     logger.info("%s %.1f%% (Snt %d, Wrd %d, Corr %.1f Sub %.1f Del %.1f Ins %.1f, S.Err %.1f) [%s %s] -> %s",
                 "WER" if unit == "word" else "CER", *[summary[k] for k in
                 ["Err", "Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "S.Err"]], scorer, version, out_dir)
@@ -285,15 +268,14 @@ def score_files(ref_path, hyp_path, unit, out_dir, use_sclite="auto", sclite=Non
 _SUMAVG_RE = re.compile(r"\|\s*Sum/Avg\s*\|\s*(\d+)\s+(\d+)\s*\|" + r"\s*([-\d.]+)" * 6 + r"\s*\|")
 
 
-def read_score_dir(score_dir: str, with_scorer: bool = False):
-    """Table cells ``[Snt, Wrd, Corr, ..., S.Err]`` of a score directory (None: not scored),
-    from ``summary.json`` or else the ``Sum/Avg`` line of ``result.txt`` (ESPnet's own
-    sclite stage); with ``with_scorer``, ``(cells, scorer)``."""
+def read_score_dir(score_dir: str):
+    """Table cells ``[Snt, Wrd, Corr, ..., S.Err]`` of a score directory (None: not scored) and
+    its scorer, from ``summary.json`` or else the ``Sum/Avg`` line of ``result.txt`` (ESPnet's
+    own sclite stage)."""
     js, res = os.path.join(score_dir, "summary.json"), os.path.join(score_dir, "result.txt")
     cells, scorer = None, None
     if os.path.isfile(js):
-        with open(js, encoding="utf-8") as f:
-            s = json.load(f)
+        s = json.loads(Path(js).read_text(encoding="utf-8"))
         cells = [str(s["Snt"]), str(s["Wrd"])] + [f"{float(s[k]):.1f}" for k in _COLUMNS[2:]]
         name = {"sclite": "NIST sclite", "kaldialign": "kaldialign"}.get(s.get("scorer"), s.get("scorer"))
         scorer = f"{name or 'unknown'} {s.get('scorer_version', '')}".strip()
@@ -304,7 +286,7 @@ def read_score_dir(score_dir: str, with_scorer: bool = False):
         if not found:
             raise ScoreError(f"{res}: no Sum/Avg line found")
         cells, scorer = list(found[0]), "unknown (result.txt only)"
-    return (cells, scorer) if with_scorer else cells
+    return cells, scorer
 
 
 def _git(project_dir: str, *args: str) -> Optional[str]:
@@ -346,7 +328,7 @@ def results_table(exp_dirs: Sequence[str], metrics=("wer", "cer", "ter")) -> str
         for metric in metrics:
             rows, scorers = [], []
             for d in sorted(glob.glob(os.path.join(exp, "*", "*", f"score_{metric}"))):
-                cells, scorer = read_score_dir(d, with_scorer=True)
+                cells, scorer = read_score_dir(d)
                 if cells is not None:
                     rows.append("|" + "|".join([os.path.relpath(os.path.dirname(d), exp)] + cells) + "|")
                     scorers += [scorer] if scorer not in scorers else []
@@ -398,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         a = p.parse_args(argv)
         score_files(a.ref, a.hyp, a.unit, a.out_dir, use_sclite=a.use_sclite, sclite=a.sclite,
                     utt2spk_path=a.utt2spk, missing_hyp=a.missing_hyp, skip_empty_ref=a.skip_empty_ref)
-    except ScoreError as e:
+    except DataDirError as e:  # ScoreError included
         logger.error("%s", e)
         return 1
     return 0

@@ -21,12 +21,13 @@ caption is then empty are skipped (counted).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-import os
+import math
 import tarfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 from espnet2_birq.utils.datadir import write_data_dir
 from .text import normalize_caption
@@ -49,6 +50,8 @@ def video_id(utt_id: str) -> str:
 
 
 def _read_kv(path: Path) -> Dict[str, str]:
+    if not path.is_file():
+        raise YodasError(f"missing metadata file {path}")
     with open(path, encoding="utf-8") as f:
         return {k: v.strip() for k, _, v in (line.rstrip("\n").partition(" ") for line in f if line.strip())}
 
@@ -65,9 +68,6 @@ def read_shard_meta(root, subset: str, shard: str):
     skipped (no caption / empty after normalisation / bad duration)."""
     base = Path(root) / "data" / subset
     dur_f, txt_f = base / "duration" / f"{shard}.txt", base / "text" / f"{shard}.txt"
-    for f in (dur_f, txt_f):
-        if not f.is_file():
-            raise YodasError(f"missing metadata file {f}")
     durs, texts = _read_kv(dur_f), _read_kv(txt_f)
     out, skipped = [], 0
     for utt in sorted(durs, key=lambda k: k.encode("utf-8")):
@@ -89,20 +89,18 @@ def select_pool(root, subsets: Sequence[str], seconds: float):
     """Deterministically pick utterances until ``seconds`` are reached. Returns
     ``[(subset, shard, [(utt, sec, text), ...]), ...]`` and the number of skipped utterances."""
     picked, total, skipped = [], 0.0, 0
-    for subset in subsets:
-        for shard in list_shards(root, subset):
+    # lazily: the subsets after the one that reaches ``seconds`` need not be there
+    for subset, shard in ((subset, shard) for subset in subsets for shard in list_shards(root, subset)):
+        meta, sk = read_shard_meta(root, subset, shard)
+        skipped += sk
+        take = []
+        for item in meta:
             if total >= seconds:
                 break
-            meta, sk = read_shard_meta(root, subset, shard)
-            skipped += sk
-            take = []
-            for item in meta:
-                if total >= seconds:
-                    break
-                take.append(item)
-                total += item[1]
-            if take:
-                picked.append((subset, shard, take))
+            take.append(item)
+            total += item[1]
+        if take:
+            picked.append((subset, shard, take))
         if total >= seconds:
             break
     if total < seconds:
@@ -110,40 +108,20 @@ def select_pool(root, subsets: Sequence[str], seconds: float):
     return picked, skipped
 
 
-def _videos(utts: Dict[str, float], salt: str, vid) -> List[tuple]:
-    """``[(utterance ids, seconds)]`` per video, videos in the order of md5(``salt:video id``)."""
+def assign_videos(utts: Dict[str, float], quotas: Sequence[float], salt: str, vid=video_id) -> List[Set[str]]:
+    """``utts`` ({utt: seconds}) as ``len(quotas) + 1`` sets of utterance ids, whole videos at a time
+    (``vid`` maps an utterance id to its video id): the videos, in the order of md5(``salt:video id``),
+    go to the first set still short of its quota of seconds, the others to the last set."""
     by_vid: Dict[str, List[str]] = {}
     for u in utts:
         by_vid.setdefault(vid(u), []).append(u)
-    order = sorted(by_vid, key=lambda v: (hashlib.md5(f"{salt}:{v}".encode("utf-8")).hexdigest(), v))
-    return [(by_vid[v], sum(utts[u] for u in by_vid[v])) for v in order]
-
-
-def split_by_video(utts: Dict[str, float], dev_s: float, test_s: float, salt="yodas-heldout", vid=video_id):
-    """``utts``: {utt: seconds}. Returns (train, dev, test) sets of utt ids; ``vid`` maps an
-    utterance id to its video id."""
-    dev, test, train = set(), set(), set()
-    d_tot = t_tot = 0.0
-    for ids, vs in _videos(utts, salt, vid):
-        if d_tot < dev_s:
-            dev.update(ids)
-            d_tot += vs
-        elif t_tot < test_s:
-            test.update(ids)
-            t_tot += vs
-        else:
-            train.update(ids)
-    return train, dev, test
-
-
-def pick_by_video(utts: Dict[str, float], seconds: float, salt="yodas-finetune", vid=video_id):
-    out, tot = set(), 0.0
-    for ids, vs in _videos(utts, salt, vid):
-        if tot >= seconds:
-            break
-        out.update(ids)
-        tot += vs
-    return out
+    quotas = [*quotas, math.inf]
+    sets, totals = [set() for _ in quotas], [0.0 for _ in quotas]
+    for v in sorted(by_vid, key=lambda v: (hashlib.md5(f"{salt}:{v}".encode("utf-8")).hexdigest(), v)):
+        k = next(k for k, quota in enumerate(quotas) if totals[k] < quota)
+        sets[k].update(by_vid[v])
+        totals[k] += sum(utts[u] for u in by_vid[v])
+    return sets
 
 
 def _hf():
@@ -155,34 +133,34 @@ def _hf():
     return huggingface_hub
 
 
+def caption_subsets(names: Iterable[str], lang: str = "en", manual_only: bool = True) -> List[str]:
+    """The ``<lang>NNN`` subsets among ``names``, sorted (manual captions: NNN < 100)."""
+    tails = {name: name[len(lang):] for name in names if name.startswith(lang)}
+    return sorted({name for name, tail in tails.items() if tail.isdigit() and (not manual_only or int(tail) < 100)})
+
+
 def discover_subsets(lang: str = "en", manual_only: bool = True, repo_id: str = REPO_ID,
                      revision: Optional[str] = None) -> List[str]:
     """List ``data/<lang>NNN`` subsets of the HF repo (manual captions: NNN < 100)."""
-    names = set()
-    for entry in _hf().HfApi().list_repo_tree(repo_id, path_in_repo="data", repo_type="dataset", revision=revision):
-        name = entry.path.rsplit("/", 1)[-1]
-        if name.startswith(lang) and name[len(lang):].isdigit() and (not manual_only or int(name[len(lang):]) < 100):
-            names.add(name)
+    tree = _hf().HfApi().list_repo_tree(repo_id, path_in_repo="data", repo_type="dataset", revision=revision)
+    names = caption_subsets((entry.path.rsplit("/", 1)[-1] for entry in tree), lang, manual_only)
     if not names:
         raise YodasError(f"no {lang} subsets found in {repo_id}")
-    return sorted(names)
+    return names
 
 
 def download_yodas(root, subsets: Sequence[str], hours: float, dev_hours: float, test_hours: float,
                    repo_id: str = REPO_ID, revision: Optional[str] = None, max_workers: int = 8):
     """Download metadata of ``subsets``, select the pool, then download only the audio shards
     the pool needs. ``snapshot_download`` skips files already present and resumes interrupted ones."""
-    hf = _hf()
-    root = Path(root)
-    meta_patterns = [f"data/{s}/{kind}/*" for s in subsets for kind in ("duration", "text")]
+    fetch = functools.partial(_hf().snapshot_download, repo_id=repo_id, repo_type="dataset", revision=revision,
+                              local_dir=str(root), max_workers=max_workers)
     logger.info("downloading YODAS metadata for %s", list(subsets))
-    hf.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision, local_dir=str(root),
-                         allow_patterns=meta_patterns, max_workers=max_workers)
+    fetch(allow_patterns=[f"data/{s}/{kind}/*" for s in subsets for kind in ("duration", "text")])
     pool, _ = select_pool(root, subsets, (hours + dev_hours + test_hours) * 3600)
     audio = [f"data/{s}/audio/{shard}.tar.gz" for s, shard, _ in pool]
     logger.info("downloading %d YODAS audio shards", len(audio))
-    hf.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision, local_dir=str(root),
-                         allow_patterns=audio, max_workers=max_workers)
+    fetch(allow_patterns=audio)
     return pool
 
 
@@ -204,13 +182,7 @@ def extract_shard(root, subset: str, shard: str, extract_root=None) -> Dict[str,
         except Exception as e:  # tarfile's errors, EOFError, lhotse's refusal of members outside the target
             raise YodasError(f"cannot extract {archive}: {e} (a broken download? delete it and re-run)") from e
         marker.write_text(f"{archive}\n")
-    out = {}
-    for dirpath, _, files in os.walk(target):
-        for fn in files:
-            stem, ext = os.path.splitext(fn)
-            if ext.lower() in AUDIO_EXTS:
-                out[stem] = Path(dirpath, fn).resolve()
-    return out
+    return {p.stem: p.resolve() for p in target.rglob("*") if p.suffix.lower() in AUDIO_EXTS and p.is_file()}
 
 
 def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000, finetune_hours: float = 100,
@@ -228,9 +200,8 @@ def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000, 
         files = extract_shard(root, subset, shard, extract_root)
         for utt, sec, txt in items:
             if utt not in files:
-                msg = f"{subset}/{shard}: no audio for utterance {utt} in the tar"
                 if strict:
-                    raise YodasError(msg)
+                    raise YodasError(f"{subset}/{shard}: no audio for utterance {utt} in the tar")
                 missing += 1
                 continue
             kid = f"{subset}-{utt}"
@@ -244,8 +215,8 @@ def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000, 
     def raw_vid(k):
         return video_id(k.split("-", 1)[1])
 
-    train, dev, test = split_by_video(secs, dev_hours * 3600, test_hours * 3600, vid=raw_vid)
-    finetune = pick_by_video({u: secs[u] for u in train}, finetune_hours * 3600, vid=raw_vid)
+    dev, test, train = assign_videos(secs, [dev_hours * 3600, test_hours * 3600], "yodas-heldout", raw_vid)
+    finetune = assign_videos({u: secs[u] for u in train}, [finetune_hours * 3600], "yodas-finetune", raw_vid)[0]
 
     hours_out = {}
     for name, ids in (("pretrain", train), ("finetune", finetune), ("dev", dev), ("test", test)):
@@ -260,8 +231,7 @@ def prepare_yodas(root, data_root, subsets: Sequence[str], hours: float = 5000, 
 
 
 def local_subsets(root, lang: str = "en", manual_only: bool = True) -> List[str]:
-    tails = {p.name[len(lang):]: p.name for p in Path(root).glob(f"data/{lang}*") if p.is_dir()}
-    return sorted(name for tail, name in tails.items() if tail.isdigit() and (not manual_only or int(tail) < 100))
+    return caption_subsets((p.name for p in Path(root).glob(f"data/{lang}*") if p.is_dir()), lang, manual_only)
 
 
 def main(argv=None) -> int:

@@ -91,7 +91,7 @@ def read_kaldi_map(path: Union[str, Path], min_fields: int = 2, key_name: str = 
         DataDirError: on a missing file, blank or malformed lines or duplicate keys,
             naming the file and line number.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):  # not isfile: /dev/stdin may be a pipe
         raise DataDirError(f"{path}: file not found")
     seen: Dict[str, int] = {}
     entries = []
@@ -504,12 +504,10 @@ def split(data_dir: Path, num_splits: int) -> Path:
     split_root = data_dir / f"split{num_splits}"
     if split_root.exists():
         shutil.rmtree(split_root)  # stale files from an earlier split must not survive
-    base, extra = divmod(len(utterances), num_splits)
-    start = 0
-    for part in range(1, num_splits + 1):
-        size = base + (1 if part <= extra else 0)
-        _write_subset(files, utterances[start:start + size], split_root / str(part))
-        start += size
+    base, extra = divmod(len(utterances), num_splits)  # the first `extra` parts get one more
+    for part in range(num_splits):
+        start, end = part * base + min(part, extra), (part + 1) * base + min(part + 1, extra)
+        _write_subset(files, utterances[start:end], split_root / str(part + 1))
     return split_root
 
 
@@ -553,14 +551,10 @@ def speed_perturb_dir(data_dir: Path, out_dir: Path, factors: List[str], python:
     (none for 1.0, the original), durations and segment times are divided by the factor.
     Returns the number of utterances written.
     """
-    speeds = {}
-    for factor in factors:
-        try:
-            speeds[factor] = float(factor)
-        except ValueError:
-            speeds[factor] = 0.0
-        if not speeds[factor] > 0:
+    for factor in factors:  # decimal numbers only: the factor goes into the ids as it is written
+        if not re.fullmatch(r"\d+\.?\d*|\.\d+", factor) or not float(factor) > 0:
             raise DataDirError(f"speed perturbation factor must be a positive number, got '{factor}'")
+    speeds = {factor: float(factor) for factor in factors}
     files = _read_valid(data_dir, need_utt2dur=True)
     out: Dict[str, Dict[str, str]] = {name: {} for name in ("wav.scp", "utt2spk", "utt2dur", "text", "segments")
                                       if name in files}
@@ -619,13 +613,7 @@ def _run_command(args, program: str) -> int:
         count, _ = compute_utt2dur(args.data_dir, args.nj, args.skip_bad_audio == "true")
         _print(f"{program}: wrote {args.data_dir / 'utt2dur'} ({count} utterances)")
     elif args.command == "spk2utt":
-        source = Path(args.utt2spk or "/dev/stdin")
-        utt2spk = read_entries(source)
-        problems = (report(source, [u for u, n in Counter(u for u, _ in utt2spk).items() if n > 1],
-                           "duplicate utterance id(s)")
-                    + report(source, [utt for utt, spk in utt2spk if not spk], "utterance(s) without a speaker"))
-        if problems:
-            raise DataDirError(problems[0])
+        utt2spk = read_kaldi_map(args.utt2spk or "/dev/stdin", key_name="utterance id")
         sys.stdout.write(format_map(make_spk2utt(dict(utt2spk))))
     elif args.command == "filter_duration":
         kept, removed = filter_by_duration(args.data_dir, args.out_dir, args.min, args.max)
