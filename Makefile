@@ -21,6 +21,11 @@ $(VENV_PY):
 $(STAMP): setup.cfg pyproject.toml | $(VENV_PY)
 	$(VENV_PY) -m pip install --upgrade "$(PIP_PIN)" "setuptools<74" wheel
 	$(VENV_PY) -m pip install -e ".[test,demo]"
+	@# NIST sclite scores when found (kaldialign otherwise): Debian's sctk, where this user can install it
+	@command -v sclite >/dev/null || [ -x /usr/lib/sctk/bin/sclite ] || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q sctk >/dev/null 2>&1 && \
+		echo "installed NIST sclite (Debian's sctk)"; } || \
+		echo "NIST sclite not installed: scoring uses kaldialign (sudo apt-get install sctk for sclite)"
 	touch $(STAMP)
 
 install: $(STAMP)
