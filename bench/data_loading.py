@@ -43,6 +43,8 @@ from espnet2.train.dataset import ESPnetDataset  # noqa: E402
 
 from espnet2_birq.bin import extract_fbank  # noqa: E402
 from espnet2_birq.features import KaldiFbankFrontend  # noqa: E402
+from espnet2_birq.utils.datadir import write_data_dir  # noqa: E402
+
 FS = 16000
 
 
@@ -50,23 +52,19 @@ def make_corpus(root: Path, num_utts: int, seconds: float, seed: int = 0) -> Pat
     """``num_utts`` FLAC files of speech-like noise (amplitude-modulated, band-limited) and a
     Kaldi data dir listing them; returns the data dir."""
     rng = np.random.default_rng(seed)
-    audio, data = root / "audio", root / "data"
+    audio = root / "audio"
     audio.mkdir(parents=True, exist_ok=True)
-    data.mkdir(parents=True, exist_ok=True)
     n = int(seconds * FS)
     t = np.arange(n) / FS
-    lines = []
+    wav_scp = {}
     for i in range(num_utts):
         noise = np.convolve(rng.standard_normal(n), np.ones(4) / 4, mode="same")
         envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 6) * t)
         wav = (0.2 * envelope * noise).clip(-1, 1).astype(np.float32)
-        path = audio / f"utt{i:05d}.flac"
-        soundfile.write(path, wav, FS, subtype="PCM_16")
-        lines.append(f"utt{i:05d} {path}")
-    (data / "wav.scp").write_text("\n".join(lines) + "\n")
-    (data / "utt2spk").write_text("".join(f"utt{i:05d} utt{i:05d}\n" for i in range(num_utts)))
-    (data / "spk2utt").write_text("".join(f"utt{i:05d} utt{i:05d}\n" for i in range(num_utts)))
-    return data
+        utt = f"utt{i:05d}"
+        wav_scp[utt] = str(audio / f"{utt}.flac")
+        soundfile.write(wav_scp[utt], wav, FS, subtype="PCM_16")
+    return write_data_dir(root / "data", wav_scp, utt2spk={utt: utt for utt in wav_scp})
 
 
 def timed(fn) -> float:
