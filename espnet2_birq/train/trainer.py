@@ -119,12 +119,23 @@ class _RankFailure:
         self.error = error
         logger.error("%s%s: %s; training stops at the next batch", where, type(error).__name__, error)
 
-    def raise_on_every_rank(self, distributed: bool, device: str) -> None:
+    def attempt(self, check) -> bool:
+        """Run one of the guard's tests; the NonFiniteError it raises is recorded. False: it raised."""
+        try:
+            check()
+        except NonFiniteError as error:
+            self.record(error)
+            return False
+        return True
+
+    def raise_on_every_rank(self, distributed: bool) -> None:
         """Raise the recorded error; under DDP, every rank raises if any rank recorded one.
 
         One all-reduce of one flag per epoch; the messages travel only when it is set.
         """
         if distributed and _rank() is not None:
+            # NCCL reduces device tensors only; gloo (ESPnet's CPU backend) host tensors
+            device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
             flag = torch.tensor([0 if self.error is None else 1], device=device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             if bool(flag):
@@ -304,14 +315,10 @@ class _UpdateGuard:
         # functools.wraps keeps the attributes torch's LR scheduler puts on its own wrapper
         @functools.wraps(self._orig_step)
         def step(*args, **kwargs):
-            if guard.failure.error is not None:
-                return None  # training stops at the next batch: no update on a broken model
+            # After an error training stops at the next batch: no update on a broken model.
             # ESPnet has just tested the gradient norm on the host, so the device
             # has finished the last update's test: reading it costs nothing.
-            try:
-                guard.check_pending()
-            except NonFiniteError as error:
-                guard.failure.record(error)
+            if guard.failure.error is not None or not guard.failure.attempt(guard.check_pending):
                 return None
             guard.stepped = True
             return guard._orig_step(*args, **kwargs)
@@ -319,10 +326,7 @@ class _UpdateGuard:
         @functools.wraps(self._orig_zero_grad)
         def zero_grad(*args, **kwargs):
             if guard.failure.error is None:
-                try:
-                    guard.end_of_update()
-                except NonFiniteError as error:
-                    guard.failure.record(error)
+                guard.failure.attempt(guard.end_of_update)
             return guard._orig_zero_grad(*args, **kwargs)
 
         self.optimizer.step = step
@@ -587,13 +591,10 @@ class GuardedTrainer(Trainer):
                 distributed_option=distributed_option,
             )
             if failure.error is None:
-                try:
-                    guard.end_of_epoch()
-                except NonFiniteError as error:
-                    failure.record(error)
+                failure.attempt(guard.end_of_epoch)
         finally:
             guard.uninstall()
-        failure.raise_on_every_rank(distributed_option.distributed, "cuda" if options.ngpu > 0 else "cpu")
+        failure.raise_on_every_rank(distributed_option.distributed)
         if all_steps_are_invalid and not options.no_forward_run:
             # ESPnet only logs this, stops, and the run ends "successfully" with an untrained model
             raise NonFiniteError(
@@ -611,7 +612,7 @@ class GuardedTrainer(Trainer):
             options=options,
             distributed_option=distributed_option,
         )
-        failure.raise_on_every_rank(distributed_option.distributed, "cuda" if options.ngpu > 0 else "cpu")
+        failure.raise_on_every_rank(distributed_option.distributed)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
